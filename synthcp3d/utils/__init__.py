@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from .atomic import atomic_path, atomic_save_json, atomic_save_text, atomic_torch_save
+
+__all__ = ["atomic_path", "atomic_save_json", "atomic_save_text", "atomic_torch_save"]
