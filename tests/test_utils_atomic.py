@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthcp3d.utils import atomic_path, atomic_save_json, atomic_torch_save
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    atomic_save_json({"a": 1}, target)
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"half": ')
+            raise RuntimeError("crash mid-write")
+    assert target.read_text().strip().startswith('{\n  "a": 1')
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_torch_save_loads_weights_only(tmp_path: Path) -> None:
+    path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "sub" / "ckpt.pt")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+
+
+def test_suffix_kept_for_format_sniffing(tmp_path: Path) -> None:
+    with atomic_path(tmp_path / "seg.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "seg.nii.gz").read_bytes() == b"x"
