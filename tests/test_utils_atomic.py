@@ -29,3 +29,15 @@ def test_suffix_kept_for_format_sniffing(tmp_path: Path) -> None:
         assert tmp.name.endswith(".nii.gz")
         tmp.write_bytes(b"x")
     assert (tmp_path / "seg.nii.gz").read_bytes() == b"x"
+
+
+def test_permissions_follow_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_save_json({}, tmp_path / "x.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
