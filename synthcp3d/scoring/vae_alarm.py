@@ -1,0 +1,138 @@
+"""VAE alarm (Liu, Xia, Yang, Yuille, Xu, "Alarm system for segmentation algorithm based on shape model",
+ICCV 2019; no official code, reimplemented): a shape prior judges a predicted mask.
+
+A mask VAE (``synthcp3d.networks.MaskVAE``) trained on ground-truth masks only (tight foreground crop at its fixed
+``in_shape``) is frozen; for a predicted mask it gives one number, and a linear regressor fitted on
+cross-validated predictions maps that number to the DSC of the class of interest (the tumour in MSD Task07).
+
+Features (:func:`vae_alarm_feature`):
+
+- ``"loss"`` (default): the VAE's own loss on the predicted mask (reconstruction + beta·KL, eval mode so the
+  posterior mean is decoded), as Liu et al. and ``DESIGN.md`` describe: a mask far from the learned shape
+  manifold reconstructs badly and costs more.
+- ``"dice"``: Dice between the mask's class of interest and its reconstruction (``MaskVAE.reconstruction_dice``),
+  bounded and in the same units as the target; an alternative worth comparing.
+
+The cropping / resampling of a predicted mask to ``in_shape`` is the caller's (the alarm pipeline's) job.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.scoring.base import ScoreOutput, check_class_tensor, inference_mode, register_scorer
+from synthcp3d.scoring.regression import LinearQualityRegressor
+
+__all__ = ["vae_alarm_feature", "VAEAlarmRegressor"]
+
+VAEFeature = Literal["loss", "dice"]
+
+
+def _vae_loss_fn() -> Any:
+    import synthcp3d.networks as networks
+
+    if hasattr(networks, "vae_loss"):
+        return networks.vae_loss
+    from synthcp3d.networks.mask_vae import vae_loss
+
+    return vae_loss
+
+
+def vae_alarm_feature(
+    vae: nn.Module,
+    mask_onehot: torch.Tensor,
+    feature: VAEFeature = "loss",
+    class_index: int = -1,
+    beta: float | None = None,
+) -> torch.Tensor:
+    """One shape feature per predicted mask.
+
+    Args:
+        vae: trained ``MaskVAE`` (``forward(mask) -> (recon_logits, mu, logvar)``), used frozen in eval mode.
+        mask_onehot: predicted masks, one-hot ``(B, C, *in_shape)``.
+        feature: ``"loss"`` (VAE loss per mask, default) or ``"dice"`` (reconstruction Dice of ``class_index``).
+        class_index: the class of interest for ``"dice"`` (default: the last class, the tumour in MSD Task07).
+        beta: KL weight for ``"loss"`` (``None``: ``vae_loss``'s default).
+
+    Returns:
+        ``(B,)`` float32.
+    """
+    check_class_tensor(mask_onehot, "mask_onehot", min_ndim=3)
+    in_shape = getattr(vae, "in_shape", None)
+    if in_shape is not None and tuple(mask_onehot.shape[2:]) != tuple(in_shape):
+        raise SynthCPInputError(
+            f"mask spatial shape {tuple(mask_onehot.shape[2:])} differs from the VAE's in_shape {tuple(in_shape)}; "
+            "crop/resample the predicted mask first"
+        )
+    mask_onehot = mask_onehot.float()
+    with inference_mode(vae):
+        if feature == "dice":
+            return vae.reconstruction_dice(mask_onehot)[:, class_index].float()
+        if feature == "loss":
+            vae_loss = _vae_loss_fn()
+            kwargs = {} if beta is None else {"beta": beta}
+            if "reduction" in inspect.signature(vae_loss).parameters:
+                recon_logits, mu, logvar = vae(mask_onehot)
+                return vae_loss(recon_logits, mask_onehot, mu, logvar, reduction="none", **kwargs).float()
+            values = []
+            for item in mask_onehot.split(1):  # a loss that always reduces over the batch: one mask at a time
+                recon_logits, mu, logvar = vae(item)
+                values.append(vae_loss(recon_logits, item, mu, logvar, **kwargs).reshape(()))
+            return torch.stack(values).float()
+    raise SynthCPInputError(f"unknown VAE alarm feature {feature!r}; use 'loss' or 'dice'")
+
+
+class VAEAlarmRegressor(LinearQualityRegressor):
+    """Linear map from one VAE feature to the DSC of the class of interest, clipped to [0, 1].
+
+    ``fit(features (N,), true_dsc (N,) with NaN = undefined)``; ``predict(features (N,)) -> (N,)``; a NaN feature
+    (``"dice"`` of a class absent from the mask and its reconstruction, i.e. not predicted) predicts 0.0, exact
+    wherever the true DSC is defined;
+    :meth:`predict_quality` spreads the prediction into a ``(N, C)`` quality tensor (NaN for the other classes) so
+    it can be averaged with SynthCP's per-class prediction by :func:`synthcp3d.scoring.mean_ensemble`.
+
+    Args:
+        feature: which :func:`vae_alarm_feature` the regressor was fitted on (stored in the state).
+        class_index: class whose DSC is predicted.
+    """
+
+    kind = "vae_alarm"
+
+    def __init__(self, feature: VAEFeature = "loss", class_index: int = -1) -> None:
+        super().__init__(1, missing_feature_quality=0.0)
+        self.feature = feature
+        self.class_index = int(class_index)
+
+    def predict(self, features: Any) -> torch.Tensor:  # type: ignore[override]
+        """``(N,)`` features -> ``(N,)`` predicted DSC in [0, 1]."""
+        return super().predict(features)[:, 0]
+
+    def predict_quality(self, features: Any, num_classes: int) -> torch.Tensor:
+        """``(N,)`` features -> ``(N, C)`` quality, the prediction in column ``class_index``, NaN elsewhere."""
+        dsc = self.predict(features)
+        quality = torch.full((dsc.shape[0], num_classes), float("nan"), device=dsc.device)
+        quality[:, self.class_index] = dsc
+        return quality
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state."""
+        return {**super().state_dict(), "feature": self.feature, "class_index": self.class_index}
+
+    def _restore_extra(self, state: dict[str, Any]) -> None:
+        self.feature = state.get("feature", "loss")
+        self.class_index = int(state.get("class_index", -1))
+
+
+@register_scorer(
+    "vae_alarm",
+    inputs=("vae", "vae_mask", "vae_regressor"),
+    description="VAE alarm: linear map from a mask-VAE feature to the DSC of the class of interest",
+)
+def _vae_alarm(vae: nn.Module, vae_mask: torch.Tensor, vae_regressor: VAEAlarmRegressor) -> ScoreOutput:
+    features = vae_alarm_feature(vae, vae_mask, feature=vae_regressor.feature, class_index=vae_regressor.class_index)
+    return ScoreOutput(quality=vae_regressor.predict_quality(features, vae_mask.shape[1]))
