@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import relative_files
 from PIL import Image
 
 from synthcp2d.data.cityscapes import (
@@ -41,10 +42,6 @@ def cs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cs_copy(cs_root: Path, tmp_path: Path) -> Path:
     """A private copy to break."""
     return Path(shutil.copytree(cs_root, tmp_path / "cityscapes"))
-
-
-def all_files(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 
 
 def test_train_id_table_is_the_official_one() -> None:
@@ -139,8 +136,8 @@ def test_check_summary(cs_root: Path) -> None:
 
 def test_same_seed_same_bytes(cs_root: Path, tmp_path: Path) -> None:
     again = make_cityscapes_dataset(tmp_path / "a", cases=6, seed=7, size=SIZE, val_cases=2, progress=False)
-    files = all_files(cs_root)
-    assert files == all_files(again) and len(files) == 8 * 4 + 1
+    files = relative_files(cs_root)
+    assert files == relative_files(again) and len(files) == 8 * 4 + 1
     match, mismatch, errors = filecmp.cmpfiles(cs_root, again, [str(f) for f in files], shallow=False)
     assert not mismatch and not errors
     other = make_cityscapes_dataset(tmp_path / "b", cases=1, seed=8, size=SIZE, val_cases=1, progress=False)

@@ -155,3 +155,22 @@ def test_prediction_formats_roundtrip(tmp_path: Path) -> None:
     kept = np.take_along_axis(prob, order[:2], axis=0)
     assert np.allclose(np.take_along_axis(top, order[:2], axis=0), kept, atol=1e-3)
     assert np.all(np.take_along_axis(top, order[2:], axis=0) == 0)
+
+
+def test_prediction_files_from_bf16_tensors_and_bad_inputs(tmp_path: Path) -> None:
+    import torch
+
+    label = torch.randint(0, 4, (1, 5, 6))
+    path = save_prediction(label.bfloat16(), tmp_path / "a_pred.npy")  # used to fail in Tensor.numpy()
+    assert np.array_equal(load_prediction(path), label[0].numpy()) and load_prediction(path).dtype == np.uint8
+    prob = torch.softmax(torch.randn(4, 5, 6), 0).bfloat16()
+    assert np.allclose(load_probabilities(save_probabilities(prob, tmp_path / "p.npz")), prob.float(), atol=1e-2)
+    many = np.arange(300).reshape(20, 15)
+    assert load_prediction(save_prediction(many, tmp_path / "m_pred.npy")).dtype == np.int16
+    with pytest.raises(SynthCPInputError, match="above the int16 range"):
+        save_prediction(np.full((2, 2), 40000), tmp_path / "b_pred.npy")  # would wrap around to negative
+    with pytest.raises(SynthCPInputError, match="at most 256 classes"):
+        save_prediction(many, tmp_path / "c_pred.png")
+    with pytest.raises(SynthCPInputError, match="unknown prediction format"):
+        save_prediction(label, tmp_path / "d_pred.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_pred.npy", "m_pred.npy", "p.npz"]

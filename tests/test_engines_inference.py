@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn as nn
@@ -12,13 +10,7 @@ from synthcp3d.engines.inference import sliding_window_error_map, sliding_window
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import SPADEGenerator, build_comparator, one_hot_labels
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def test_segment_pointwise_net_equals_direct_with_small_windows() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,7 @@ class Killed(RuntimeError):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny ops: one thread avoids spin-waiting on a shared 2-core machine (results do not depend on it)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _pairs(n: int, size: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,7 @@ from synthcp3d.networks import (
 LEVELS = torch.tensor([-0.8, 0.0, 0.8])
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny ops: one thread avoids spin-waiting on a shared 2-core machine (results do not depend on it)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _scenes(n: int, size: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -73,6 +66,30 @@ def test_gan_training_improves_synthesis(tmp_path: Path) -> None:
     out = trainer.state.output
     assert {"loss_g", "loss_d", "loss_g_adv", "loss_g_fm"} <= set(out)
     assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_gan_trainer_moves_a_perceptual_loss_module_to_its_device() -> None:
+    """`LocalPerceptualLoss` loads its network on the CPU; a CUDA trainer must move it (else a device mismatch)."""
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(()))
+            self.moved_to: list = []
+
+        def to(self, *args, **kwargs):  # type: ignore[override]
+            self.moved_to.append(args)
+            return super().to(*args, **kwargs)
+
+        def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+            return self.weight * F.l1_loss(fake, real)
+
+    gen = SPADEGenerator(2, num_classes=3, out_channels=1, channels=(8, 8), spade_hidden_channels=4)
+    disc = build_discriminator(2, num_classes=3, image_channels=1, num_d=1, num_layers_d=1, channels=4)
+    opt_g, opt_d = make_gan_optimizers(gen, disc)
+    perceptual = Recorder()
+    trainer = GanTrainer("cpu", [], gen, disc, opt_g, opt_d, num_classes=3, perceptual_loss=perceptual)
+    assert trainer.perceptual_loss is perceptual and perceptual.moved_to == [(torch.device("cpu"),)]
 
 
 def _tiny_comparator(mode: str) -> nn.Module:

@@ -169,3 +169,14 @@ def test_bad_inputs_raise_clear_errors():
         pixel_failure_metrics([score[0], score[1]], [error[0]])
     with pytest.raises(SynthCPInputError, match=r"\(N, \*spatial\)"):
         pixel_failure_metrics(score[0, 0], error[0, 0])
+
+
+def test_foreign_byte_order_and_integer_dtypes_are_read():
+    """Big-endian arrays (as nibabel returns from many NIfTI files) used to crash in ``torch.from_numpy``."""
+    rng = np.random.default_rng(9)
+    target = rng.random((2, 5, 5)) < 0.3
+    score = rng.random((2, 5, 5)) + 0.4 * target
+    reference = pixel_failure_metrics(score, target)
+    assert pixel_failure_metrics(score.astype(">f8"), target.astype(">i2")) == reference
+    ranks = np.argsort(np.argsort(score.ravel())).reshape(score.shape)
+    _assert_close(binary_curve_metrics(ranks.astype(">u4"), target), binary_curve_metrics(score, target))

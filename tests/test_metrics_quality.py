@@ -89,3 +89,5 @@ def test_bad_inputs_raise_clear_errors():
         quality_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
     with pytest.raises(SynthCPInputError, match="class_names"):
         quality_metrics(true, true, class_names=["a"])
+    with pytest.raises(SynthCPInputError, match=r"outside \[0, 1\] \(e\.g\. 20\).*not percentages"):
+        quality_metrics(true, 100 * true)  # percentages would silently give MAE x100 too large

@@ -18,6 +18,8 @@ from synthcp3d.metrics import (
 )
 from synthcp3d.metrics.curves import threshold_counts, threshold_counts_torch
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 FAILURE = ("AUPR_Error", "AUPR_Success", "AUROC", "FPR95")
 
 
@@ -147,3 +149,13 @@ def test_cpu_and_cuda_agree():
     reference = threshold_counts(score.numpy(), error.numpy())
     assert np.array_equal(positives.cpu().numpy(), reference[0])
     assert np.array_equal(negatives.cpu().numpy(), reference[1])
+
+
+def test_streaming_reads_foreign_byte_order():
+    rng = np.random.default_rng(10)
+    target = rng.random((3, 4, 4)) < 0.4
+    score = rng.random((3, 4, 4))
+    native, swapped = StreamingPixelFailureMetrics(num_bins=64), StreamingPixelFailureMetrics(num_bins=64)
+    native.update_batch(score, target)
+    swapped.update_batch(score.astype(">f4"), target)
+    assert native.compute() == swapped.compute()

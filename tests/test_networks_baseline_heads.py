@@ -7,6 +7,8 @@ import torch
 
 from synthcp3d.networks import ConfidNetHead, build_image_autoencoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 @pytest.mark.parametrize("spatial_dims, shape", [(2, (8, 16)), (3, (8, 8, 8))])
 def test_confidnet_head(spatial_dims, shape):

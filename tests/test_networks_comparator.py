@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_backward
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import ResNetEncoder, SeparateComparator, SiameseComparator, build_comparator, comparator_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 SHAPES = {2: (32, 64), 3: (32, 32, 32)}
 TINY = dict(encoder_layers=(1, 1, 1, 1), encoder_channels=(8, 8, 16, 16), decoder_channels=8, quality_hidden=8)
-
-
-def assert_backward(module: torch.nn.Module) -> None:
-    params = [p for p in module.parameters() if p.requires_grad]
-    assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
-    assert sum(bool(p.grad.abs().sum() > 0) for p in params) / len(params) >= 0.8
 
 
 def inputs(spatial_dims: int, batch: int = 2, num_classes: int = 3):

@@ -8,6 +8,8 @@ import torch
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import MaskVAE, kl_divergence, one_hot_labels, vae_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 SHAPES = {2: (32, 64), 3: (32, 32, 32)}
 
 
@@ -51,6 +53,11 @@ def test_vae_loss_terms():
                           zeros.repeat(2, 1), reduction="none")
     assert per_sample.shape == (2,) and per_sample[0] < per_sample[1]
     assert vae_loss(perfect, target, torch.ones(1, 4), zeros, beta=0.5).item() == pytest.approx(1.0, abs=1e-4)
+    # bf16 inputs (autocast) are scored in float32: the loss is the VAE alarm's regression feature
+    slightly = perfect * 0.02  # logits of +-1
+    full = vae_loss(slightly, target, zeros, zeros, reduction="none")
+    half = vae_loss(slightly.bfloat16(), target, zeros.bfloat16(), zeros.bfloat16(), reduction="none")
+    assert half.dtype == torch.float32 and torch.allclose(half, full, rtol=1e-6)
 
 
 def test_mask_vae_rejects_wrong_shape():

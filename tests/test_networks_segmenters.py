@@ -6,9 +6,12 @@ import time
 
 import pytest
 import torch
+from helpers import assert_backward
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import Segmenter, build_segmenter, enable_mc_dropout, mc_dropout
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 SHAPES = {2: (32, 64), 3: (32, 32, 32)}
 TINY = {
@@ -18,12 +21,6 @@ TINY = {
 }
 # feature-map channels and downsampling factor of each tiny variant
 FEATURES = {"unet": (4, 1), "fcn8": (8, 8), "deeplabv2": (32, 8)}  # deeplab: bottleneck x4
-
-
-def assert_backward(module: torch.nn.Module) -> None:
-    params = [p for p in module.parameters() if p.requires_grad]
-    assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
-    assert sum(bool(p.grad.abs().sum() > 0) for p in params) / len(params) >= 0.8
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

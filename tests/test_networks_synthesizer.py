@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_backward
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import (
@@ -18,17 +19,9 @@ from synthcp3d.networks import (
     one_hot_labels,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 SHAPES = {2: (32, 64), 3: (32, 32, 32)}
-
-
-def assert_backward(module: torch.nn.Module, min_nonzero: float = 0.8) -> None:
-    """Every parameter got a finite gradient, and most parameter tensors a non-zero one (a bias right before an
-    instance norm legitimately gets ~0)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    assert params and all(p.grad is not None for p in params)
-    assert all(torch.isfinite(p.grad).all() for p in params)
-    nonzero = sum(bool(p.grad.abs().sum() > 0) for p in params)
-    assert nonzero / len(params) >= min_nonzero
 
 
 def test_one_hot_labels_shapes_and_ignore():
@@ -93,6 +86,11 @@ def test_hinge_losses_values():
     assert loss.discriminator_loss(real, fake).item() == pytest.approx(0.0)  # both beyond the margin
     assert loss.discriminator_loss(fake, real).item() == pytest.approx(6.0)  # relu(1+2) + relu(1+2)
     assert loss.generator_loss([torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 1, 1), 1.5)]).item() == -1.0
+    # bf16 logits (autocast) are reduced in float32: relu(1 - (-0.001)) is 1.001, which bf16 would round to 1.0
+    logits = [torch.full((1, 1, 10, 100), -0.001, dtype=torch.bfloat16)]
+    d_loss = loss.discriminator_loss(logits, [torch.zeros(1, 1, 2, 2)])
+    assert d_loss.dtype == torch.float32 and d_loss.item() == pytest.approx(2.001, abs=1e-5)
+    assert loss.generator_loss(logits).dtype == torch.float32
     monai_loss = HingeGANLoss(implementation="monai")  # MONAI squashes the logits by tanh first
     expected = 2 * (1 - torch.tanh(torch.tensor(2.0))).item()
     assert monai_loss.discriminator_loss(real, fake).item() == pytest.approx(expected, rel=1e-5)

@@ -161,3 +161,27 @@ def test_bad_arguments_and_regeneration(tmp_path):
     with pytest.raises(SynthCPInputError, match="not written by the phantom generator"):
         make_pancreas_dataset(foreign, cases=1, shape=SMALL, progress=False)
     assert (foreign / "Task07_Pancreas" / "dataset.json").read_text() == "{}"
+
+
+def test_interrupted_generation_can_be_rerun_in_place(tmp_path, monkeypatch):
+    """A run killed half-way used to leave a folder without the manifest, which every rerun then refused."""
+    import synthcp3d.data.phantom as phantom
+
+    made = []
+
+    def crash_on_second_case(*args, **kwargs):
+        if made:
+            raise KeyboardInterrupt
+        made.append(1)
+        return make_pancreas_case(*args, **kwargs)
+
+    for _ in range(2):  # a fresh folder, then one holding a complete earlier data set
+        made.clear()
+        monkeypatch.setattr(phantom, "make_pancreas_case", crash_on_second_case)
+        with pytest.raises(KeyboardInterrupt):
+            make_pancreas_dataset(tmp_path, cases=2, test_cases=0, shape=SMALL, progress=False)
+        assert not (tmp_path / "Task07_Pancreas" / "dataset.json").exists()  # incomplete is visible
+        monkeypatch.undo()
+        task = make_pancreas_dataset(tmp_path, cases=2, test_cases=0, shape=SMALL, progress=False)
+        assert load_msd_datalist(task)[1]["case"] == "pancreas_002"
+        assert "complete" not in json.loads((task / "synthcp_phantom.json").read_text())

@@ -15,6 +15,8 @@ from synthcp3d.scoring import (
     threshold_sweep,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 class TinySegmenter(nn.Module):
     """Stand-in: ``forward_features(x) -> (logits (B,C,*S), features (B,F,*S/2))``."""

@@ -7,6 +7,8 @@ from torch import nn
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring import autoencoder_score, reconstruction_l1, run_scorer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 def test_reconstruction_l1_hand_example():
     x = torch.zeros(1, 2, 1, 2)

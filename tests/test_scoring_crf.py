@@ -8,6 +8,8 @@ import torch
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring import dense_crf_probs, msp_crf_score, msp_score, run_scorer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 HAS_PYDENSECRF = importlib.util.find_spec("pydensecrf") is not None
 BACKENDS = ["torch", pytest.param("pydensecrf", marks=pytest.mark.skipif(not HAS_PYDENSECRF, reason="no pydensecrf"))]
 SMALL = {"bilateral_sxy": 6.0, "bilateral_radius": 3}  # keeps the torch window tiny on CPU

@@ -10,6 +10,8 @@ from torch import nn
 import synthcp3d.networks as networks
 from synthcp3d.scoring import MCDropoutQualityRegressor, mc_dropout_probs, mean_entropy_per_class, run_scorer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 def _stand_in_enable_mc_dropout(model: nn.Module) -> nn.Module:
     for module in model.modules():

@@ -11,6 +11,8 @@ if not all(hasattr(networks, name) for name in ("build_segmenter", "build_compar
 
 from synthcp3d.scoring import SCORERS, run_scorer  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 def test_every_pixel_scorer_on_a_real_2d_segmenter():
     torch.manual_seed(0)

@@ -59,3 +59,12 @@ def test_unfitted_and_bad_shapes():
         LinearQualityRegressor(2).fit(np.zeros((3, 2)), np.zeros((4, 2)))
     with pytest.raises(SynthCPInputError):
         LinearQualityRegressor(2).fit(np.zeros((3, 3)), np.zeros((3, 3)))
+
+
+def test_bfloat16_features_from_autocast_are_accepted():
+    """``Tensor.numpy()`` refuses bfloat16 (what autocast produces); features used to crash there."""
+    features, quality = planted()
+    regressor = LinearQualityRegressor(2).fit(torch.as_tensor(features).bfloat16(), quality)
+    assert np.allclose(regressor.coef, [-0.8, 0.5], atol=0.02)
+    prediction = regressor.predict(torch.as_tensor(features).bfloat16())
+    assert prediction.dtype == torch.float32 and torch.allclose(prediction, torch.as_tensor(quality).float(), atol=0.01)

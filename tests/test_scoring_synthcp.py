@@ -7,6 +7,8 @@ from torch import nn
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring import comparator_scores, run_scorer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 class StandInComparator(nn.Module):
     """``forward(image, segmentation, synthesis=None) -> dict(quality, error_logits)``; remembers its last input."""

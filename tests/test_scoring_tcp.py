@@ -7,6 +7,8 @@ from torch import nn
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring import run_scorer, tcp_error_score, tcp_loss, true_class_probability
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 @pytest.mark.parametrize("spatial", [(3, 4), (2, 3, 4)])
 def test_tcp_target_is_the_label_probability(spatial):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import relative_files
 from PIL import Image
 
 from synthcp2d.data.streethazards import (
@@ -37,10 +38,6 @@ def sh_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def sh_copy(sh_root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(sh_root, tmp_path / "streethazards"))
-
-
-def all_files(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 
 
 def test_class_convention() -> None:
@@ -118,8 +115,8 @@ def test_anomalies_are_more_saturated_than_known_classes(sh_root: Path) -> None:
 
 def test_same_seed_same_bytes(sh_root: Path, tmp_path: Path) -> None:
     again = make_streethazards_dataset(tmp_path, cases=4, seed=3, size=SIZE, progress=False, val_cases=2, test_cases=6)
-    files = all_files(sh_root)
-    assert files == all_files(again) and len(files) == 2 * 12 + 3 + 1
+    files = relative_files(sh_root)
+    assert files == relative_files(again) and len(files) == 2 * 12 + 3 + 1
     _, mismatch, errors = filecmp.cmpfiles(sh_root, again, [str(f) for f in files], shallow=False)
     assert not mismatch and not errors
 

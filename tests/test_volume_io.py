@@ -239,3 +239,12 @@ def test_in_memory_volumes_get_the_same_checks(phantom):
         ct_volume_from_array(np.stack([phantom, phantom], -1), _affine("RAS"))
     with pytest.raises(SynthCPInputError, match="affine is missing or degenerate"):
         ct_volume_from_array(phantom, np.zeros((4, 4)))
+
+
+def test_in_memory_bfloat16_volume_is_accepted(phantom, tmp_path):
+    torch = pytest.importorskip("torch")
+    tensor = torch.from_numpy(phantom.astype(np.float32)).bfloat16()  # Tensor.numpy() refuses bfloat16
+    vol = ct_volume_from_array(tensor, _affine("RAS"))
+    np.testing.assert_array_equal(vol.array, tensor.float().numpy())
+    out = save_like(tensor > 100, vol, tmp_path / "mask.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(out)).dataobj), (tensor > 100).numpy())

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from synthcp2d.data.folder_checks import check_pair_size, existing_folder, read_label_png, shown_values
 from synthcp3d.errors import SynthCPInputError
 
 __all__ = [
@@ -136,26 +136,16 @@ def read_label_ids(path: str | os.PathLike) -> np.ndarray:
     Raises:
         SynthCPInputError: the file is missing or unreadable, is not single-channel, or holds values above 33.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SynthCPInputError(f"Cityscapes label file {path} does not exist.")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.asarray(im)
-    except OSError as err:
-        raise SynthCPInputError(f"Cannot read Cityscapes label {path} as an image ({err}).") from err
-    if arr.ndim != 2:
-        raise SynthCPInputError(
-            f"Cityscapes label {path} has {arr.shape[-1]} channels (mode {mode}); expected a single-channel "
-            f"*{LABEL_SUFFIX} (the *{COLOR_SUFFIX} files are for viewing only)."
-        )
+    arr = read_label_png(
+        path,
+        "Cityscapes label",
+        f"a single-channel *{LABEL_SUFFIX} (the *{COLOR_SUFFIX} files are for viewing only)",
+    )
     bad = np.unique(arr[arr > MAX_LABEL_ID]) if arr.max(initial=0) > MAX_LABEL_ID else ()
     if len(bad):
-        shown = ", ".join(str(int(v)) for v in bad[:6]) + (", ..." if len(bad) > 6 else "")
         raise SynthCPInputError(
-            f"Cityscapes label {path} holds values {shown} that are not Cityscapes labelIds (0-{MAX_LABEL_ID}); "
-            f"is it a trainId or instanceIds image?"
+            f"Cityscapes label {path} holds values {shown_values(bad)} that are not Cityscapes labelIds "
+            f"(0-{MAX_LABEL_ID}); is it a trainId or instanceIds image?"
         )
     return arr.astype(np.uint8, copy=False)
 
@@ -167,11 +157,7 @@ def load_label_train_ids(path: str | os.PathLike) -> np.ndarray:
 
 def _resolve_root(root: str | os.PathLike) -> Path:
     """Check that ``root`` is the folder holding ``leftImg8bit/`` and ``gtFine/``; explain common mistakes."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise SynthCPInputError(f"Cityscapes folder {root} does not exist.")
-    if not root.is_dir():
-        raise SynthCPInputError(f"Cityscapes folder {root} is a file, not a folder.")
+    root = existing_folder(root, "Cityscapes")
     if root.name in ("leftImg8bit", "gtFine") or (
         not (root / "leftImg8bit").is_dir()
         and any(
@@ -226,14 +212,6 @@ def load_cityscapes_datalist(root: str | os.PathLike, split: str) -> list[dict[s
     return items
 
 
-def _image_size(path: str | os.PathLike) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as err:
-        raise SynthCPInputError(f"Cannot read image {path} ({err}).") from err
-
-
 def check_cityscapes_folder(
     root: str | os.PathLike, splits: Sequence[str] | None = None, deep: bool = True
 ) -> dict[str, Any]:
@@ -267,13 +245,7 @@ def check_cityscapes_folder(
     for split in splits:
         items = load_cityscapes_datalist(root, split)
         for item in items:
-            image_size, label_size = _image_size(item["image"]), _image_size(item["label"])
-            if image_size != label_size:
-                raise SynthCPInputError(
-                    f"Cityscapes image {item['image']} is {image_size[0]}x{image_size[1]} but its label "
-                    f"{item['label']} is {label_size[0]}x{label_size[1]}."
-                )
-            sizes.add(image_size)
+            sizes.add(check_pair_size(item, "Cityscapes", "label"))
             if deep:
                 train_ids = load_label_train_ids(item["label"])
                 if split != "test":

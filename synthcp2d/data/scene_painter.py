@@ -82,6 +82,7 @@ ELEMENT_INDEX: dict[str, int] = {name: i for i, name in enumerate(ELEMENTS)}
 _FIELDS = ("low", "mid", "high", "windows", "stripes", "tiles", "vgrad")
 
 Point = tuple[float, float]
+Box = tuple[float, float, float, float]  # a billboard's screen box (x0, y_top, x1, y_bottom)
 
 
 @dataclass(frozen=True)
@@ -380,10 +381,15 @@ class StreetScene:
         if len(points) >= 3:
             self._shadow_draw.polygon([(float(x), float(y)) for x, y in points], fill=255)
 
-    def ground_quad(self, X0: float, X1: float, Z0: float, Z1: float) -> list[Point]:
-        c = self.camera
+    def _depth_span(self, Z0: float, Z1: float) -> tuple[float, float]:
+        """``(Z0, Z1)`` clipped to start no nearer than the near plane and to span a positive depth."""
         Z0 = max(Z0, self.z_near)
-        Z1 = max(Z1, Z0 + 1e-3)
+        return Z0, max(Z1, Z0 + 1e-3)
+
+    def ground_quad(self, X0: float, X1: float, Z0: float, Z1: float) -> list[Point]:
+        """A ground rectangle from X0 to X1 across and Z0 to Z1 in depth."""
+        c = self.camera
+        Z0, Z1 = self._depth_span(Z0, Z1)
         return [
             (c.x(X0, Z0), c.y(0, Z0)),
             (c.x(X1, Z0), c.y(0, Z0)),
@@ -394,8 +400,7 @@ class StreetScene:
     def side_quad(self, X: float, Z0: float, Z1: float, Y0: float, Y1: float) -> list[Point]:
         """A vertical plane along the street (constant X)."""
         c = self.camera
-        Z0 = max(Z0, self.z_near)
-        Z1 = max(Z1, Z0 + 1e-3)
+        Z0, Z1 = self._depth_span(Z0, Z1)
         return [
             (c.x(X, Z0), c.y(Y0, Z0)),
             (c.x(X, Z1), c.y(Y0, Z1)),
@@ -403,16 +408,29 @@ class StreetScene:
             (c.x(X, Z0), c.y(Y1, Z0)),
         ]
 
-    def billboard(self, X: float, Z: float, w: float, h: float, Y0: float = 0.0) -> tuple[float, float, float, float]:
+    def front_quad(self, X0: float, X1: float, Z: float, Y0: float, Y1: float) -> list[Point]:
+        """A vertical plane facing the camera (constant Z) from X0 to X1 and from height Y0 to Y1."""
+        c = self.camera
+        return [(c.x(X0, Z), c.y(Y0, Z)), (c.x(X1, Z), c.y(Y0, Z)), (c.x(X1, Z), c.y(Y1, Z)), (c.x(X0, Z), c.y(Y1, Z))]
+
+    def billboard(self, X: float, Z: float, w: float, h: float, Y0: float = 0.0) -> Box:
         """Screen box ``(x0, y_top, x1, y_bottom)`` of a camera-facing rectangle centred at X, from Y0 to Y0+h."""
         c = self.camera
         return c.x(X - w / 2, Z), c.y(Y0 + h, Z), c.x(X + w / 2, Z), c.y(Y0, Z)
 
     @staticmethod
-    def uv(box: tuple[float, float, float, float], pts: Sequence[Point]) -> list[Point]:
+    def uv(box: Box, pts: Sequence[Point]) -> list[Point]:
         """Map points in a billboard's unit square (u right, v up) to the screen."""
         x0, yt, x1, yb = box
         return [(x0 + u * (x1 - x0), yb + v * (yt - yb)) for u, v in pts]
+
+    def rect(self, box: Box, u0: float, v0: float, u1: float, v1: float, part: int) -> None:
+        """Paint the rectangle ``[u0, u1] x [v0, v1]`` of a billboard's unit square."""
+        self.polygon(self.uv(box, [(u0, v0), (u1, v0), (u1, v1), (u0, v1)]), part)
+
+    def mirrored(self, box: Box) -> Box:
+        """``box`` flipped left-right with probability 1/2 (an object seen from its other side)."""
+        return (box[2], box[1], box[0], box[3]) if self.rng.random() < 0.5 else box
 
     def add_object(self, Z: float, draw: Callable[[StreetScene], None]) -> None:
         """Queue an object at depth ``Z`` (painted far to near by ``render``)."""
@@ -508,17 +526,7 @@ class StreetScene:
             w = r.uniform(8, 25)
             if r.random() < 0.85:
                 part = self.new_part("building", self.look("building", windows=r.uniform(0.3, 0.6)))
-                h = r.uniform(6, 30)
-                c = self.camera
-                self.polygon(
-                    [
-                        (c.x(x, z), c.y(0, z)),
-                        (c.x(x + w, z), c.y(0, z)),
-                        (c.x(x + w, z), c.y(h, z)),
-                        (c.x(x, z), c.y(h, z)),
-                    ],
-                    part,
-                )
+                self.polygon(self.front_quad(x, x + w, z, 0, r.uniform(6, 30)), part)
             x += w
 
     def _crown(self, X: float, Z: float, Y: float, radius: float, part: int) -> None:
@@ -553,17 +561,7 @@ class StreetScene:
         self.polygon(self.side_quad(X, z0, z1, 0, h), part)
         if z0 > self.z_near:  # the end face towards the camera, in the same material, a bit darker
             face = Appearance(**{**look.__dict__, "color": look.color * r.uniform(0.65, 0.9)})
-            c = self.camera
-            xo = X + side.sign * 15.0
-            self.polygon(
-                [
-                    (c.x(X, z0), c.y(0, z0)),
-                    (c.x(xo, z0), c.y(0, z0)),
-                    (c.x(xo, z0), c.y(h, z0)),
-                    (c.x(X, z0), c.y(h, z0)),
-                ],
-                self.new_part("building", face),
-            )
+            self.polygon(self.front_quad(X, X + side.sign * 15.0, z0, 0, h), self.new_part("building", face))
 
     def _paint_block(self, side: _Side, kind: str, z0: float, z1: float) -> None:
         r = self.rng
@@ -701,9 +699,7 @@ class StreetScene:
         r = self.rng
         trunk_h = r.uniform(1.8, 4.0)
         trunk = self.new_part("vegetation", self.look("vegetation", (0.30, 0.22, 0.15), low=0.05, mid=0.05, high=0.06))
-        self.polygon(
-            self.uv(self.billboard(X, Z, r.uniform(0.25, 0.5), trunk_h + 0.5), [(0, 0), (1, 0), (1, 1), (0, 1)]), trunk
-        )
+        self.rect(self.billboard(X, Z, r.uniform(0.25, 0.5), trunk_h + 0.5), 0, 0, 1, 1, trunk)
         crown = self.new_part("vegetation", self.look("vegetation"))
         self._crown(X, Z, trunk_h + r.uniform(1.0, 2.5), r.uniform(1.2, 3.0), crown)
         if self.sunny:
@@ -713,7 +709,7 @@ class StreetScene:
         r = self.rng
         h = height or r.uniform(4.5, 9.0)
         part = self.new_part("pole", self.look("pole", jitter=0.06, low=0.03, mid=0.02, high=0.03))
-        self.polygon(self.uv(self.billboard(X, Z, r.uniform(0.15, 0.3), h), [(0, 0), (1, 0), (1, 1), (0, 1)]), part)
+        self.rect(self.billboard(X, Z, r.uniform(0.15, 0.3), h), 0, 0, 1, 1, part)
         if h > 6.0 and r.random() < 0.6:  # lamp arm
             c = self.camera
             arm = r.uniform(0.8, 2.0) * (1 if X < 0 else -1)
@@ -737,7 +733,7 @@ class StreetScene:
                 self.uv(box, [(0, 1), (1, 1), (0.5, 0)] if r.random() < 0.5 else [(0, 0), (1, 0), (0.5, 1)]), part
             )
         elif shape == 2:
-            self.polygon(self.uv(box, [(0, 0.15), (1, 0.15), (1, 0.85), (0, 0.85)]), part)
+            self.rect(box, 0, 0.15, 1, 0.85, part)
         else:
             k = [
                 (0.5 + 0.5 * math.cos(a), 0.5 + 0.5 * math.sin(a))
@@ -763,18 +759,33 @@ class StreetScene:
         for hx, hy in heads:
             body = self.new_part("traffic_light", self.look("traffic_light", (0.12, 0.12, 0.11), low=0.03))
             box = self.billboard(hx, Z, 0.35, 0.95, Y0=hy)
-            self.polygon(self.uv(box, [(0, 0), (1, 0), (1, 1), (0, 1)]), body)
+            self.rect(box, 0, 0, 1, 1, body)
             lit = int(r.integers(3))
             lamp_color = [(0.9, 0.15, 0.1), (0.95, 0.7, 0.1), (0.2, 0.85, 0.35)][lit]
             lamp = self.new_part("traffic_light", self.look("traffic_light", lamp_color, low=0.02, mid=0.0, high=0.02))
             s = c.scale(Z)
             self.ellipse(c.x(hx, Z), c.y(hy + 0.8 - 0.3 * lit, Z), 0.1 * s, 0.1 * s, lamp)
 
-    def _wheels(
-        self, box: tuple[float, float, float, float], us: Sequence[float], radius_v: float, obj: int, element: str
+    def _tyre_part(self, element: str, obj: int) -> int:
+        """A part of ``obj`` in tyre rubber (labelled as the vehicle ``element``)."""
+        return self.new_part(element, self.look(element, (0.05, 0.05, 0.05), low=0.02, mid=0.02, high=0.03), obj)
+
+    def _glass_part(self, element: str, obj: int, **texture: float) -> int:
+        """A part of ``obj`` in dark window glass; ``texture`` overrides the default ``low=0.1``."""
+        return self.new_part(element, self.look(element, (0.10, 0.12, 0.15), **(texture or {"low": 0.1})), obj)
+
+    def _rear_tyres(
+        self, box: Box, us: Sequence[float], width_u: float, height_v: float, obj: int, element: str
     ) -> None:
+        """Tyres seen from behind: dark rectangles standing on the ground at ``u`` in ``us``."""
+        tyre = self._tyre_part(element, obj)
+        for u0 in us:
+            self.rect(box, u0, 0, u0 + width_u, height_v, tyre)
+
+    def _wheels(self, box: Box, us: Sequence[float], radius_v: float, obj: int, element: str) -> None:
+        """Side-view wheels: discs of radius ``radius_v`` (box heights) centred at ``u`` in ``us``."""
         x0, yt, x1, yb = box
-        tyre = self.new_part(element, self.look(element, (0.05, 0.05, 0.05), low=0.02, mid=0.02, high=0.03), obj)
+        tyre = self._tyre_part(element, obj)
         rpx = radius_v * (yb - yt)
         for u in us:
             self.ellipse(x0 + u * (x1 - x0), yb - rpx, rpx, rpx, tyre)
@@ -785,22 +796,19 @@ class StreetScene:
         box = self.billboard(X, Z, r.uniform(1.65, 1.95), r.uniform(1.35, 1.65))
         body = self.new_part("car", self.look("car", jitter=0.05, low=0.08, mid=0.03, high=0.02), obj)
         self.polygon(self.uv(box, [(0, 0.1), (1, 0.1), (1, 0.55), (0.86, 0.95), (0.14, 0.95), (0, 0.55)]), body)
-        glass = self.new_part("car", self.look("car", (0.10, 0.12, 0.15), low=0.12, mid=0.03, high=0.02), obj)
+        glass = self._glass_part("car", obj, low=0.12, mid=0.03, high=0.02)
         self.polygon(self.uv(box, [(0.12, 0.58), (0.88, 0.58), (0.8, 0.9), (0.2, 0.9)]), glass)
         lights = self.new_part("car", self.look("car", (0.7, 0.1, 0.05), low=0.02, mid=0.0, high=0.02), obj)
         for u0 in (0.03, 0.8):
-            self.polygon(self.uv(box, [(u0, 0.38), (u0 + 0.17, 0.38), (u0 + 0.17, 0.5), (u0, 0.5)]), lights)
-        tyre = self.new_part("car", self.look("car", (0.05, 0.05, 0.05), low=0.02, mid=0.02, high=0.03), obj)
-        for u0 in (0.05, 0.75):
-            self.polygon(self.uv(box, [(u0, 0), (u0 + 0.2, 0), (u0 + 0.2, 0.14), (u0, 0.14)]), tyre)
+            self.rect(box, u0, 0.38, u0 + 0.17, 0.5, lights)
+        self._rear_tyres(box, (0.05, 0.75), 0.2, 0.14, obj, "car")
         self._contact_shadow(X, Z, box[2] - box[0])
 
     def _car_side(self, X: float, Z: float) -> None:
         r = self.rng
         obj = self.new_object()
         box = self.billboard(X, Z, r.uniform(3.9, 4.7), r.uniform(1.35, 1.6))
-        if r.random() < 0.5:  # facing the other way
-            box = (box[2], box[1], box[0], box[3])
+        box = self.mirrored(box)  # facing either way
         body = self.new_part("car", self.look("car", jitter=0.05, low=0.08, mid=0.03, high=0.02), obj)
         self.polygon(
             self.uv(
@@ -808,7 +816,7 @@ class StreetScene:
             ),
             body,
         )
-        glass = self.new_part("car", self.look("car", (0.10, 0.12, 0.15), low=0.12, mid=0.03, high=0.02), obj)
+        glass = self._glass_part("car", obj, low=0.12, mid=0.03, high=0.02)
         self.polygon(self.uv(box, [(0.3, 0.58), (0.66, 0.58), (0.64, 0.88), (0.33, 0.88)]), glass)
         self._wheels(box, (0.2, 0.8), 0.17, obj, "car")
         self._contact_shadow(X, Z, abs(box[2] - box[0]))
@@ -818,16 +826,14 @@ class StreetScene:
         obj = self.new_object()
         box = self.billboard(X, Z, r.uniform(2.3, 2.6), r.uniform(2.9, 3.8))
         body = self.new_part(kind, self.look(kind, jitter=0.06, low=0.07, mid=0.03, high=0.02), obj)
-        self.polygon(self.uv(box, [(0, 0.1), (1, 0.1), (1, 1), (0, 1)]), body)
+        self.rect(box, 0, 0.1, 1, 1, body)
         if kind == "bus":
-            glass = self.new_part(kind, self.look(kind, (0.10, 0.12, 0.15), low=0.1), obj)
-            self.polygon(self.uv(box, [(0.08, 0.6), (0.92, 0.6), (0.92, 0.92), (0.08, 0.92)]), glass)
+            glass = self._glass_part(kind, obj)
+            self.rect(box, 0.08, 0.6, 0.92, 0.92, glass)
         else:  # cargo doors
             seam = self.new_part(kind, self.look(kind, (0.25, 0.25, 0.25), low=0.02), obj)
-            self.polygon(self.uv(box, [(0.49, 0.15), (0.51, 0.15), (0.51, 0.97), (0.49, 0.97)]), seam)
-        tyre = self.new_part(kind, self.look(kind, (0.05, 0.05, 0.05), low=0.02, mid=0.02, high=0.03), obj)
-        for u0 in (0.04, 0.74):
-            self.polygon(self.uv(box, [(u0, 0), (u0 + 0.22, 0), (u0 + 0.22, 0.12), (u0, 0.12)]), tyre)
+            self.rect(box, 0.49, 0.15, 0.51, 0.97, seam)
+        self._rear_tyres(box, (0.04, 0.74), 0.22, 0.12, obj, kind)
         self._contact_shadow(X, Z, box[2] - box[0])
 
     def _big_side(self, kind: str, X: float, Z: float) -> None:
@@ -835,28 +841,24 @@ class StreetScene:
         obj = self.new_object()
         length = r.uniform(7.0, 10.0) if kind == "truck" else r.uniform(10.0, 13.0)
         box = self.billboard(X, Z, length, r.uniform(3.0, 3.8))
-        if r.random() < 0.5:
-            box = (box[2], box[1], box[0], box[3])
+        box = self.mirrored(box)
         look = self.look(kind, jitter=0.06, low=0.07, mid=0.03, high=0.02)
         if kind == "truck":
             cab = self.new_part(kind, look, obj)
             self.polygon(self.uv(box, [(0.8, 0.1), (1, 0.1), (1, 0.7), (0.9, 0.78), (0.8, 0.78)]), cab)
             cargo = self.new_part(kind, self.look(kind, _WHITE if r.random() < 0.5 else None, low=0.06), obj)
-            self.polygon(self.uv(box, [(0, 0.15), (0.78, 0.15), (0.78, 1), (0, 1)]), cargo)
-            glass = self.new_part(kind, self.look(kind, (0.10, 0.12, 0.15), low=0.1), obj)
+            self.rect(box, 0, 0.15, 0.78, 1, cargo)
+            glass = self._glass_part(kind, obj)
             self.polygon(self.uv(box, [(0.88, 0.5), (0.98, 0.5), (0.98, 0.68), (0.88, 0.72)]), glass)
             self._wheels(box, (0.12, 0.3, 0.88), 0.12, obj, kind)
         else:
             body = self.new_part(kind, look, obj)
             self.polygon(self.uv(box, [(0, 0.08), (1, 0.08), (1, 0.95), (0.97, 1), (0, 1)]), body)
-            glass = self.new_part(kind, self.look(kind, (0.10, 0.12, 0.15), low=0.1), obj)
+            glass = self._glass_part(kind, obj)
             n = int(r.integers(4, 8))
             for i in range(n):
                 u0 = 0.04 + i * 0.92 / n
-                self.polygon(
-                    self.uv(box, [(u0, 0.55), (u0 + 0.8 * 0.92 / n, 0.55), (u0 + 0.8 * 0.92 / n, 0.88), (u0, 0.88)]),
-                    glass,
-                )
+                self.rect(box, u0, 0.55, u0 + 0.8 * 0.92 / n, 0.88, glass)
             self._wheels(box, (0.15, 0.8), 0.1, obj, kind)
         self._contact_shadow(X, Z, abs(box[2] - box[0]))
 
@@ -866,13 +868,13 @@ class StreetScene:
         h = r.uniform(3.4, 3.9)
         box = self.billboard(X, Z, r.uniform(20, 32), h)
         body = self.new_part("train", self.look("train", jitter=0.05, low=0.06, mid=0.03, high=0.02), obj)
-        self.polygon(self.uv(box, [(0, 0.05), (1, 0.05), (1, 0.92), (0, 0.92)]), body)
-        glass = self.new_part("train", self.look("train", (0.10, 0.12, 0.15), low=0.1), obj)
+        self.rect(box, 0, 0.05, 1, 0.92, body)
+        glass = self._glass_part("train", obj)
         for i in range(int(r.integers(8, 14))):
             u0 = 0.02 + i * 0.075
             if u0 > 0.95:
                 break
-            self.polygon(self.uv(box, [(u0, 0.5), (u0 + 0.055, 0.5), (u0 + 0.055, 0.82), (u0, 0.82)]), glass)
+            self.rect(box, u0, 0.5, u0 + 0.055, 0.82, glass)
         roof = self.new_part("train", self.look("train", (0.3, 0.3, 0.32), low=0.03), obj)
         self.line(
             [(c.x(X - 2, Z), c.y(h, Z)), (c.x(X, Z), c.y(h + 1.0, Z)), (c.x(X + 2, Z), c.y(h, Z))],
@@ -909,15 +911,14 @@ class StreetScene:
             self._contact_shadow(X, Z, 0.8 * (x1 - x0))
 
     def _two_wheeler(self, X: float, Z: float, motor: bool, ridden: bool) -> None:
-        r, c = self.rng, self.camera
+        c = self.camera
         kind = "motorcycle" if motor else "bicycle"
         if not self.allows(kind):
             return
         obj = self.new_object()
         length, h = (2.0, 1.15) if motor else (1.75, 1.05)
         box = self.billboard(X, Z, length, h)
-        if r.random() < 0.5:
-            box = (box[2], box[1], box[0], box[3])
+        box = self.mirrored(box)
         x0, yt, x1, yb = box
         s = c.scale(Z)
         look = self.look(kind, jitter=0.06, low=0.04, mid=0.03, high=0.03)
@@ -949,17 +950,12 @@ class StreetScene:
             self.polygon(self.uv(self.billboard(X, Z, 0.6, 1.0), [(0.05, 0), (0.95, 0), (1, 1), (0, 1)]), part)
         elif kind == 1:  # bench
             box = self.billboard(X, Z, 1.8, 0.9)
-            self.polygon(self.uv(box, [(0, 0.45), (1, 0.45), (1, 0.55), (0, 0.55)]), part)
-            self.polygon(self.uv(box, [(0, 0.75), (1, 0.75), (1, 1), (0, 1)]), part)
+            self.rect(box, 0, 0.45, 1, 0.55, part)
+            self.rect(box, 0, 0.75, 1, 1, part)
             for u0 in (0.05, 0.9):
-                self.polygon(self.uv(box, [(u0, 0), (u0 + 0.05, 0), (u0 + 0.05, 0.75), (u0, 0.75)]), part)
+                self.rect(box, u0, 0, u0 + 0.05, 0.75, part)
         else:  # box / planter
-            self.polygon(
-                self.uv(
-                    self.billboard(X, Z, r.uniform(0.6, 1.4), r.uniform(0.4, 0.9)), [(0, 0), (1, 0), (1, 1), (0, 1)]
-                ),
-                part,
-            )
+            self.rect(self.billboard(X, Z, r.uniform(0.6, 1.4), r.uniform(0.4, 0.9)), 0, 0, 1, 1, part)
 
     def _contact_shadow(self, X: float, Z: float, width_px: float) -> None:
         c = self.camera

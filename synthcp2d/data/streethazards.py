@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from synthcp2d.data.folder_checks import check_pair_size, existing_folder, read_label_png, shown_values
 from synthcp3d.errors import SynthCPInputError
 
 __all__ = [
@@ -110,27 +110,13 @@ def load_streethazards_label(path: str | os.PathLike, allow_anomaly: bool = True
         SynthCPInputError: missing/unreadable file, more than one channel, values outside 1-14, or an unexpected
             anomaly.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SynthCPInputError(f"StreetHazards annotation {path} does not exist.")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.asarray(im)
-    except OSError as err:
-        raise SynthCPInputError(f"Cannot read StreetHazards annotation {path} as an image ({err}).") from err
-    if arr.ndim != 2:
-        raise SynthCPInputError(
-            f"StreetHazards annotation {path} has {arr.shape[-1]} channels (mode {mode}); expected a "
-            f"single-channel image of class values 1-14."
-        )
     low, high = STREETHAZARDS_FILE_OFFSET, ANOMALY_INDEX + STREETHAZARDS_FILE_OFFSET
+    arr = read_label_png(path, "StreetHazards annotation", f"a single-channel image of class values {low}-{high}")
     bad = np.unique(arr[(arr < low) | (arr > high)])
     if bad.size:
-        shown = ", ".join(str(int(v)) for v in bad[:6]) + (", ..." if bad.size > 6 else "")
         raise SynthCPInputError(
-            f"StreetHazards annotation {path} holds values {shown} outside the file convention {low}-{high} "
-            f"(1 = unlabeled ... 14 = anomaly)."
+            f"StreetHazards annotation {path} holds values {shown_values(bad)} outside the file convention "
+            f"{low}-{high} (1 = unlabeled ... 14 = anomaly)."
         )
     index = (arr - STREETHAZARDS_FILE_OFFSET).astype(np.uint8)
     if not allow_anomaly and (index == ANOMALY_INDEX).any():
@@ -142,11 +128,7 @@ def load_streethazards_label(path: str | os.PathLike, allow_anomaly: bool = True
 
 
 def _resolve_root(root: str | os.PathLike) -> Path:
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise SynthCPInputError(f"StreetHazards folder {root} does not exist.")
-    if not root.is_dir():
-        raise SynthCPInputError(f"StreetHazards folder {root} is a file, not a folder.")
+    root = existing_folder(root, "StreetHazards")
     if (root / "images").is_dir() or (root / "annotations").is_dir():
         raise SynthCPInputError(
             f"{root} looks like StreetHazards' train/ or test/ folder itself; pass its parent, the folder that "
@@ -230,14 +212,6 @@ def load_streethazards_datalist(root: str | os.PathLike, split: str) -> list[dic
     return sorted(items, key=_sort_key)
 
 
-def _image_size(path: str | os.PathLike) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as err:
-        raise SynthCPInputError(f"Cannot read image {path} ({err}).") from err
-
-
 def check_streethazards_folder(
     root: str | os.PathLike, splits: Sequence[str] | None = None, deep: bool = True
 ) -> dict[str, Any]:
@@ -276,13 +250,7 @@ def check_streethazards_folder(
     for split in splits:
         items = load_streethazards_datalist(root, split)
         for item in items:
-            image_size, label_size = _image_size(item["image"]), _image_size(item["label"])
-            if image_size != label_size:
-                raise SynthCPInputError(
-                    f"StreetHazards image {item['image']} is {image_size[0]}x{image_size[1]} but its annotation "
-                    f"{item['label']} is {label_size[0]}x{label_size[1]}."
-                )
-            sizes.add(image_size)
+            sizes.add(check_pair_size(item, "StreetHazards", "annotation"))
             if deep:
                 index = load_streethazards_label(item["label"], allow_anomaly=split == "test")
                 if split == "test":

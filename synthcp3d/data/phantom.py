@@ -410,8 +410,13 @@ def _case_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_CODE[split], index])
 
 
-def _prepare_task_dir(out_dir: Path) -> Path:
-    """Create the task folder; an earlier phantom data set there is replaced, any other non-empty folder refused."""
+def _prepare_task_dir(out_dir: Path, seed: int) -> Path:
+    """Create the task folder; an earlier phantom data set there is replaced, any other non-empty folder refused.
+
+    The manifest is written first (with no cases) and stays while the folder is rewritten, so a run interrupted
+    half-way leaves a folder that a rerun still recognises as the generator's own; ``dataset.json``, written last,
+    is what marks the data set complete.
+    """
     task_dir = out_dir / TASK_NAME
     if task_dir.exists() and any(task_dir.iterdir()):
         if not (task_dir / PHANTOM_MANIFEST).is_file():
@@ -419,13 +424,21 @@ def _prepare_task_dir(out_dir: Path) -> Path:
                 f"{task_dir} already exists and was not written by the phantom generator (no {PHANTOM_MANIFEST}); "
                 "refusing to overwrite it: choose another output folder."
             )
+        (task_dir / "dataset.json").unlink(missing_ok=True)
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             shutil.rmtree(task_dir / sub, ignore_errors=True)
-        for name in ("dataset.json", PHANTOM_MANIFEST):
-            (task_dir / name).unlink(missing_ok=True)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    _write_manifest(task_dir, seed, [], complete=False)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (task_dir / sub).mkdir(parents=True, exist_ok=True)
+        (task_dir / sub).mkdir(exist_ok=True)
     return task_dir
+
+
+def _write_manifest(task_dir: Path, seed: int, records: list[dict[str, Any]], complete: bool = True) -> None:
+    manifest = {"generator": "synthcp3d.data.phantom", "version": PHANTOM_VERSION, "seed": seed, "cases": records}
+    if not complete:
+        manifest["complete"] = False
+    atomic_save_json(manifest, task_dir / PHANTOM_MANIFEST)
 
 
 def make_pancreas_dataset(
@@ -462,7 +475,7 @@ def make_pancreas_dataset(
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     if len(shape) != 3 or min(shape[:2]) < 24 or shape[2] < 8:
         raise SynthCPInputError(f"shape must be (X, Y, Z) with X, Y >= 24 and Z >= 8 voxels, got {shape}.")
-    task_dir = _prepare_task_dir(Path(out_dir))
+    task_dir = _prepare_task_dir(Path(out_dir), int(seed))
     jobs = [("training", i) for i in range(int(cases))] + [("test", i) for i in range(int(test_cases))]
     training: list[dict[str, str]] = []
     test: list[str] = []
@@ -479,10 +492,7 @@ def make_pancreas_dataset(
             save_like(case.image, case.affine, task_dir / "imagesTs" / f"{case_id}.nii.gz")
             test.append(f"./imagesTs/{case_id}.nii.gz")
         records.append({"case": case_id, "split": split, **case.params})
-    atomic_save_json(
-        {"generator": "synthcp3d.data.phantom", "version": PHANTOM_VERSION, "seed": int(seed), "cases": records},
-        task_dir / PHANTOM_MANIFEST,
-    )
+    _write_manifest(task_dir, int(seed), records)
     dataset = {
         "name": "Pancreas",
         "description": "Synthetic abdominal CT phantoms: pancreas and cancer segmentation (synthcp)",

@@ -25,6 +25,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.utils.arrays import to_numpy
 from synthcp3d.utils.atomic import atomic_path
 
 __all__ = [
@@ -123,7 +124,7 @@ def ct_volume_from_array(array: Any, affine: Any, source: str = "<array>") -> CT
     Returns:
         a :class:`CTVolume` with a float32 array.
     """
-    return _finish(_as_numpy(array), np.asarray(affine, dtype=np.float64), Path(source))
+    return _finish(to_numpy(array), np.asarray(affine, dtype=np.float64), Path(source))
 
 
 def _finish(array: np.ndarray, affine: np.ndarray, path: Path) -> CTVolume:
@@ -340,12 +341,6 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, image: sitk.Image, fo
         )
 
 
-def _as_numpy(array: Any) -> np.ndarray:
-    if hasattr(array, "detach"):  # torch tensor, without importing torch here
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
 _NIFTI_DTYPES = {np.dtype(bool): np.uint8, np.dtype(np.float64): np.float32, np.dtype(np.int64): np.int32}
 
 
@@ -364,7 +359,7 @@ def save_like(
         the written path. The gzip stream carries no time stamp or file name, so equal inputs give equal bytes.
     """
     path = Path(path)
-    data = _as_numpy(array)
+    data = to_numpy(array)
     if isinstance(reference, CTVolume):
         affine = reference.affine
         if data.shape != reference.array.shape:
@@ -423,7 +418,7 @@ def write_dicom_series(
     folder = Path(folder)
     if folder.exists():
         raise SynthCPInputError(f"{folder}: already exists; write_dicom_series writes a new folder.")
-    data = np.asarray(_as_numpy(array), dtype=np.float64)
+    data = np.asarray(to_numpy(array), dtype=np.float64)
     affine = np.asarray(affine, dtype=np.float64)
     if data.ndim != 3:
         raise SynthCPInputError(f"expected a 3D array (X, Y, Z) for a DICOM series, got shape {data.shape}.")

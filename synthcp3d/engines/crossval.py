@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from sklearn.model_selection import KFold
 from tqdm.auto import tqdm
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.utils.arrays import to_numpy
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json
 
 __all__ = [
@@ -146,18 +146,23 @@ def make_folds(
     return [[ids[i] for i in sorted(i for unit in fu for i in unit)] for fu in fold_units]
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+# prediction file suffix -> format name (the ``pred_format`` values of `run_crossval`)
+_PRED_SUFFIXES = ((".npy", "npy"), (".nii.gz", "nii.gz"), (".nii", "nii.gz"), (".png", "png"))
 
 
-def save_prediction(
-    pred: Any, path: str | os.PathLike, affine: Any | None = None
-) -> Path:
+def _prediction_format(path: Path) -> str:
+    """The format of a prediction file from its name: ``"npy"``, ``"nii.gz"`` (also ``.nii``) or ``"png"``."""
+    for suffix, fmt in _PRED_SUFFIXES:
+        if path.name.endswith(suffix):
+            return fmt
+    raise SynthCPInputError(f"unknown prediction format for {path} (use .npy, .nii.gz or .png)")
+
+
+def save_prediction(pred: Any, path: str | os.PathLike, affine: Any | None = None) -> Path:
     """Atomically write a label map ``(*S)`` (a leading singleton channel is dropped) as .npy, .nii.gz or .png."""
     path = Path(path)
-    arr = _as_numpy(pred)
+    fmt = _prediction_format(path)
+    arr = to_numpy(pred)
     if arr.ndim >= 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.dtype.kind == "f":
@@ -165,24 +170,23 @@ def save_prediction(
             raise SynthCPInputError(f"prediction for {path.name} holds non-integer values; expected class indices")
     if arr.size and (arr.min() < 0):
         raise SynthCPInputError(f"prediction for {path.name} holds negative class indices")
+    if arr.size and arr.max() > np.iinfo(np.int16).max:
+        raise SynthCPInputError(f"prediction for {path.name} holds class index {arr.max()}, above the int16 range")
     arr = arr.astype(np.uint8 if (arr.size == 0 or arr.max() <= 255) else np.int16)
-    name = path.name
+    if fmt == "png" and (arr.ndim != 2 or arr.dtype != np.uint8):
+        raise SynthCPInputError(f"{path.name}: PNG predictions must be 2D with at most 256 classes")
     with atomic_path(path) as tmp:
-        if name.endswith(".npy"):
+        if fmt == "npy":
             with open(tmp, "wb") as f:
                 np.save(f, arr)
-        elif name.endswith(".nii.gz") or name.endswith(".nii"):
+        elif fmt == "nii.gz":
             import nibabel as nib
 
-            nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else _as_numpy(affine).astype(np.float64)), tmp)
-        elif name.endswith(".png"):
+            nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else to_numpy(affine).astype(np.float64)), tmp)
+        else:
             from PIL import Image
 
-            if arr.ndim != 2 or arr.dtype != np.uint8:
-                raise SynthCPInputError(f"{path.name}: PNG predictions must be 2D with at most 256 classes")
             Image.fromarray(arr).save(tmp, format="PNG")
-        else:
-            raise SynthCPInputError(f"unknown prediction format for {path} (use .npy, .nii.gz or .png)")
     return path
 
 
@@ -191,23 +195,22 @@ def load_prediction(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SynthCPInputError(f"prediction file {path} does not exist")
-    name = path.name
-    if name.endswith(".npy"):
+    fmt = _prediction_format(path)
+    if fmt == "npy":
         return np.load(path, allow_pickle=False)
-    if name.endswith(".nii.gz") or name.endswith(".nii"):
+    if fmt == "nii.gz":
         import nibabel as nib
 
         return np.asarray(nib.load(str(path)).dataobj)
-    if name.endswith(".png"):
-        from PIL import Image
+    from PIL import Image
 
-        return np.asarray(Image.open(path))
-    raise SynthCPInputError(f"unknown prediction format for {path} (use .npy, .nii.gz or .png)")
+    with Image.open(path) as image:
+        return np.asarray(image)
 
 
 def save_probabilities(prob: Any, path: str | os.PathLike, fmt: ProbFormat = "float16", top_k: int = 3) -> Path:
     """Atomically write a softmax ``(C, *S)`` as a compressed ``.npz``: all classes in float16, or the top-k."""
-    arr = _as_numpy(prob).astype(np.float32)
+    arr = to_numpy(prob).astype(np.float32)
     if arr.ndim < 2:
         raise SynthCPInputError(f"probabilities must be (C, *S), got shape {arr.shape}")
     if not np.isfinite(arr).all():

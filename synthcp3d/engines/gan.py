@@ -51,7 +51,8 @@ class GanTrainer(BaseTrainer):
         ignore_index: label value encoded as an all-zero one-hot vector.
         adversarial_loss: default `HingeGANLoss` (``discriminator_loss(real, fake)``, ``generator_loss(fake)``).
         feature_matching_weight: lambda_feat (SPADE: 10; 0 disables).
-        perceptual_loss: optional ``(fake, real) -> scalar`` (e.g. `LocalPerceptualLoss`, weight included).
+        perceptual_loss: optional ``(fake, real) -> scalar`` (e.g. `LocalPerceptualLoss`, weight included); a module
+            is moved to ``device``.
         schedulers: name -> LR scheduler stepped every iteration.
         image_key, label_key: batch keys.
         kwargs: `BaseTrainer` arguments (``epoch_length``, ``amp``, ``train_handlers``, ...).
@@ -88,6 +89,8 @@ class GanTrainer(BaseTrainer):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.adversarial_loss = adversarial_loss if adversarial_loss is not None else HingeGANLoss()
         self.feature_matching_weight = feature_matching_weight
+        if isinstance(perceptual_loss, nn.Module):  # `LocalPerceptualLoss` loads its network on the CPU
+            perceptual_loss = perceptual_loss.to(self.state.device)
         self.perceptual_loss = perceptual_loss
         self.image_key, self.label_key = image_key, label_key
 

@@ -42,6 +42,8 @@ def as_tensor(x: Any, name: str, device: torch.device | str | None = None) -> to
         if array.dtype == object:
             raise SynthCPInputError(f"{name} is not a numeric array (ragged or object dtype)")
         array = np.ascontiguousarray(array)
+        if not array.dtype.isnative:  # e.g. big-endian NIfTI data: torch.from_numpy refuses a foreign byte order
+            array = array.astype(array.dtype.newbyteorder("="))
         if array.dtype == np.float16:
             array = array.astype(np.float32)
         with warnings.catch_warnings():

@@ -32,6 +32,7 @@ STD_DDOF = 0
 """Delta degrees of freedom of STD (population standard deviation, as ``np.std``)."""
 
 _KEYS = ("MAE", "STD", "PC", "SC")
+_FRACTION_TOL = 1e-6  # rounding slack on the [0, 1] range of a true quality
 
 
 def _as_matrix(values: Any, name: str) -> np.ndarray:
@@ -64,7 +65,8 @@ def quality_metrics(predicted: Any, true: Any, class_names: Sequence[str] | None
         ``num_values`` (defined pairs used) and ``num_undefined`` (NaN pairs in ``true``, excluded).
 
     Raises:
-        SynthCPInputError: shapes differ, or ``predicted`` is NaN/inf where ``true`` is defined, or ``true`` is inf.
+        SynthCPInputError: shapes differ, or ``predicted`` is NaN/inf where ``true`` is defined, or ``true`` is inf
+            or outside [0, 1] (percentages instead of fractions).
     """
     pred = _as_matrix(predicted, "predicted")
     target = _as_matrix(true, "true")
@@ -80,6 +82,12 @@ def quality_metrics(predicted: Any, true: Any, class_names: Sequence[str] | None
     defined = ~np.isnan(target)
     if np.isinf(target).any():
         raise SynthCPInputError("true holds infinite values; use NaN for an undefined quality")
+    outside = defined & ((target < -_FRACTION_TOL) | (target > 1 + _FRACTION_TOL))
+    if outside.any():
+        raise SynthCPInputError(
+            f"true holds {int(outside.sum())} value(s) outside [0, 1] (e.g. {target[outside][0]:g}); qualities are "
+            "fractions (IoU / DSC), not percentages"
+        )
     bad = defined & ~np.isfinite(pred)
     if bad.any():
         image, cls = np.argwhere(bad)[0]

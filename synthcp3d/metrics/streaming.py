@@ -24,6 +24,7 @@ integers, so the pooled result is identical on CPU and CUDA.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -138,27 +139,30 @@ class StreamingBinaryCurve:
 
 
 class _StreamingImageMetrics:
-    """Pooled (histogram) or per-image (exact, running mean) image-stream metrics; subclasses name the keys."""
+    """Pooled (histogram) or per-image (exact, running mean) image-stream metrics.
+
+    Subclasses set ``keys``, ``names`` (of score and target in messages), ``default_reduction`` (used when
+    ``reduction`` is ``None``) and ``from_counts``.
+    """
 
     keys: tuple[str, ...] = ()
     names: tuple[str, str] = ("score", "target")
+    default_reduction = "pooled"
+    #: ``(positives, negatives) -> metrics x100``, the subclass' table reader (a staticmethod).
+    from_counts: Callable[[Any, Any], dict]
 
     def __init__(
         self,
-        reduction: str,
+        reduction: str | None = None,
         num_bins: int = 1 << 16,
         score_range: tuple[float, float] = (0.0, 1.0),
         device: torch.device | str | None = None,
     ) -> None:
-        self.reduction = check_reduction(reduction)
+        self.reduction = check_reduction(self.default_reduction if reduction is None else reduction)
         self.curve = StreamingBinaryCurve(num_bins, score_range, device)
         self.per_image = PerImageMean(self.keys)
         self.num_images = 0
         self.num_pooled_images = 0
-
-    @staticmethod
-    def from_counts(positives: Any, negatives: Any) -> dict:
-        raise NotImplementedError
 
     def reset(self) -> None:
         """Forget every image seen so far."""
@@ -205,8 +209,8 @@ class StreamingPixelFailureMetrics(_StreamingImageMetrics):
     """Streaming :func:`~synthcp3d.metrics.pixel.pixel_failure_metrics`: AUPR_Error, AUPR_Success, AUROC, FPR95.
 
     Args:
-        reduction: ``"pooled"`` (histograms over all pixels) or ``"per_image"`` (exact per image, then the mean
-            over images holding both error and correct pixels).
+        reduction: ``"pooled"`` (default: histograms over all pixels) or ``"per_image"`` (exact per image, then
+            the mean over images holding both error and correct pixels).
         num_bins: histogram bins for ``"pooled"``.
         score_range: ``(lo, hi)`` of the error scores for ``"pooled"``; values outside are clamped.
         device: where the work runs; ``None`` = the device of the first scores.
@@ -216,26 +220,15 @@ class StreamingPixelFailureMetrics(_StreamingImageMetrics):
 
     keys = FAILURE_KEYS
     names = ("error_score", "error")
-
-    def __init__(
-        self,
-        reduction: str = "pooled",
-        num_bins: int = 1 << 16,
-        score_range: tuple[float, float] = (0.0, 1.0),
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(reduction, num_bins, score_range, device)
-
-    @staticmethod
-    def from_counts(positives: Any, negatives: Any) -> dict:
-        return failure_metrics_from_counts(positives, negatives)
+    default_reduction = "pooled"
+    from_counts = staticmethod(failure_metrics_from_counts)
 
 
 class StreamingAnomalyMetrics(_StreamingImageMetrics):
     """Streaming :func:`~synthcp3d.metrics.pixel.anomaly_metrics`: FPR95, AUROC, AUPR, anomaly pixels positive.
 
     Args:
-        reduction: ``"per_image"`` (StreetHazards) or ``"pooled"`` (Fishyscapes / SegmentMeIfYouCan).
+        reduction: ``"per_image"`` (default: StreetHazards) or ``"pooled"`` (Fishyscapes / SegmentMeIfYouCan).
         num_bins: histogram bins for ``"pooled"``.
         score_range: ``(lo, hi)`` of the anomaly scores for ``"pooled"``; values outside are clamped.
         device: where the work runs; ``None`` = the device of the first scores.
@@ -245,16 +238,5 @@ class StreamingAnomalyMetrics(_StreamingImageMetrics):
 
     keys = ANOMALY_KEYS
     names = ("anomaly_score", "is_anomaly")
-
-    def __init__(
-        self,
-        reduction: str = "per_image",
-        num_bins: int = 1 << 16,
-        score_range: tuple[float, float] = (0.0, 1.0),
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(reduction, num_bins, score_range, device)
-
-    @staticmethod
-    def from_counts(positives: Any, negatives: Any) -> dict:
-        return anomaly_metrics_from_counts(positives, negatives)
+    default_reduction = "per_image"
+    from_counts = staticmethod(anomaly_metrics_from_counts)

@@ -64,8 +64,9 @@ class HingeGANLoss(nn.Module):
             return self.patch_loss(real, target_is_real=True, for_discriminator=True) + self.patch_loss(
                 fake, target_is_real=False, for_discriminator=True
             )  # type: ignore[operator]
-        loss_real = torch.stack([F.relu(1 - o).mean() for o in real]).mean()
-        loss_fake = torch.stack([F.relu(1 + o).mean() for o in fake]).mean()
+        # float32 reductions: under bf16 autocast the logits are bf16, whose mean would keep ~3 significant digits
+        loss_real = torch.stack([F.relu(1 - o.float()).mean() for o in real]).mean()
+        loss_fake = torch.stack([F.relu(1 + o.float()).mean() for o in fake]).mean()
         return loss_real + loss_fake
 
     def generator_loss(self, fake_outputs: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -73,7 +74,7 @@ class HingeGANLoss(nn.Module):
         fake = self._as_list(fake_outputs)
         if self.implementation == "monai":
             return self.patch_loss(fake, target_is_real=True, for_discriminator=False)  # type: ignore[return-value]
-        return torch.stack([-o.mean() for o in fake]).mean()
+        return torch.stack([-o.float().mean() for o in fake]).mean()
 
 
 def feature_matching_loss(

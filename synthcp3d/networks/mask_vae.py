@@ -76,6 +76,15 @@ class MaskVAE(nn.Module):
         recon, mu, logvar, _ = self.net(mask_onehot.float())
         return recon, mu, logvar
 
+    def _eval_forward(self, mask_onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` in eval mode (posterior mean), the previous train/eval mode restored afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(mask_onehot)
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def reconstruction_dice(self, mask_onehot: torch.Tensor) -> torch.Tensor:
         """Per-class Dice between a mask and its reconstruction (eval mode, posterior mean, argmax of the logits).
@@ -86,23 +95,13 @@ class MaskVAE(nn.Module):
         Returns:
             ``(B, C)`` in [0, 1]; NaN where the class is absent from both the mask and its reconstruction.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            recon, _, _ = self(mask_onehot)
-        finally:
-            self.train(was_training)
+        recon, _, _ = self._eval_forward(mask_onehot)
         return per_class_quality(recon.argmax(1), mask_onehot.argmax(1), self.num_classes, metric="dice")
 
     @torch.no_grad()
     def score(self, mask_onehot: torch.Tensor, beta: float = 1e-3) -> torch.Tensor:
         """Per-sample VAE loss (eval mode) ``(B,)``: the alarm's feature (higher = less plausible shape)."""
-        was_training = self.training
-        self.eval()
-        try:
-            recon, mu, logvar = self(mask_onehot)
-        finally:
-            self.train(was_training)
+        recon, mu, logvar = self._eval_forward(mask_onehot)
         return vae_loss(recon, mask_onehot, mu, logvar, beta=beta, reduction="none")
 
 
@@ -131,7 +130,10 @@ def vae_loss(
         beta: KL weight (the KL is summed over the latent, the reconstruction terms are means in [0, 1]).
         reduction: "mean" (scalar) or "none" (``(B,)``).
     """
-    target = target_onehot.to(recon_logits.dtype)
+    # float32 throughout: under bf16 autocast the loss would keep ~3 significant digits, and as the VAE alarm's
+    # feature it is regressed on, so that rounding would be noise in the predicted DSC
+    recon_logits, mu, logvar = recon_logits.float(), mu.float(), logvar.float()
+    target = target_onehot.to(device=recon_logits.device, dtype=torch.float32)
     if recon_logits.shape != target.shape:
         raise SynthCPInputError(f"reconstruction {tuple(recon_logits.shape)} and target {tuple(target.shape)} differ")
     dice = _dice(recon_logits, target).flatten(1).mean(1)

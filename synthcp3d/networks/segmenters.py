@@ -182,7 +182,7 @@ def build_segmenter(
         classifier = net.final  # norm -> relu -> conv -> x2 up: the classifier sits on half-resolution features
         net.final = nn.Identity()
         multiple = [2 ** (psp + 3)] * spatial_dims
-        multiple[-1] = max(multiple[-1], 32)
+        multiple[-1] = 32  # AH-Net pools the last axis less: it needs a multiple of 32 whatever psp_block_num is
         return Segmenter(net, classifier, spatial_dims, dropout, multiple)
     if name in ("fcn8", "deeplabv2"):
         is_fcn = name == "fcn8"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -121,45 +122,40 @@ def _bilateral_message(
     return numerator / denominator.clamp_min(1e-12)
 
 
-def _dense_crf_torch(
-    image: torch.Tensor,
-    probs: torch.Tensor,
-    iterations: int,
-    smooth_sxy: float,
-    smooth_compat: float,
-    bilateral_sxy: float,
-    bilateral_schan: float,
-    bilateral_compat: float,
-    bilateral_radius: int,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Kernels:
+    """The pairwise model: Potts weights and standard deviations of the two kernels (see `dense_crf_probs`)."""
+
+    smooth_sxy: float
+    smooth_compat: float
+    bilateral_sxy: float
+    bilateral_schan: float
+    bilateral_compat: float
+    bilateral_radius: int
+
+
+def _dense_crf_torch(image: torch.Tensor, probs: torch.Tensor, iterations: int, k: _Kernels) -> torch.Tensor:
     log_p = probs.clamp(_UNARY_CLIP, 1.0).log()
     q = torch.softmax(log_p, dim=1)
-    num_offsets = len(_window_offsets(bilateral_sxy, bilateral_radius)[0]) ** (probs.ndim - 2) - 1
-    small = num_offsets * image[:, :1].numel() <= _MAX_CACHED_WEIGHT_ELEMENTS
-    cache = bool(bilateral_compat) and iterations > 1 and small
-    cached = list(_bilateral_terms(image, bilateral_sxy, bilateral_schan, bilateral_radius)) if cache else None
+    offsets = _window_offsets(k.bilateral_sxy, k.bilateral_radius)[0]
+    pad = offsets[-1]
+    small = (len(offsets) ** (probs.ndim - 2) - 1) * image[:, :1].numel() <= _MAX_CACHED_WEIGHT_ELEMENTS
+
+    def bilateral_terms() -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
+        return _bilateral_terms(image, k.bilateral_sxy, k.bilateral_schan, k.bilateral_radius)
+
+    cached = list(bilateral_terms()) if k.bilateral_compat and iterations > 1 and small else None
     for _ in range(iterations):
         logits = log_p.clone()
-        if smooth_compat:
-            logits += smooth_compat * _gaussian_message(q, smooth_sxy)
-        if bilateral_compat:
-            terms = cached or _bilateral_terms(image, bilateral_sxy, bilateral_schan, bilateral_radius)
-            pad = _window_offsets(bilateral_sxy, bilateral_radius)[0][-1]
-            logits += bilateral_compat * _bilateral_message(q, terms, pad)
+        if k.smooth_compat:
+            logits += k.smooth_compat * _gaussian_message(q, k.smooth_sxy)
+        if k.bilateral_compat:
+            logits += k.bilateral_compat * _bilateral_message(q, cached or bilateral_terms(), pad)
         q = torch.softmax(logits, dim=1)
     return q
 
 
-def _dense_crf_pydensecrf(
-    image: torch.Tensor,
-    probs: torch.Tensor,
-    iterations: int,
-    smooth_sxy: float,
-    smooth_compat: float,
-    bilateral_sxy: float,
-    bilateral_schan: float,
-    bilateral_compat: float,
-) -> torch.Tensor:
+def _dense_crf_pydensecrf(image: torch.Tensor, probs: torch.Tensor, iterations: int, k: _Kernels) -> torch.Tensor:
     try:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import create_pairwise_bilateral, create_pairwise_gaussian
@@ -172,11 +168,12 @@ def _dense_crf_pydensecrf(
         crf = dcrf.DenseCRF(int(np.prod(spatial)), num_classes)
         unary = -np.log(np.clip(p, _UNARY_CLIP, 1.0)).reshape(num_classes, -1)
         crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-        if smooth_compat:
-            crf.addPairwiseEnergy(create_pairwise_gaussian((smooth_sxy,) * dims, spatial), compat=float(smooth_compat))
-        if bilateral_compat:
-            feats = create_pairwise_bilateral((bilateral_sxy,) * dims, bilateral_schan, f, chdim=0)
-            crf.addPairwiseEnergy(np.ascontiguousarray(feats), compat=float(bilateral_compat))
+        if k.smooth_compat:
+            smooth = create_pairwise_gaussian((k.smooth_sxy,) * dims, spatial)
+            crf.addPairwiseEnergy(smooth, compat=float(k.smooth_compat))
+        if k.bilateral_compat:
+            feats = create_pairwise_bilateral((k.bilateral_sxy,) * dims, k.bilateral_schan, f, chdim=0)
+            crf.addPairwiseEnergy(np.ascontiguousarray(feats), compat=float(k.bilateral_compat))
         q = np.array(crf.inference(iterations), dtype=np.float32).reshape(num_classes, *spatial)
         out.append(torch.from_numpy(q))
     return torch.stack(out).to(probs.device)
@@ -220,24 +217,11 @@ def dense_crf_probs(
         )
     if iterations < 0 or bilateral_radius < 1 or min(smooth_sxy, bilateral_sxy, bilateral_schan) <= 0:
         raise SynthCPInputError("CRF iterations must be >= 0, the radius >= 1, and every std positive")
-    probs, features = probs.float(), features.float()
-    if backend == "torch":
-        return _dense_crf_torch(
-            features,
-            probs,
-            iterations,
-            smooth_sxy,
-            smooth_compat,
-            bilateral_sxy,
-            bilateral_schan,
-            bilateral_compat,
-            bilateral_radius,
-        )
-    if backend == "pydensecrf":
-        return _dense_crf_pydensecrf(
-            features, probs, iterations, smooth_sxy, smooth_compat, bilateral_sxy, bilateral_schan, bilateral_compat
-        )
-    raise SynthCPInputError(f"unknown CRF backend {backend!r}; use 'torch' or 'pydensecrf'")
+    backends = {"torch": _dense_crf_torch, "pydensecrf": _dense_crf_pydensecrf}
+    if backend not in backends:
+        raise SynthCPInputError(f"unknown CRF backend {backend!r}; use 'torch' or 'pydensecrf'")
+    kernels = _Kernels(smooth_sxy, smooth_compat, bilateral_sxy, bilateral_schan, bilateral_compat, bilateral_radius)
+    return backends[backend](features.float(), probs.float(), iterations, kernels)
 
 
 def msp_crf_score(

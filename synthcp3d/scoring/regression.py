@@ -26,15 +26,14 @@ import torch
 from sklearn.linear_model import LinearRegression
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.utils.arrays import to_numpy
 
 __all__ = ["LinearQualityRegressor", "as_feature_matrix"]
 
 
 def as_feature_matrix(values: Any, name: str) -> np.ndarray:
     """``(N,)`` or ``(N, K)`` array-like (numpy, torch, list) -> float64 ``(N, K)``."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values, dtype=np.float64)
+    array = np.asarray(to_numpy(values), dtype=np.float64)
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2:

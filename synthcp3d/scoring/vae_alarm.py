@@ -18,29 +18,19 @@ The cropping / resampling of a predicted mask to ``in_shape`` is the caller's (t
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.networks.mask_vae import vae_loss
 from synthcp3d.scoring.base import ScoreOutput, check_class_tensor, inference_mode, register_scorer
 from synthcp3d.scoring.regression import LinearQualityRegressor
 
 __all__ = ["vae_alarm_feature", "VAEAlarmRegressor"]
 
 VAEFeature = Literal["loss", "dice"]
-
-
-def _vae_loss_fn() -> Any:
-    import synthcp3d.networks as networks
-
-    if hasattr(networks, "vae_loss"):
-        return networks.vae_loss
-    from synthcp3d.networks.mask_vae import vae_loss
-
-    return vae_loss
 
 
 def vae_alarm_feature(
@@ -74,16 +64,9 @@ def vae_alarm_feature(
         if feature == "dice":
             return vae.reconstruction_dice(mask_onehot)[:, class_index].float()
         if feature == "loss":
-            vae_loss = _vae_loss_fn()
             kwargs = {} if beta is None else {"beta": beta}
-            if "reduction" in inspect.signature(vae_loss).parameters:
-                recon_logits, mu, logvar = vae(mask_onehot)
-                return vae_loss(recon_logits, mask_onehot, mu, logvar, reduction="none", **kwargs).float()
-            values = []
-            for item in mask_onehot.split(1):  # a loss that always reduces over the batch: one mask at a time
-                recon_logits, mu, logvar = vae(item)
-                values.append(vae_loss(recon_logits, item, mu, logvar, **kwargs).reshape(()))
-            return torch.stack(values).float()
+            recon_logits, mu, logvar = vae(mask_onehot)
+            return vae_loss(recon_logits, mask_onehot, mu, logvar, reduction="none", **kwargs).float()
     raise SynthCPInputError(f"unknown VAE alarm feature {feature!r}; use 'loss' or 'dice'")
 
 

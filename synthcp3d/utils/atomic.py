@@ -33,15 +33,37 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would (0666 minus umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the system allows (``os.umask`` can only set it, and a
+    set-and-restore would briefly give files created meanwhile by other threads a zero umask)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to disk before it is renamed into place, so that after a power loss the target holds the
+    old or the new content, never an empty file (the rename itself is atomic but may reach the disk first)."""
+    if path.is_file():
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
 
 
 def atomic_save_text(text: str, path: str | os.PathLike) -> Path:
