@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import locale
 import logging
 import os
 import tempfile
@@ -440,6 +441,9 @@ def write_dicom_series(
     orientation = "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    # SimpleITK's DICOM (GDCM) writer switches the whole process to the C locale (ASCII text I/O from then on):
+    # put the caller's locale back afterwards.
+    saved_locale = locale.setlocale(locale.LC_ALL)
     try:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
@@ -465,6 +469,7 @@ def write_dicom_series(
             writer.Execute(slc)
         os.replace(tmp_dir, folder)
     finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
         if tmp_dir.exists():
             for f in tmp_dir.iterdir():
                 f.unlink()

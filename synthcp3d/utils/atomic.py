@@ -69,7 +69,7 @@ def _fsync(path: Path) -> None:
 def atomic_save_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -1,0 +1,334 @@
+"""The DSC alarm for new CT volumes, as a Python API.
+
+.. code-block:: python
+
+    from synthcp3d.alarm import DSCAlarm
+
+    alarm = DSCAlarm.from_bundle("bundles/pancreas_ct_synthcp", device="cpu")
+    report = alarm("case.nii.gz")                  # or alarm((array_xyz, affine_4x4))
+    print(report.predicted_dsc["ensemble"]["tumour"], report.flagged)
+    for report in alarm.run_batch(paths, out_dir="alarm_out"):
+        ...
+
+Each case: load (NIfTI or DICOM series, checked) -> the bundle's preprocessing as in training (Orientation RAS,
+Spacing, HU window) -> predictor (segment, synthesize, compare, VAE alarm, ensemble) on the working grid ->
+segmentation and error probability resampled back onto the input's own grid and affine (by the affines, so any
+orientation, spacing or obliquity round-trips) -> flag (:data:`~synthcp3d.alarm.report.FLAG_RULE`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from synthcp3d.alarm.geometry import as_metatensor, resample_to_grid
+from synthcp3d.alarm.inputs import CaseInput, case_name, discover_inputs
+from synthcp3d.alarm.predictor import STAGES, Prediction, Predictor
+from synthcp3d.alarm.report import AlarmReport, flag_case
+from synthcp3d.alarm.timing import StageTimer
+from synthcp3d.errors import SynthCPInputError
+
+__all__ = ["DSCAlarm", "DEFAULT_THRESHOLD", "resolve_device", "check_writable", "write_case_outputs", "load_predictor"]
+
+logger = logging.getLogger(__name__)
+
+#: Threshold used when neither the caller nor the bundle's calibration gives one.
+DEFAULT_THRESHOLD = 0.5
+
+VolumeInput = str | os.PathLike | tuple[np.ndarray, np.ndarray] | Any
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"cuda"``/``"cpu"``/None (CUDA when available) -> ``torch.device``; refuse CUDA when there is none."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SynthCPInputError(f"device {device!s} asked for, but CUDA is not available here: use --device cpu")
+    return dev
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there; refuse with one line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise SynthCPInputError(f"output folder {folder} is not writable ({err.strerror or err})") from None
+    return folder
+
+
+class _CaptureWarnings(logging.Handler):
+    """Collects warning-level log records (e.g. "intensity range does not look like CT") for the report."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    handler = _CaptureWarnings()
+    root = logging.getLogger("synthcp3d")
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            yield handler.messages
+        handler.messages.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+    finally:
+        root.removeHandler(handler)
+
+
+def _load_volume(source: VolumeInput) -> tuple[np.ndarray, np.ndarray, str]:
+    """Load a user volume -> (array (X, Y, Z) float32 in HU, affine 4x4, source text), checked at the boundary."""
+    from synthcp3d.data import volume_io  # the checks (4D, 2D, NaN, corrupt, two series ...) live there
+
+    if isinstance(source, tuple) and len(source) == 2:
+        array, affine = source
+        volume = volume_io.ct_volume_from_array(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    elif hasattr(source, "array") and hasattr(source, "affine"):
+        volume = source
+    else:
+        volume = volume_io.load_ct_volume(source)
+    return np.asarray(volume.array, dtype=np.float32), np.asarray(volume.affine, dtype=np.float64), str(volume.source)
+
+
+def load_predictor(bundle: str | os.PathLike, device: torch.device) -> Predictor:
+    """The trained bundle's networks as a :class:`Predictor` (one seam, so tests can substitute a stand-in)."""
+    from synthcp3d.alarm.bundle_predictor import BundlePredictor
+
+    return BundlePredictor.from_bundle(bundle, device=device)
+
+
+class DSCAlarm:
+    """Predicts tumour (and pancreas) DSC for a CT volume and flags the cases whose segmentation needs checking.
+
+    Args:
+        predictor: the networks (:class:`~synthcp3d.alarm.predictor.Predictor`), e.g. from a trained bundle.
+        threshold: flag threshold ``T`` on the ensemble's predicted tumour DSC.
+        threshold_source: where ``threshold`` came from (written into every report).
+        progress: show a progress bar in :meth:`run_batch`.
+        measure_memory: record the peak memory of every stage in ``report.timer`` (for the benchmark).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        threshold: float = DEFAULT_THRESHOLD,
+        threshold_source: str = "default",
+        progress: bool = True,
+        measure_memory: bool = False,
+    ) -> None:
+        self.predictor = predictor
+        self.device = torch.device(getattr(predictor, "device", "cpu"))
+        self.measure_memory = measure_memory
+        self.threshold = float(threshold)
+        self.threshold_source = threshold_source
+        self.progress = progress
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        threshold: float | None = None,
+        **kwargs: Any,
+    ) -> DSCAlarm:
+        """Load a trained pancreas bundle folder.
+
+        Args:
+            path: the bundle folder (``configs/``, trained ``models/``).
+            device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
+            threshold: overrides the bundle's calibrated threshold (``models/alarm_calibration.json``, written by
+                ``synthcp alarm calibrate``); without either, :data:`DEFAULT_THRESHOLD`.
+            kwargs: passed to :class:`DSCAlarm`.
+
+        Raises:
+            SynthCPInputError: missing bundle, weights absent, label count differs from the networks', no CUDA.
+        """
+        from synthcp3d.alarm.calibration import read_calibration
+
+        predictor = load_predictor(path, resolve_device(device))
+        if threshold is not None:
+            value, source = float(threshold), "user"
+        else:
+            calibration = read_calibration(path)
+            if calibration is not None:
+                value, source = float(calibration["threshold"]), f"calibration ({calibration['path']})"
+            else:
+                value, source = DEFAULT_THRESHOLD, "default"
+        return cls(predictor, threshold=value, threshold_source=source, **kwargs)
+
+    # ------------------------------------------------------------------ one case
+    def __call__(self, source: VolumeInput, case_id: str | None = None) -> AlarmReport:
+        """Run the alarm on one volume: a path (NIfTI file or DICOM series folder), ``(array, affine)`` or a CTVolume.
+
+        Returns:
+            the report with arrays on the input's own grid. Raises :class:`SynthCPInputError` for unusable input.
+        """
+        timer = StageTimer(self.device, memory=self.measure_memory)
+        start = time.perf_counter()
+        with timer("load"), _captured_warnings() as messages:
+            array, affine, text = _load_volume(source)
+        if case_id is None:
+            case_id = case_name(Path(text)) if text != "<array>" else "array"
+        report = AlarmReport(case=case_id, source=text, affine=affine, shape=tuple(array.shape))
+        report.spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        report.warnings.extend(messages)
+        report.image = array
+        report.model = dict(self.predictor.info.get("model", {}))
+        report.bundle = dict(self.predictor.info.get("bundle", {}))
+
+        with torch.inference_mode():
+            with timer("preprocess"):
+                working_in = self.predictor.preprocess(as_metatensor(array, affine))
+            prediction = self.predictor(working_in, timer=timer)
+        for stage, value in prediction.seconds.items():
+            timer.seconds.setdefault(stage, value)
+
+        with timer("postprocess"):
+            report.segmentation, report.error_probability = self.to_input_grid(prediction, affine, array.shape)
+
+        report.working = prediction
+        report.predicted_dsc = {m: dict(v) for m, v in prediction.dsc.items()}
+        report.threshold, report.threshold_source = self.threshold, self.threshold_source
+        report.flagged = flag_case(report.predicted_dsc, self.threshold)
+        timer.seconds["total"] = time.perf_counter() - start
+        report.seconds = {k: timer.seconds[k] for k in (*STAGES, "total") if k in timer.seconds}
+        report.timer = timer
+        return report
+
+    @staticmethod
+    def to_input_grid(
+        prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Resample the working-grid segmentation (nearest) and error probability (trilinear) onto the input grid.
+
+        Returns:
+            segmentation ``(X, Y, Z)`` uint8 and error probability ``(X, Y, Z)`` float32 in [0, 1].
+        """
+        seg = resample_to_grid(np.asarray(prediction.segmentation), prediction.affine, affine, tuple(shape), "nearest")
+        err = resample_to_grid(
+            np.asarray(prediction.error_probability, dtype=np.float32),
+            prediction.affine,
+            affine,
+            tuple(shape),
+            "bilinear",
+        )
+        return np.rint(seg).astype(np.uint8), np.clip(err, 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ batches
+    def run_batch(
+        self,
+        inputs: Iterable[str | os.PathLike | CaseInput] | str | os.PathLike,
+        out_dir: str | os.PathLike | None = None,
+        keep_arrays: bool | None = None,
+    ) -> Iterator[AlarmReport]:
+        """Process many cases, yielding one report per case in order; a failing case yields a report with ``error``.
+
+        Args:
+            inputs: paths (files, DICOM folders, folders, CSV lists; see :func:`discover_inputs`) or cases.
+            out_dir: when given, each case's outputs are written there (:func:`write_case_outputs`) as it finishes.
+            keep_arrays: keep the voxel arrays in the yielded reports (default: only when ``out_dir`` is None, so a
+                long batch that writes files does not hold every volume in memory).
+        """
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        items = list(inputs)
+        cases = [c for c in items if isinstance(c, CaseInput)]
+        if len(cases) != len(items):
+            cases = cases + discover_inputs([i for i in items if not isinstance(i, CaseInput)])
+        keep = out_dir is None if keep_arrays is None else keep_arrays
+        out = check_writable(out_dir) if out_dir is not None else None
+        bar = tqdm(cases, desc="DSC alarm", unit="case", disable=not self.progress)
+        for case in bar:
+            bar.set_postfix_str(case.case_id)
+            start = time.perf_counter()
+            try:
+                report = self(case.path, case_id=case.case_id)
+                if out is not None:
+                    with report.timer("write") if report.timer is not None else contextlib.nullcontext():
+                        write_case_outputs(report, out)
+            except SynthCPInputError as err:
+                report = AlarmReport(case=case.case_id, source=str(case.path), error=str(err))
+            except Exception as err:  # noqa: BLE001 - one bad case never stops the others; the reason is reported
+                logger.debug("case %s failed", case.case_id, exc_info=True)
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                report = AlarmReport(case=case.case_id, source=str(case.path), error=f"{type(err).__name__}: {first}")
+            if not report.ok:
+                report.seconds = {"total": time.perf_counter() - start}
+                report.threshold, report.threshold_source = self.threshold, self.threshold_source
+            if not keep:
+                report.segmentation = report.error_probability = report.image = None
+                report.working = None
+            yield report
+
+
+def write_case_outputs(report: AlarmReport, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write one case's files into ``out_dir/<case>/``, all or nothing.
+
+    Files: ``segmentation.nii.gz`` (uint8 classes), ``error_probability.nii.gz`` (float32), both on the input's
+    grid with its affine; ``report.json``; ``overview.png`` for flagged cases. They are written into a hidden
+    temporary folder that is renamed onto ``out_dir/<case>`` at the end, so a crash never leaves a partial case.
+
+    Returns:
+        the written paths by kind (also stored in ``report.outputs``).
+    """
+    from synthcp3d.alarm.overview import save_overview
+    from synthcp3d.data.volume_io import save_like
+
+    start = time.perf_counter()
+    out_dir = check_writable(out_dir)
+    final = out_dir / report.case
+    tmp = Path(tempfile.mkdtemp(prefix=f".{report.case}.", suffix=".tmp", dir=out_dir))
+    try:
+        outputs = {
+            "segmentation": str(final / "segmentation.nii.gz"),
+            "error_probability": str(final / "error_probability.nii.gz"),
+            "report": str(final / "report.json"),
+        }
+        save_like(report.segmentation.astype(np.uint8), report.affine, tmp / "segmentation.nii.gz")
+        save_like(report.error_probability.astype(np.float32), report.affine, tmp / "error_probability.nii.gz")
+        if report.flagged and report.working is not None:
+            save_overview(report, tmp / "overview.png")
+            outputs["overview"] = str(final / "overview.png")
+        report.outputs = outputs
+        report.seconds["write"] = time.perf_counter() - start
+        report.seconds["total"] = report.seconds.get("total", 0.0) + report.seconds["write"]
+        (tmp / "report.json").write_text(report.to_json() + "\n")
+        os.chmod(tmp, 0o755)
+        _replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        report.outputs = {}
+        raise
+    return report.outputs
+
+
+def _replace_folder(src: Path, dst: Path) -> None:
+    # A folder cannot be os.replace'd onto a non-empty one: move the old aside first, then drop it.
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

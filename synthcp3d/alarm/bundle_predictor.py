@@ -1,0 +1,216 @@
+"""The DSC alarm's predictor built from a trained pancreas bundle (``bundles/pancreas_ct_synthcp``).
+
+A *trained bundle folder* is the output folder of the study (``synthcp run pancreas --out DIR``, or
+``<bundle>/outputs`` when the stages ran with the bundle's default ``output_dir``). It holds:
+
+- ``models/settings.json``: the study settings (spacing, HU window, sliding window, ROI and VAE sizes, labels);
+- ``models/networks.json``: how each network was built (``_target_`` + JSON arguments, written by the stages);
+- ``models/segmenter.pt``, ``generator.pt``, ``comparator_synthcp.pt``, ``mask_vae.pt``: the weights;
+- ``models/vae_alarm_regressor.json``: the VAE alarm's DSC regressor.
+
+All of it is read with the study's own loaders (:func:`synthcp3d.workflows.pancreas.load_study`,
+:func:`~synthcp3d.workflows.pancreas.load_network`, :func:`~synthcp3d.workflows.pancreas.load_regressor`).
+
+Per volume, on the preprocessed (working) grid, with the functions the study's ``evaluate`` stage scores a case with:
+segment (sliding-window AH-Net) -> pancreas ROI (``synthcp3d.roi``: fixed box around the predicted pancreas)
+-> synthesize ``G(ŷ)`` on the ROI -> comparator: predicted DSC per class and the voxel error probability on the ROI
+-> VAE alarm (tight crop of the predicted mask, reconstruction Dice, linear regressor) -> ensemble = mean of SynthCP
+and VAE alarm. The error probability is only assessed inside the ROI; outside it is written as 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from synthcp3d.alarm.geometry import affine_of
+from synthcp3d.alarm.predictor import Prediction
+from synthcp3d.alarm.timing import StageTimer
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.scoring.ensemble import mean_ensemble
+from synthcp3d.workflows import pancreas as wf
+
+__all__ = ["BundlePredictor", "resolve_trained_folder", "models_dir", "make_untrained_bundle", "REQUIRED"]
+
+#: the networks the alarm uses (names of :data:`synthcp3d.workflows.pancreas.NETWORKS`)
+REQUIRED = ("segmenter", "generator", "comparator_synthcp", "mask_vae")
+EXPECTED_CLASSES = wf.CLASS_NAMES
+
+
+def resolve_trained_folder(bundle: str | os.PathLike) -> Path:
+    """The folder holding ``models/`` for ``bundle``: the folder itself or its ``outputs/`` (bundle default)."""
+    path = Path(bundle).expanduser()
+    if not path.is_dir():
+        raise SynthCPInputError(f"bundle folder {path} does not exist")
+    for candidate in (path, path / "outputs"):
+        if (candidate / "models").is_dir():
+            return candidate
+    raise SynthCPInputError(
+        f"{path} is not a trained pancreas bundle: no models/ folder in it (nor in {path / 'outputs'}); "
+        "train one with 'synthcp run pancreas --out DIR' and give --bundle DIR"
+    )
+
+
+def models_dir(bundle: str | os.PathLike) -> Path:
+    """``models/`` of a trained bundle folder (see :func:`resolve_trained_folder`)."""
+    return resolve_trained_folder(bundle) / "models"
+
+
+def _bundle_version() -> dict[str, Any]:
+    from synthcp3d import __version__
+
+    info: dict[str, Any] = {"name": "pancreas_ct_synthcp", "synthcp_version": __version__}
+    metadata = Path(__file__).resolve().parents[2] / "bundles" / "pancreas_ct_synthcp" / "configs" / "metadata.json"
+    if metadata.is_file():
+        try:
+            meta = json.loads(metadata.read_text())
+            info.update(version=meta.get("version"), monai_version=meta.get("monai_version"))
+        except ValueError:
+            pass
+    return info
+
+
+class BundlePredictor:
+    """The trained networks of a pancreas bundle as a :class:`~synthcp3d.alarm.predictor.Predictor`.
+
+    Use :meth:`from_bundle`. Attributes ``labels``, ``info``, ``device``, ``study`` (the study settings as a
+    ``PancreasStudy``), and the networks ``segmenter``, ``generator``, ``comparator``, ``vae``, ``vae_regressor``.
+    """
+
+    def __init__(
+        self,
+        study: wf.PancreasStudy,
+        segmenter: torch.nn.Module,
+        generator: torch.nn.Module,
+        comparator: torch.nn.Module,
+        vae: torch.nn.Module,
+        vae_regressor: Any,
+        info: dict[str, Any],
+    ) -> None:
+        self.study = study
+        self.device = torch.device(study.device)
+        self.segmenter, self.generator, self.comparator, self.vae = segmenter, generator, comparator, vae
+        self.vae_regressor = vae_regressor
+        self.labels = {i: n for i, n in enumerate(study.class_names)}
+        self.info = info
+        self._chain = study.preprocessing(label_key=None, load=False)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike, device: torch.device | str = "cpu") -> BundlePredictor:
+        """Load a trained bundle folder; refuse (one line) when it is missing, incomplete or mismatched."""
+        folder = resolve_trained_folder(bundle)
+        study = wf.load_study(folder, device=str(device))
+        if study.num_classes != len(EXPECTED_CLASSES):
+            raise SynthCPInputError(
+                f"bundle {folder} has {study.num_classes} labels {list(study.class_names)}; the DSC alarm needs "
+                f"{len(EXPECTED_CLASSES)} ({', '.join(EXPECTED_CLASSES)})"
+            )
+        nets = {name: wf.load_network(study, name) for name in REQUIRED}
+        regressor = wf.load_regressor(study, "vae_alarm")
+        info = {
+            "model": {
+                "name": "SynthCP + VAE alarm (AH-Net segmenter, 3D SPADE, siamese comparator, mask VAE)",
+                "settings": study.settings_name,
+                "weights": {n: _file_id(study.models / wf.NETWORKS[n][0]) for n in REQUIRED},
+            },
+            "bundle": {**_bundle_version(), "path": str(folder.resolve())},
+        }
+        return cls(
+            study, nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["mask_vae"], regressor, info
+        )
+
+    # ---------------------------------------------------------------- inference
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """The study's preprocessing: ``MetaTensor (1, X, Y, Z)`` in HU -> RAS, study spacing, [-1, 1]."""
+        return self._chain({"image": image})["image"]
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, timer: StageTimer | None = None) -> Prediction:
+        """Segment, synthesize, compare and run the VAE alarm on a preprocessed ``MetaTensor`` ``(1, H, W, D)``."""
+        from synthcp3d.networks.synthesizer import one_hot_labels
+        from synthcp3d.roi import paste_from_box
+
+        timer = timer or StageTimer(self.device)
+        study = self.study
+        x = image[0].detach().cpu().numpy().astype(np.float32)
+        with timer("segment"):
+            pred = wf.segment_volume(study, self.segmenter, x)
+        with timer("synthesize"):
+            x_roi, p_roi, box = wf.roi_tensors(study, x, pred)
+            onehot = one_hot_labels(p_roi, study.num_classes)
+            synth = self.generator(onehot)
+        with timer("compare"):
+            out = self.comparator(x_roi, onehot, synth)
+            q_syn = out["quality"][0].float().cpu().numpy()
+            err_roi = torch.sigmoid(out["error_logits"][0, 0].float()).cpu().numpy()
+        with timer("vae"):
+            q_vae = wf.vae_alarm_dsc(study, self.vae, self.vae_regressor, pred)
+        q_ens = mean_ensemble(torch.as_tensor(q_syn), torch.as_tensor(q_vae)).numpy()
+        shape = x.shape
+        error = paste_from_box(err_roi.astype(np.float32), box, shape, fill=0.0)
+        synthesized = paste_from_box(synth[0, 0].float().cpu().numpy(), box, shape, fill=-1.0)
+        names = {1: "pancreas", 2: "tumour"}
+        dsc = {
+            method: {name: _finite_or_none(q[i]) for i, name in names.items()}
+            for method, q in (("synthcp", q_syn), ("vae_alarm", q_vae), ("ensemble", q_ens))
+        }
+        return Prediction(
+            segmentation=pred.astype(np.uint8),
+            error_probability=error,
+            image=x,
+            synthesized=synthesized,
+            affine=affine_of(image),
+            dsc=dsc,
+        )
+
+
+def _finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _file_id(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"file": path.name, "bytes": stat.st_size, "modified": int(stat.st_mtime)}
+
+
+def make_untrained_bundle(out: str | os.PathLike, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+    """Write an *untrained* trained-bundle folder: the bundle's networks with random weights, in its layout.
+
+    For tests and the benchmark (speed and memory do not depend on training). The networks and study settings come
+    from ``bundles/pancreas_ct_synthcp/configs/common.yaml`` with ``overrides`` (e.g. the demo's small sizes); the
+    VAE regressor is an identity map (predicted DSC = reconstruction Dice).
+
+    Returns:
+        the folder (pass it as ``--bundle``).
+    """
+    from synthcp3d.scoring.regression import LinearQualityRegressor
+    from synthcp3d.utils.atomic import atomic_save_json
+
+    out = Path(out)
+    common = Path(__file__).resolve().parents[2] / "bundles" / "pancreas_ct_synthcp" / "configs" / "common.yaml"
+    parser = ConfigParser()
+    parser.read_config(str(common))
+    parser.update(
+        {"bundle_root": str(out), "output_dir": str(out), "dataset_dir": str(out), "device": "cpu", **(overrides or {})}
+    )
+    study = parser.get_parsed_content("study")
+    torch.manual_seed(seed)
+    study.models.mkdir(parents=True, exist_ok=True)
+    wf.save_settings(study)
+    for name in REQUIRED:
+        factory = parser.get_parsed_content("comparator" if name == "comparator_synthcp" else name)
+        wf.save_network(study, name, factory().eval(), factory)
+    n = study.num_classes
+    feats = np.tile(np.linspace(0.0, 1.0, 5)[:, None], (1, n))
+    regressor = LinearQualityRegressor(n, missing_feature_quality=0.0).fit(feats, feats)
+    atomic_save_json(regressor.state_dict(), study.models / wf.REGRESSORS["vae_alarm"][0])
+    return out

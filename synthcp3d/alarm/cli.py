@@ -1,0 +1,146 @@
+"""``synthcp alarm``: predict tumour DSC for new CT volumes and flag the ones to check; ``synthcp alarm calibrate``.
+
+Exit status: 0 every case processed (and, with ``--fail-on-flag``, none flagged); 1 some case failed (each failure
+is printed as one ``error:`` line and listed in ``summary.csv``); 2 unusable arguments, bundle or output folder;
+3 every case processed but some flagged and ``--fail-on-flag`` given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from synthcp3d.errors import SynthCPInputError
+
+__all__ = ["add_arguments", "main", "run_alarm", "EXIT_OK", "EXIT_FAILED", "EXIT_FLAGGED"]
+
+EXIT_OK, EXIT_FAILED, EXIT_FLAGGED = 0, 1, 3
+
+EPILOG = """
+inputs: .nii/.nii.gz files, DICOM series folders, folders holding either, or CSV lists (column 'image').
+Any orientation and spacing; outputs are written on each input's own grid, in OUT/<case>/:
+segmentation.nii.gz, error_probability.nii.gz, report.json, overview.png (flagged cases), and OUT/summary.csv.
+
+flag rule: a case is flagged when the ensemble's predicted tumour DSC (mean of SynthCP and the VAE alarm) is
+below T, or cannot be computed. T: --threshold, else the bundle's calibration (synthcp alarm calibrate), else 0.5.
+
+calibrate: synthcp alarm calibrate --bundle DIR --data DIR --target-dsc 0.5 --max-miss 0.1
+chooses T on a held-out labelled set (MSD folder or CSV image,label) so that at most --max-miss of truly bad cases
+(true tumour DSC < --target-dsc) go unflagged (class-conditional split-conformal bound) and stores it in the bundle.
+
+exit status: 0 all processed; 1 some case failed; 2 bad arguments/bundle/output folder; 3 flagged with --fail-on-flag.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``synthcp alarm`` (and of ``synthcp alarm calibrate``, selected by the first word)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="volumes, DICOM folders, folders, CSV lists; or 'calibrate'"
+    )
+    parser.add_argument("--bundle", required=True, help="trained pancreas bundle folder")
+    parser.add_argument("--out", default="alarm_output", help="output folder (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=None, help="flag threshold T on the predicted tumour DSC")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+    parser.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any case is flagged")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cal = parser.add_argument_group("calibrate")
+    cal.add_argument("--data", help="held-out labelled cases: MSD Task07 folder or CSV with image,label")
+    cal.add_argument("--target-dsc", type=float, default=0.5, help="truly bad = true tumour DSC below this")
+    cal.add_argument("--max-miss", type=float, default=0.1, help="largest share of bad cases left unflagged")
+    cal.add_argument("--confidence", type=float, default=0.95, help="level of the Clopper-Pearson intervals")
+    cal.add_argument("--dry-run", action="store_true", help="print the calibration without storing it in the bundle")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the alarm (or calibration); :class:`SynthCPInputError` propagates to the CLI (one line, exit 2)."""
+    if args.inputs and args.inputs[0] == "calibrate":
+        if len(args.inputs) > 1:
+            raise SynthCPInputError(f"'calibrate' takes no input paths (got {' '.join(args.inputs[1:])}): use --data")
+        return _calibrate(args)
+    return _alarm(args)
+
+
+def _alarm(args: argparse.Namespace) -> int:
+    return run_alarm(
+        args.inputs,
+        args.bundle,
+        args.out,
+        threshold=args.threshold,
+        device=args.device,
+        fail_on_flag=args.fail_on_flag,
+        progress=not args.no_progress,
+    )
+
+
+def run_alarm(
+    inputs: Sequence[str | os.PathLike],
+    bundle: str | os.PathLike,
+    out: str | os.PathLike = "alarm_output",
+    threshold: float | None = None,
+    device: str | None = None,
+    fail_on_flag: bool = False,
+    progress: bool = True,
+) -> int:
+    """The body of ``synthcp alarm`` (also callable from a bundle config): returns the exit status.
+
+    Writes ``out/<case>/...`` per case and ``out/summary.csv`` (rewritten atomically after every case, so it is
+    always complete so far); prints one ``error:`` line per failed case.
+    """
+    from synthcp3d.alarm.api import DSCAlarm, check_writable
+    from synthcp3d.alarm.inputs import discover_inputs
+    from synthcp3d.alarm.report import write_summary
+
+    cases = discover_inputs(list(inputs))
+    out = check_writable(out)
+    alarm = DSCAlarm.from_bundle(bundle, device=device, threshold=threshold, progress=progress)
+    print(
+        f"DSC alarm: {len(cases)} case(s), threshold {alarm.threshold:.4f} ({alarm.threshold_source}), writing to {out}"
+    )
+    reports = []
+    summary = out / "summary.csv"
+    for report in alarm.run_batch(cases, out_dir=out):
+        reports.append(report)
+        write_summary(reports, summary)
+        if not report.ok:
+            print(f"error: {report.case}: {report.error}", file=sys.stderr)
+        for warning in report.warnings:
+            print(f"warning: {report.case}: {warning}", file=sys.stderr)
+    failed = sum(not r.ok for r in reports)
+    flagged = sum(bool(r.flagged) for r in reports if r.ok)
+    print(
+        f"processed {len(reports) - failed}/{len(reports)} case(s): {flagged} flagged, {failed} failed; "
+        f"summary: {summary}"
+    )
+    if failed:
+        return EXIT_FAILED
+    if fail_on_flag and flagged:
+        return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from synthcp3d.alarm.api import DSCAlarm
+    from synthcp3d.alarm.calibration import calibrate_alarm, load_labelled_cases, write_calibration
+
+    if not args.data:
+        raise SynthCPInputError("'synthcp alarm calibrate' needs --data: a held-out labelled MSD folder or CSV")
+    cases = load_labelled_cases(args.data)
+    # The alarm's own threshold is irrelevant here: calibration only uses the predicted DSCs.
+    alarm = DSCAlarm.from_bundle(args.bundle, device=args.device, threshold=0.5, progress=not args.no_progress)
+    result = calibrate_alarm(alarm, cases, args.target_dsc, args.max_miss, args.confidence)
+    print(result.summary())
+    if args.dry_run:
+        print("dry run: the bundle was not changed")
+        return EXIT_OK
+    path = write_calibration(
+        result,
+        args.bundle,
+        extra={"data": str(Path(args.data).resolve()), "bundle": alarm.predictor.info.get("bundle", {})},
+    )
+    print(f"stored the threshold in {path}")
+    return EXIT_OK

@@ -1,0 +1,246 @@
+"""What every study's stage functions share, whatever the study or ``spatial_dims``: output layout, done-markers,
+network specs, CSV rows.
+
+A study's settings dataclass derives from :class:`StudyBase`; a stage function is decorated with :func:`study_stage`
+(or starts with ``if study.is_done(stage): return {}`` and ends with ``return study.mark_done(stage, info, started)``),
+which writes ``<output_dir>/<stage>/done.json`` atomically as the stage's last act (the marker ``synthcp run`` checks).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import math
+import pydoc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
+
+__all__ = [
+    "DONE",
+    "StudyBase",
+    "study_stage",
+    "to_json",
+    "describe_factory",
+    "save_network_spec",
+    "load_network_spec",
+    "build_network",
+    "require_file",
+    "write_csv_rows",
+    "nanmean",
+    "fmt",
+]
+
+logger = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+@dataclass
+class StudyBase:
+    """Settings every study has; subclasses add their own fields (all with defaults).
+
+    Attributes:
+        dataset_dir: the data set folder.
+        output_dir: every stage writes below it; final weights go to ``output_dir/models``.
+        device: "cpu", "cuda" or "cuda:N".
+        seed: seeds the split, the folds, every training run.
+        force: rerun a stage even if its ``done.json`` exists.
+        progress: progress bars.
+        settings_name: "demo" or "full" (printed in the reports).
+    """
+
+    dataset_dir: str
+    output_dir: str
+    device: str = "cpu"
+    seed: int = 0
+    force: bool = False
+    progress: bool = True
+    settings_name: str = "full"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def models(self) -> Path:
+        return self.out / "models"
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def stage_dir(self, stage: str) -> Path:
+        path = self.out / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_done(self, stage: str) -> bool:
+        done = (self.out / stage / DONE).is_file() and not self.force
+        if done:
+            logger.info(f"stage {stage}: complete ({self.out / stage / DONE}); skipped (force=true reruns it)")
+        return done
+
+    def mark_done(self, stage: str, info: Mapping[str, Any], started: float) -> dict:
+        """Write ``<stage>/done.json`` (seconds, settings, ``info``) atomically; return the record."""
+        record = {
+            "stage": stage,
+            "seconds": round(time.perf_counter() - started, 2),
+            "settings": self.describe(),
+            **info,
+        }
+        atomic_save_json(record, self.stage_dir(stage) / DONE)
+        logger.info(f"stage {stage}: done in {record['seconds']} s")
+        return record
+
+    def describe(self) -> dict:
+        return {k: to_json(v) for k, v in asdict(self).items()}
+
+
+def study_stage(name: str) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:
+    """Decorate ``fn(study, ...) -> info`` into a stage: skipped (returns ``{}``) when ``<name>/done.json`` exists
+    and ``study.force`` is off, otherwise run and timed, its ``info`` recorded in the marker written last."""
+
+    def decorate(fn: Callable[..., Mapping[str, Any] | None]) -> Callable[..., dict]:
+        @functools.wraps(fn)
+        def run(study: StudyBase, *args: Any, **kwargs: Any) -> dict:
+            if study.is_done(name):
+                return {}
+            started = time.perf_counter()
+            info = fn(study, *args, **kwargs) or {}
+            return study.mark_done(name, info, started)
+
+        return run
+
+    return decorate
+
+
+def to_json(value: Any, strict: bool = False) -> Any:
+    """``value`` as plain JSON data: tuples -> lists, numpy scalars/arrays -> numbers/lists, paths -> strings.
+
+    Anything else becomes its ``str`` (a readable record), or with ``strict`` raises `SynthCPInputError` (a value
+    that must be read back exactly, e.g. a network argument).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v, strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v, strict) for v in value]
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if isinstance(value, (np.generic, np.ndarray)):
+        return to_json(value.tolist(), strict)
+    if isinstance(value, Path):
+        return str(value)
+    if strict:
+        raise SynthCPInputError(f"{value!r} ({type(value).__name__}) cannot be written as JSON")
+    return str(value)
+
+
+#: modules whose callables ``networks.json`` may name (it travels with trained bundles: nothing else is built)
+_NETWORK_PACKAGES = ("synthcp3d.", "synthcp2d.")
+
+
+def describe_factory(factory: Any) -> dict:
+    """JSON description ``{"_target_": "module.callable", **arguments}`` of a network factory from a bundle config
+    (``_mode_: callable``: a ``functools.partial`` of keyword arguments, or the callable itself when it has none);
+    :func:`build_network` rebuilds the network from it.
+
+    Raises:
+        SynthCPInputError: not such a factory, or an argument is not JSON data.
+    """
+    func, args, keywords = factory, (), {}
+    if isinstance(factory, partial):
+        func, args, keywords = factory.func, factory.args, factory.keywords
+    if args or not callable(func) or not hasattr(func, "__qualname__"):
+        raise SynthCPInputError(f"network factory {factory!r} is not a config factory (`_mode_: callable`)")
+    target = f"{func.__module__}.{func.__qualname__}"
+    try:
+        return {"_target_": target, **{k: to_json(v, strict=True) for k, v in keywords.items()}}
+    except SynthCPInputError as err:
+        raise SynthCPInputError(f"network factory {target}: {err}") from None
+
+
+def save_network_spec(study: StudyBase, name: str, factory: Any) -> None:
+    """Record how ``models/<name>.pt`` is built in ``models/networks.json`` (so weights can be reloaded elsewhere)."""
+    path = study.models / "networks.json"
+    specs = json.loads(path.read_text()) if path.is_file() else {}
+    specs[name] = describe_factory(factory)
+    atomic_save_json(specs, path)
+
+
+def load_network_spec(models: str | Path, name: str, stage: str) -> dict:
+    """The ``networks.json`` entry of network ``name`` (see :func:`save_network_spec`) in the ``models`` folder.
+
+    Raises:
+        SynthCPInputError: the file is missing or unreadable, or has no entry ``name`` (``stage`` writes it).
+    """
+    path = require_file(Path(models) / "networks.json", stage)
+    try:
+        specs = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SynthCPInputError(f"network specs {path} are unreadable ({err})") from None
+    if not isinstance(specs, dict) or not isinstance(specs.get(name), dict):
+        raise SynthCPInputError(f"{path} describes no {name!r} network: run the {stage} stage")
+    return dict(specs[name])
+
+
+def build_network(spec: Mapping[str, Any], name: str) -> torch.nn.Module:
+    """Build a network from its :func:`describe_factory` spec: ``_target_(**arguments)``.
+
+    Only callables of this project are built, called directly with the JSON arguments (nothing is evaluated).
+
+    Raises:
+        SynthCPInputError: unexpected ``_target_``, or the constructor refuses the arguments.
+    """
+    args = dict(spec)
+    target = str(args.pop("_target_", ""))
+    factory = pydoc.locate(target) if target.startswith(_NETWORK_PACKAGES) else None
+    if not callable(factory):
+        raise SynthCPInputError(f"networks.json entry {name!r} has an unexpected _target_ {target!r}")
+    try:
+        return factory(**args)
+    except Exception as err:  # noqa: BLE001 - constructors raise many types for arguments that do not fit
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SynthCPInputError(f"cannot build network {name!r} from networks.json: {first}") from None
+
+
+def require_file(path: str | Path, stage: str) -> Path:
+    """``path`` if it exists, else a `SynthCPInputError` naming the stage that writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthCPInputError(f"{path} is missing: run the {stage} stage first")
+    return path
+
+
+def write_csv_rows(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Atomically write dict rows (keys of the first row = header) as CSV."""
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return atomic_save_text(buf.getvalue(), path)
+
+
+def nanmean(values: Any) -> float | None:
+    """Mean of the finite entries (``None`` if there is none)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """``n/a`` for undefined values, else fixed-point."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"

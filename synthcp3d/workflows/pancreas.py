@@ -1,0 +1,938 @@
+"""Stages of the 3D flagship study: MSD pancreas tumour DSC prediction (SynthCP paper, Table 2).
+
+The bundle ``bundles/pancreas_ct_synthcp`` builds a :class:`PancreasStudy` (shared settings) and the networks
+(``_target_`` factories) in ``configs/common.yaml``; each stage config calls one function below. Outputs, all below
+``output_dir`` (see the bundle README for the full layout):
+
+- ``prepare``: seeded split (``train_fraction`` of the labelled cases for training, paper: 200 of 281), the K folds
+  of the training part, every case resampled/windowed once (``prepare/volumes``);
+- ``train_segmenter``: AH-Net on all training cases -> ``models/segmenter.pt``;
+- ``crossval``: K AH-Nets, each predicts its held-out fold (every training case exactly once) ->
+  ``crossval/predictions``, ``crossval/cases.json`` (true DSC, ROI, MC-Dropout features), and the MC-Dropout
+  regressor fitted on them -> ``models/mc_dropout_regressor.json``;
+- ``train_synthesizer``: 3D SPADE on ground-truth (label, image) pancreas-ROI pairs -> ``models/generator.pt``;
+- ``train_comparator``: SynthCP comparator (``x``, ``G(ŷ)``, ``ŷ``) and Direct Prediction (``x``, ``ŷ``) on the
+  cross-validated predictions -> ``models/comparator_synthcp.pt``, ``models/comparator_direct.pt``;
+- ``train_vae_alarm``: mask VAE on ground-truth masks (tight crop), then its reconstruction Dice on the CV
+  predictions regressed onto the true DSC -> ``models/mask_vae.pt``, ``models/vae_alarm_regressor.json``;
+- ``evaluate``: the final segmenter predicts the test cases; every method predicts their DSC; Table-2 report;
+- ``inference``: segmentation + predicted DSC for a folder of new volumes.
+
+Crop rule (``synthcp3d.roi``): a fixed ``roi_size`` box centred on the bounding box of the predicted pancreas
+(labels > 0 of ``ŷ``), shifted to stay inside the volume; an empty prediction falls back to the volume centre
+(counted in the report). Undefined DSC (tumour absent from both ground truth and prediction) is NaN: excluded from
+the metrics and counted. True DSC is computed on the whole (preprocessed) volume; the comparator is trained on the
+DSC inside its ROI (the two differ only by predictions outside the ROI).
+
+A trained output folder is self-describing: ``models/settings.json`` (the study settings a trained model depends on:
+preprocessing, geometry, class names; written by ``prepare``), ``models/networks.json`` (how each network is built,
+plain JSON) and the weights. The DSC alarm (:mod:`synthcp3d.alarm`) loads it with :func:`load_study` and
+:func:`load_network` and scores a volume with the same functions as ``evaluate``: :func:`segment_volume`,
+:func:`roi_tensors`, :func:`vae_alarm_dsc` (:func:`vae_input` + :func:`vae_feature` + regressor) and
+:func:`synthcp3d.scoring.ensemble.mean_ensemble`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose, RandFlipd, Resize
+from monai.utils import set_determinism
+from tqdm.auto import tqdm
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.roi import PancreasROICropd, RoiBox, crop_to_box, pancreas_roi, tight_box
+from synthcp3d.scoring.ensemble import mean_ensemble
+from synthcp3d.targets import per_class_quality
+from synthcp3d.transforms import HU_RANGE, ct_preprocessing, load_preprocessed, segmenter_train_augmentation
+from synthcp3d.utils.atomic import atomic_save_json
+from synthcp3d.workflows.common import (
+    DONE,
+    StudyBase,
+    build_network,
+    load_network_spec,
+    nanmean,
+    require_file,
+    save_network_spec,
+    study_stage,
+    write_csv_rows,
+)
+
+__all__ = [
+    "PancreasStudy",
+    "CLASS_NAMES",
+    "METHODS",
+    "NETWORKS",
+    "MODEL_SETTINGS",
+    # stages, in order
+    "prepare",
+    "train_segmenter",
+    "crossval",
+    "train_synthesizer",
+    "train_comparator",
+    "train_vae_alarm",
+    "evaluate",
+    "inference",
+    # a trained output folder, and scoring one volume (shared with the DSC alarm)
+    "save_settings",
+    "load_study",
+    "save_network",
+    "load_network",
+    "load_regressor",
+    "segment_volume",
+    "roi_tensors",
+    "vae_input",
+    "vae_feature",
+    "vae_alarm_dsc",
+]
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("background", "pancreas", "tumour")
+PANCREAS, TUMOUR = 1, 2
+#: Table 2 rows, in order.
+METHODS = ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm")
+#: trained network -> (weights file in ``models/``, key inside it, stage that writes it)
+NETWORKS: dict[str, tuple[str, str, str]] = {
+    "segmenter": ("segmenter.pt", "segmenter", "train_segmenter"),
+    "generator": ("generator.pt", "generator", "train_synthesizer"),
+    "comparator_synthcp": ("comparator_synthcp.pt", "comparator", "train_comparator"),
+    "comparator_direct": ("comparator_direct.pt", "comparator", "train_comparator"),
+    "mask_vae": ("mask_vae.pt", "vae", "train_vae_alarm"),
+}
+#: trained regressor -> (file in ``models/``, stage that writes it)
+REGRESSORS: dict[str, tuple[str, str]] = {
+    "mc_dropout": ("mc_dropout_regressor.json", "crossval"),
+    "vae_alarm": ("vae_alarm_regressor.json", "train_vae_alarm"),
+}
+#: the settings a trained model depends on, recorded in ``models/settings.json`` (see :func:`save_settings`)
+MODEL_SETTINGS = (
+    "spacing", "hu_range", "patch_size", "roi_size", "vae_shape", "mc_samples", "sw_roi_size", "sw_batch_size",
+    "sw_overlap", "class_names", "settings_name",
+)
+Factory = Callable[..., torch.nn.Module]
+
+
+@dataclass
+class PancreasStudy(StudyBase):
+    """Settings shared by every stage (``configs/common.yaml``); paths, device, seed, ``force``, ``progress`` and
+    ``settings_name`` (and the done-markers) come from `StudyBase`.
+
+    Attributes:
+        dataset_dir: the MSD ``Task07_Pancreas`` folder or its parent.
+        spacing: target voxel spacing (mm) of the preprocessed space.
+        hu_range: HU window mapped to [-1, 1].
+        patch_size: segmenter training patch = sliding-window size (AH-Net: first two divisible by
+            ``2 ** (psp_block_num + 3)``, last by 32).
+        roi_size: pancreas crop of the synthesizer, the comparator and MC-Dropout (divisible by the generator's
+            ``2 ** num_upsamples``).
+        vae_shape: the mask VAE's input shape (tight crop of labels > 0, resized, nearest).
+        num_folds: K of the cross-validation on the training part (paper: 4).
+        train_fraction: share of the labelled cases used for training (paper: 200 / 281).
+        max_cases: use only the first N labelled cases (None: all) — for quick checks.
+        mc_samples: MC-Dropout passes (paper: 50).
+        sw_roi_size: window of whole-volume inference (default ``patch_size``; AH-Net is fully convolutional, so
+            a larger window of valid size is faster on CPU).
+        sw_batch_size, sw_overlap: sliding-window inference settings.
+        cache_rate: share of training volumes cached in memory (MONAI ``CacheDataset``).
+        num_workers: data loader workers.
+        checkpoint_every: checkpoint period (iterations) of every training run.
+    """
+
+    task: str = "Task07_Pancreas"
+    spacing: Sequence[float] = (1.0, 1.0, 1.0)
+    hu_range: Sequence[float] = HU_RANGE
+    patch_size: Sequence[int] = (128, 128, 64)
+    roi_size: Sequence[int] = (96, 96, 64)
+    vae_shape: Sequence[int] = (64, 64, 64)
+    num_folds: int = 4
+    train_fraction: float = 200 / 281
+    max_cases: int | None = None
+    mc_samples: int = 50
+    sw_roi_size: Sequence[int] | None = None
+    sw_batch_size: int = 2
+    sw_overlap: float = 0.25
+    cache_rate: float = 1.0
+    num_workers: int = 0
+    checkpoint_every: int = 1000
+    class_names: Sequence[str] = field(default=CLASS_NAMES)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.hu_range = tuple(float(h) for h in self.hu_range)
+        self.patch_size = tuple(int(p) for p in self.patch_size)
+        self.roi_size = tuple(int(r) for r in self.roi_size)
+        self.vae_shape = tuple(int(v) for v in self.vae_shape)
+        self.sw_roi_size = tuple(int(v) for v in (self.sw_roi_size or self.patch_size))
+        self.class_names = tuple(self.class_names)
+        if len(self.patch_size) != 3 or len(self.roi_size) != 3 or len(self.spacing) != 3 or len(self.vae_shape) != 3:
+            raise SynthCPInputError("spacing, patch_size, roi_size and vae_shape must each have 3 entries")
+        if int(self.num_folds) < 2:
+            raise SynthCPInputError(f"num_folds must be at least 2, got {self.num_folds}")
+        if not 0.0 < float(self.train_fraction) < 1.0:
+            raise SynthCPInputError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def preprocessing(self, label_key: str | None = "label", load: bool = True) -> Compose:
+        """The study's CT preprocessing (RAS, ``spacing``, ``hu_range`` -> [-1, 1]); see `ct_preprocessing`."""
+        return ct_preprocessing(self.spacing, hu_range=self.hu_range, label_key=label_key, load=load)
+
+    # ---- cases ---------------------------------------------------------------------------------------------------
+    def cases(self) -> dict:
+        return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
+
+
+def _load_volume(path: str | Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def _save_volume(array: np.ndarray, reference_path: str | Path, path: Path) -> Path:
+    import nibabel as nib
+
+    from synthcp3d.data.volume_io import save_like
+
+    return save_like(array.astype(np.uint8), nib.load(str(reference_path)).affine, path)
+
+
+def _make_folds(case_ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    try:
+        from synthcp3d.engines.crossval import make_folds
+    except ImportError:  # engines' make_folds is the reference; a seeded sklearn KFold is the same contract
+        from sklearn.model_selection import KFold
+
+        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(np.arange(len(case_ids)))
+        return [sorted(case_ids[i] for i in held) for _, held in splits]
+    return [list(f) for f in make_folds(list(case_ids), k=k, seed=seed)]
+
+
+def _set_seed(study: PancreasStudy, offset: int = 0) -> None:
+    set_determinism(seed=int(study.seed) + offset)
+
+
+def _loader(study: PancreasStudy, dataset: Dataset, batch_size: int, seed: int, drop_last: bool = False):
+    from synthcp3d.engines.sampling import make_train_loader
+
+    return make_train_loader(
+        dataset, batch_size=batch_size, seed=seed, num_workers=study.num_workers, drop_last=drop_last
+    )
+
+
+def _train(study: PancreasStudy, trainer: Any, iterations: int, checkpoint_dir: Path) -> None:
+    """Run ``trainer`` for ``iterations`` (resumable from ``checkpoint_dir`` unless ``force``)."""
+    from synthcp3d.engines.training import run_training
+
+    run_training(
+        trainer, int(iterations), checkpoint_dir, checkpoint_every=study.checkpoint_every, resume=not study.force,
+        progress=study.progress, log_every=max(int(iterations) // 5, 1),
+    )
+
+
+# ================================================================================================================
+# a trained output folder: settings, networks, regressors
+# ================================================================================================================
+def save_settings(study: PancreasStudy) -> Path:
+    """Write :data:`MODEL_SETTINGS` of ``study`` to ``models/settings.json`` (atomic); :func:`load_study` reads it."""
+    described = study.describe()
+    return atomic_save_json({k: described[k] for k in MODEL_SETTINGS}, study.models / "settings.json")
+
+
+def load_study(folder: str | Path, device: str | torch.device = "cpu") -> PancreasStudy:
+    """The study of a trained output folder (its ``models/settings.json``), for inference on ``device``.
+
+    Raises:
+        SynthCPInputError: the settings are missing, unreadable or invalid.
+    """
+    path = require_file(Path(folder) / "models" / "settings.json", "prepare")
+    try:
+        settings = json.loads(path.read_text())
+        return PancreasStudy(
+            **{k: settings[k] for k in MODEL_SETTINGS if k in settings},
+            dataset_dir=str(folder), output_dir=str(folder), device=str(device), progress=False,
+        )
+    except (OSError, ValueError, TypeError) as err:  # SynthCPInputError (a ValueError) included
+        raise SynthCPInputError(f"settings file {path} is unusable ({str(err).splitlines()[0]})") from None
+
+
+def save_network(study: PancreasStudy, name: str, net: torch.nn.Module, factory: Factory) -> None:
+    """Save the weights of network ``name`` (:data:`NETWORKS`) and record how it is built in ``networks.json``."""
+    from synthcp3d.engines.checkpoint import save_weights
+
+    filename, key, _ = NETWORKS[name]
+    save_weights({key: net}, study.models / filename)
+    save_network_spec(study, name, factory)
+
+
+def load_network(study: PancreasStudy, name: str, factory: Factory | None = None) -> torch.nn.Module:
+    """Network ``name`` (:data:`NETWORKS`) with its trained weights, in eval mode on the study's device.
+
+    Built with ``factory`` (the bundle config's) or, without it, from ``models/networks.json``.
+
+    Raises:
+        SynthCPInputError: spec or weights absent, a class count other than the study's, weights that do not fit.
+    """
+    from synthcp3d.engines.checkpoint import load_weights
+
+    filename, key, stage = NETWORKS[name]
+    if factory is not None:
+        spec = dict(getattr(factory, "keywords", {}))
+    else:
+        spec = load_network_spec(study.models, name, stage)
+    num_classes = spec.get("num_classes")
+    if num_classes is not None and int(num_classes) != study.num_classes:
+        raise SynthCPInputError(
+            f"label count differs: network {name!r} has {num_classes} classes, the study's labels are "
+            f"{list(study.class_names)}"
+        )
+    weights = study.models / filename
+    if not weights.is_file():
+        raise SynthCPInputError(f"weights {weights} are absent: run the {stage} stage first")
+    net = factory() if factory is not None else build_network(spec, name)
+    try:
+        load_weights({key: net}, weights)
+    except SynthCPInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - size mismatches (RuntimeError), truncated files (EOFError, pickle)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SynthCPInputError(f"weights {weights} do not fit network {name!r} ({first})") from None
+    return net.to(study.torch_device).eval()
+
+
+def load_regressor(study: PancreasStudy, name: str) -> Any:
+    """Regressor ``name`` (:data:`REGRESSORS`) from ``models/``, checked against the study's class count."""
+    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+    from synthcp3d.scoring.regression import LinearQualityRegressor
+
+    filename, stage = REGRESSORS[name]
+    path = require_file(study.models / filename, stage)
+    cls = MCDropoutQualityRegressor if name == "mc_dropout" else LinearQualityRegressor
+    try:
+        regressor = cls.from_state_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SynthCPInputError(f"regressor {path} is unreadable ({err})") from None
+    if regressor.num_outputs != study.num_classes:
+        raise SynthCPInputError(
+            f"label count differs: {path} predicts {regressor.num_outputs} classes, the study has {study.num_classes}"
+        )
+    return regressor
+
+
+# ================================================================================================================
+# prepare
+# ================================================================================================================
+@study_stage("prepare")
+def prepare(study: PancreasStudy) -> dict:
+    """Check the data folder, split it (seeded), make the folds, preprocess every labelled case once.
+
+    Writes ``prepare/cases.json`` = ``{"train": [...], "test": [...], "folds": [[...], ...], "cases": {case:
+    {"image", "label", "source_image", "source_label", "shape"}}}``, ``prepare/volumes/{case}_{image,label}.nii.gz``
+    and ``models/settings.json`` (:func:`save_settings`).
+    """
+    from synthcp3d.data.msd import check_msd_folder, load_msd_datalist
+    from synthcp3d.data.volume_io import save_like
+
+    check_msd_folder(study.dataset_dir, task=study.task)
+    datalist = load_msd_datalist(study.dataset_dir, task=study.task, section="training")
+    if study.max_cases:
+        datalist = datalist[: int(study.max_cases)]
+    if len(datalist) < 2 * study.num_folds:
+        raise SynthCPInputError(
+            f"{study.dataset_dir} has {len(datalist)} labelled cases: too few for {study.num_folds} folds and a test split"
+        )
+    names = [d["case"] for d in datalist]
+    rng = np.random.default_rng(int(study.seed))
+    order = rng.permutation(len(names))
+    n_train = int(round(len(names) * float(study.train_fraction)))
+    n_train = min(max(n_train, study.num_folds), len(names) - 1)
+    train = sorted(names[i] for i in order[:n_train])
+    test = sorted(names[i] for i in order[n_train:])
+    folds = _make_folds(train, int(study.num_folds), int(study.seed))
+
+    out = study.stage_dir("prepare") / "volumes"
+    preprocess = study.preprocessing()
+    cases: dict[str, dict] = {}
+    for item in tqdm(datalist, desc="preprocess", disable=not study.progress):
+        case = item["case"]
+        data = preprocess({"image": item["image"], "label": item["label"]})
+        image, label = data["image"], data["label"]
+        affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
+        image_path = save_like(image[0].numpy().astype(np.float32), affine, out / f"{case}_image.nii.gz")
+        label_path = save_like(label[0].numpy().astype(np.uint8), affine, out / f"{case}_label.nii.gz")
+        cases[case] = {
+            "image": str(image_path),
+            "label": str(label_path),
+            "source_image": str(item["image"]),
+            "source_label": str(item["label"]),
+            "shape": list(image.shape[1:]),
+            "tumour_voxels": int((label == TUMOUR).sum()),
+        }
+    record = {"train": train, "test": test, "folds": [list(f) for f in folds], "cases": cases}
+    atomic_save_json(record, study.stage_dir("prepare") / "cases.json")
+    save_settings(study)
+    info = {"num_cases": len(names), "num_train": len(train), "num_test": len(test), "num_folds": len(folds)}
+    logger.info(f"prepare: {info}")
+    return info
+
+
+# ================================================================================================================
+# segmenter
+# ================================================================================================================
+def _segmenter_loader(study: PancreasStudy, case_ids: Sequence[str], batch_size: int, num_samples: int, seed: int):
+    cases = study.cases()["cases"]
+    data = [{"image": cases[c]["image"], "label": cases[c]["label"]} for c in case_ids]
+    # one flat chain: CacheDataset caches the deterministic prefix (loading) and stops at the first random transform
+    transform = Compose(
+        [*load_preprocessed().transforms, *segmenter_train_augmentation(study.patch_size, num_samples=num_samples).transforms]
+    )
+    dataset = CacheDataset(data, transform, cache_rate=study.cache_rate, progress=False)
+    # drop_last: AH-Net's batch norm cannot train on a last batch of one 32^3 patch (a 1-voxel deepest map)
+    return _loader(study, dataset, batch_size, seed, drop_last=True)
+
+
+def _fit_segmenter(
+    study: PancreasStudy,
+    segmenter: Factory,
+    case_ids: Sequence[str],
+    out_dir: Path,
+    weights_path: Path,
+    iterations: int,
+    batch_size: int,
+    num_samples: int,
+    lr: float,
+    seed: int,
+) -> torch.nn.Module:
+    """Train one segmenter on ``case_ids`` (resumable from ``out_dir`` checkpoints); save weights atomically."""
+    from synthcp3d.engines.checkpoint import load_weights, save_weights
+    from synthcp3d.engines.segmentation import SegmenterTrainer
+
+    set_determinism(seed=seed)
+    net = segmenter().to(study.torch_device)
+    if weights_path.is_file() and not study.force:
+        load_weights({"segmenter": net}, weights_path)
+        return net
+    loader = _segmenter_loader(study, case_ids, batch_size, num_samples, seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
+    _train(study, SegmenterTrainer(study.torch_device, loader, net, optimizer), iterations, out_dir)
+    save_weights({"segmenter": net}, weights_path)
+    return net
+
+
+def _sliding(study: PancreasStudy, roi_size: Sequence[int] | None = None) -> SlidingWindowInferer:
+    return SlidingWindowInferer(
+        roi_size=roi_size or study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap, mode="gaussian"
+    )
+
+
+@torch.no_grad()
+def segment_volume(study: PancreasStudy, net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """Whole-volume sliding-window segmentation: ``image (H, W, D)`` in [-1, 1] -> label map ``(H, W, D)`` uint8."""
+    net.eval()
+    x = torch.as_tensor(image, dtype=torch.float32, device=study.torch_device)[None, None]
+    logits = _sliding(study)(x, net)
+    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+@study_stage("train_segmenter")
+def train_segmenter(
+    study: PancreasStudy,
+    segmenter: Factory,
+    iterations: int = 20000,
+    batch_size: int = 2,
+    num_samples: int = 2,
+    lr: float = 1e-4,
+) -> dict:
+    """Train the final AH-Net on every training case -> ``models/segmenter.pt``."""
+    train = study.cases()["train"]
+    _fit_segmenter(
+        study, segmenter, train, study.stage_dir("train_segmenter") / "checkpoints", study.models / "segmenter.pt",
+        iterations, batch_size, num_samples, lr, seed=int(study.seed),
+    )
+    save_network_spec(study, "segmenter", segmenter)
+    return {"num_train": len(train), "iterations": int(iterations)}
+
+
+# ================================================================================================================
+# cross-validation predictions (+ MC-Dropout features)
+# ================================================================================================================
+def roi_tensors(
+    study: PancreasStudy, image: np.ndarray, pred: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, RoiBox]:
+    """Crop ``image``/``pred`` ``(H, W, D)`` to the pancreas ROI of ``pred``: ``(1, 1, *roi)`` float, ``(1, *roi)`` long."""
+    box = pancreas_roi(pred, study.roi_size)
+    x = torch.as_tensor(crop_to_box(image, box, pad_value=-1.0), dtype=torch.float32)[None, None]
+    p = torch.as_tensor(crop_to_box(pred.astype(np.int64), box, pad_value=0))[None]
+    return x.to(study.torch_device), p.to(study.torch_device), box
+
+
+def _mc_features(study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor) -> np.ndarray:
+    """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``."""
+    from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
+
+    inferer = _sliding(study, study.patch_size)
+
+    class _Sliding(torch.nn.Module):  # MC-Dropout over the ROI through the sliding window (AH-Net's size rules)
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return inferer(x, self.inner)
+
+    _, entropy = mc_dropout_probs(_Sliding(net), x_roi, samples=int(study.mc_samples))
+    return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy()
+
+
+def _case_record(study: PancreasStudy, net: torch.nn.Module, case: Mapping, pred: np.ndarray) -> dict:
+    image, label = _load_volume(case["image"]).astype(np.float32), _load_volume(case["label"]).astype(np.int64)
+    true = per_class_quality(torch.as_tensor(pred[None].astype(np.int64)), torch.as_tensor(label[None]), study.num_classes, "dice")
+    x_roi, p_roi, box = roi_tensors(study, image, pred)
+    mc = _mc_features(study, net, x_roi, p_roi)
+    return {"true_dsc": true[0].tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
+
+
+@study_stage("crossval")
+def crossval(
+    study: PancreasStudy,
+    segmenter: Factory,
+    iterations: int = 20000,
+    batch_size: int = 2,
+    num_samples: int = 2,
+    lr: float = 1e-4,
+) -> dict:
+    """K-fold CV on the training cases: each fold's AH-Net predicts its held-out cases (each case exactly once).
+
+    Writes ``crossval/fold_{i}/segmenter.pt``, ``crossval/predictions/{case}_pred.nii.gz`` and ``crossval/cases.json``
+    (per case: fold, paths, true DSC per class (NaN = undefined), ROI box, MC-Dropout feature), and fits the
+    MC-Dropout quality regressor on them -> ``models/mc_dropout_regressor.json``. Finished folds are skipped.
+    """
+    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+
+    meta = study.cases()
+    folds, cases = meta["folds"], meta["cases"]
+    out = study.stage_dir("crossval")
+    records: dict[str, dict] = {}
+    for i, held_out in enumerate(folds):
+        fold_dir = out / f"fold_{i}"
+        fold_file = fold_dir / "cases.json"
+        if fold_file.is_file() and not study.force:
+            records.update(json.loads(fold_file.read_text()))
+            continue
+        train_ids = [c for j, f in enumerate(folds) if j != i for c in f]
+        logger.info(f"crossval fold {i + 1}/{len(folds)}: train on {len(train_ids)}, predict {len(held_out)}")
+        net = _fit_segmenter(
+            study, segmenter, train_ids, fold_dir / "checkpoints", fold_dir / "segmenter.pt",
+            iterations, batch_size, num_samples, lr, seed=int(study.seed) + 1 + i,
+        )
+        fold_records = {}
+        for case_id in tqdm(held_out, desc=f"fold {i} predict", disable=not study.progress):
+            case = cases[case_id]
+            pred = segment_volume(study, net, _load_volume(case["image"]).astype(np.float32))
+            pred_path = _save_volume(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
+            record = _case_record(study, net, case, pred)
+            fold_records[case_id] = {
+                "fold": i, "image": case["image"], "label": case["label"], "pred": str(pred_path),
+                "train_cases": len(train_ids), **record,
+            }
+        atomic_save_json(fold_records, fold_file)  # the fold's completion marker
+        records.update(fold_records)
+    ordered = {c: records[c] for c in sorted(records)}
+    atomic_save_json(ordered, out / "cases.json")
+    true = np.array([r["true_dsc"] for r in ordered.values()], dtype=np.float64)
+    feats = np.array([r["mc_feature"] for r in ordered.values()], dtype=np.float64)
+    regressor = MCDropoutQualityRegressor(study.num_classes).fit(feats, true)
+    atomic_save_json(regressor.state_dict(), study.models / "mc_dropout_regressor.json")
+    return {
+        "num_cases": len(ordered),
+        "num_folds": len(folds),
+        "iterations": int(iterations),
+        "cv_mean_dsc": {n: nanmean(true[:, k]) for k, n in enumerate(study.class_names)},
+        "tumour_dsc_undefined": int(np.isnan(true[:, TUMOUR]).sum()),
+        "roi_fallbacks": int(sum(r["roi_box"]["fallback"] for r in ordered.values())),
+    }
+
+
+# ================================================================================================================
+# synthesizer
+# ================================================================================================================
+def _roi_pair_dataset(
+    study: PancreasStudy, items: Sequence[dict], source_key: str, jitter: int, keys: Sequence[str]
+) -> CacheDataset:
+    """Dataset of pancreas-ROI crops ``(1, *roi)`` of ``keys``, centred on ``source_key``'s labels > 0."""
+    transform = Compose(
+        [
+            *load_preprocessed(keys).transforms,
+            PancreasROICropd(keys, source_key=source_key, roi_size=study.roi_size, pad_values={"image": -1.0},
+                             jitter=jitter, seed=int(study.seed)),
+            RandFlipd(keys, prob=0.5, spatial_axis=2),
+        ]
+    )
+    return CacheDataset(items, transform, cache_rate=study.cache_rate, progress=False)
+
+
+@study_stage("train_synthesizer")
+def train_synthesizer(
+    study: PancreasStudy,
+    generator: Factory,
+    discriminator: Factory,
+    iterations: int = 50000,
+    batch_size: int = 2,
+    lr_g: float = 1e-4,
+    lr_d: float = 4e-4,
+    jitter: int = 4,
+    feature_matching_weight: float = 10.0,
+) -> dict:
+    """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``.
+
+    The ROI is centred on the ground-truth pancreas with a random shift of up to ``jitter`` voxels per axis (the
+    test-time centre comes from a prediction).
+    """
+    from synthcp3d.engines.gan import GanTrainer
+    from synthcp3d.networks.gan_losses import make_gan_optimizers
+
+    _set_seed(study, 100)
+    meta = study.cases()
+    items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
+    dataset = _roi_pair_dataset(study, items, "label", jitter, ("image", "label"))
+    loader = _loader(study, dataset, batch_size, int(study.seed) + 100)
+    g, d = generator().to(study.torch_device), discriminator().to(study.torch_device)
+    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
+    trainer = GanTrainer(
+        study.torch_device, loader, g, d, opt_g, opt_d, num_classes=study.num_classes,
+        feature_matching_weight=feature_matching_weight,
+    )
+    _train(study, trainer, iterations, study.stage_dir("train_synthesizer") / "checkpoints")
+    save_network(study, "generator", g, generator)
+    return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
+
+
+@torch.no_grad()
+def _synthesis_l1(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, n: int = 8) -> float:
+    """Mean |G(y) - x| on a few training ROIs (in [-1, 1] units): a sanity figure for the log."""
+    from synthcp3d.networks.synthesizer import one_hot_labels
+
+    g.eval()
+    errs = []
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        x = torch.as_tensor(item["image"])[None].float().to(study.torch_device)
+        y = torch.as_tensor(item["label"])[None].long().to(study.torch_device)
+        errs.append(float((g(one_hot_labels(y, study.num_classes)) - x).abs().mean()))
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+# ================================================================================================================
+# comparators (SynthCP + Direct Prediction)
+# ================================================================================================================
+@study_stage("train_comparator")
+def train_comparator(
+    study: PancreasStudy,
+    comparator: Factory,
+    direct: Factory,
+    generator: Factory,
+    iterations: int = 20000,
+    batch_size: int = 4,
+    lr: float = 1e-4,
+    jitter: int = 2,
+) -> dict:
+    """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
+
+    Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
+    """
+    from synthcp3d.engines.comparator import ComparatorTrainer
+
+    records = _cv_records(study)
+    items = [{"image": r["image"], "label": r["label"], "pred": r["pred"]} for r in records.values()]
+    dataset = _roi_pair_dataset(study, items, "pred", jitter, ("image", "label", "pred"))
+    g = load_network(study, "generator", generator)
+    for name, factory in (("comparator_synthcp", comparator), ("comparator_direct", direct)):
+        if (study.models / NETWORKS[name][0]).is_file() and not study.force:
+            continue
+        _set_seed(study, 200)
+        net = factory().to(study.torch_device)
+        loader = _loader(study, dataset, batch_size, int(study.seed) + 200)
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+        trainer = ComparatorTrainer(
+            study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice"
+        )
+        checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
+        _train(study, trainer, iterations, checkpoints)
+        save_network(study, name, net, factory)
+    return {"num_cases": len(items), "iterations": int(iterations)}
+
+
+def _cv_records(study: PancreasStudy) -> dict[str, dict]:
+    return json.loads(require_file(study.out / "crossval" / "cases.json", "crossval").read_text())
+
+
+# ================================================================================================================
+# VAE alarm
+# ================================================================================================================
+def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = 2) -> torch.Tensor:
+    """Tight crop of ``mask > 0`` (+ ``margin``), resized (nearest) to ``vae_shape``, one-hot: ``(1, C, *vae_shape)``."""
+    from synthcp3d.networks.synthesizer import one_hot_labels
+
+    box = tight_box(mask, margin=margin)
+    crop = torch.as_tensor(crop_to_box(mask.astype(np.int64), box)[None].astype(np.float32))
+    resized = Resize(study.vae_shape, mode="nearest")(crop)
+    labels = torch.as_tensor(resized).round().long()
+    return one_hot_labels(labels, study.num_classes).to(study.torch_device)
+
+
+def vae_feature(vae: torch.nn.Module, onehot: torch.Tensor) -> np.ndarray:
+    """Per-class Dice between a mask ``(1, C, *vae_shape)`` and its VAE reconstruction ``(C,)`` (NaN: class absent
+    from both)."""
+    return vae.reconstruction_dice(onehot)[0].cpu().numpy()
+
+
+@torch.no_grad()
+def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
+    """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (:func:`vae_feature` regressed)."""
+    return regressor.predict(vae_feature(vae, vae_input(study, pred))[None])[0].cpu().numpy()
+
+
+@study_stage("train_vae_alarm")
+def train_vae_alarm(
+    study: PancreasStudy,
+    mask_vae: Factory,
+    iterations: int = 20000,
+    batch_size: int = 4,
+    lr: float = 1e-4,
+    beta: float = 1e-3,
+) -> dict:
+    """VAE alarm (Liu et al., ICCV 2019, reimplemented): a mask VAE on ground-truth masks (tight crop), then the
+    reconstruction Dice of the CV predictions regressed (linear, per class) onto their true DSC.
+
+    Writes ``models/mask_vae.pt`` and ``models/vae_alarm_regressor.json``; a prediction without the class predicts
+    DSC 0 for it (exact wherever the true DSC is defined).
+    """
+    from synthcp3d.engines.mask_vae import MaskVAETrainer
+    from synthcp3d.scoring.regression import LinearQualityRegressor
+
+    _set_seed(study, 300)
+    meta = study.cases()
+    masks = []
+    for c in tqdm(meta["train"], desc="VAE masks", disable=not study.progress):
+        onehot = vae_input(study, _load_volume(meta["cases"][c]["label"]))
+        masks.append({"label": onehot.argmax(1).cpu()})  # (1, *vae_shape)
+    dataset = Dataset(masks, RandFlipd("label", prob=0.5, spatial_axis=2))
+    loader = _loader(study, dataset, batch_size, int(study.seed) + 300)
+    vae = mask_vae().to(study.torch_device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    trainer = MaskVAETrainer(study.torch_device, loader, vae, optimizer, num_classes=study.num_classes, beta=beta)
+    _train(study, trainer, iterations, study.stage_dir("train_vae_alarm") / "checkpoints")
+    save_network(study, "mask_vae", vae, mask_vae)
+
+    records = _cv_records(study)
+    feats, true = [], []
+    for r in tqdm(records.values(), desc="VAE features", disable=not study.progress):
+        feats.append(vae_feature(vae, vae_input(study, _load_volume(r["pred"]))))
+        true.append(r["true_dsc"])
+    feats_arr, true_arr = np.array(feats, dtype=np.float64), np.array(true, dtype=np.float64)
+    regressor = LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0).fit(feats_arr, true_arr)
+    atomic_save_json(regressor.state_dict(), study.models / "vae_alarm_regressor.json")
+    features = {c: f.tolist() for c, f in zip(records, feats_arr)}
+    atomic_save_json(features, study.stage_dir("train_vae_alarm") / "cv_features.json")
+    return {"iterations": int(iterations), "num_cv_cases": len(records)}
+
+
+# ================================================================================================================
+# scoring one case with every method (evaluate + inference)
+# ================================================================================================================
+@dataclass
+class _Scorers:
+    segmenter: torch.nn.Module
+    generator: torch.nn.Module
+    synthcp: torch.nn.Module
+    direct: torch.nn.Module
+    vae: torch.nn.Module
+    mc_regressor: Any
+    vae_regressor: Any
+
+
+def _load_scorers(
+    study: PancreasStudy, segmenter: Factory, generator: Factory, comparator: Factory, direct: Factory, mask_vae: Factory
+) -> _Scorers:
+    """Every trained network and regressor, built with the bundle config's factories."""
+    factories = {"segmenter": segmenter, "generator": generator, "comparator_synthcp": comparator,
+                 "comparator_direct": direct, "mask_vae": mask_vae}
+    nets = {name: load_network(study, name, factory) for name, factory in factories.items()}
+    return _Scorers(
+        nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["comparator_direct"], nets["mask_vae"],
+        load_regressor(study, "mc_dropout"), load_regressor(study, "vae_alarm"),
+    )
+
+
+@torch.no_grad()
+def _score(study: PancreasStudy, nets: _Scorers, image: np.ndarray, pred: np.ndarray) -> tuple[dict[str, np.ndarray], RoiBox, np.ndarray]:
+    """Every method's predicted DSC ``(C,)`` for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``).
+
+    Returns (method -> predicted DSC, the ROI box, the synthesized ROI ``(*roi)``).
+    """
+    from synthcp3d.networks.synthesizer import one_hot_labels
+
+    x_roi, p_roi, box = roi_tensors(study, image, pred)
+    onehot = one_hot_labels(p_roi, study.num_classes)
+    synth = nets.generator(onehot)
+    q_syn = nets.synthcp(x_roi, onehot, synth)["quality"][0].cpu().numpy()
+    q_dir = nets.direct(x_roi, onehot)["quality"][0].cpu().numpy()
+    mc_feat = _mc_features(study, nets.segmenter, x_roi, p_roi)
+    q_mc = nets.mc_regressor.predict(mc_feat[None])[0].cpu().numpy()
+    q_vae = vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)
+    q_ens = mean_ensemble(torch.as_tensor(q_syn), torch.as_tensor(q_vae)).numpy()
+    out = {
+        "Direct Prediction": q_dir,
+        "MC-Dropout": q_mc,
+        "VAE alarm": q_vae,
+        "SynthCP": q_syn,
+        "SynthCP + VAE alarm": q_ens,
+    }
+    return out, box, synth[0, 0].cpu().numpy()
+
+
+# ================================================================================================================
+# evaluate
+# ================================================================================================================
+@study_stage("evaluate")
+def evaluate(
+    study: PancreasStudy,
+    segmenter: Factory,
+    generator: Factory,
+    comparator: Factory,
+    direct: Factory,
+    mask_vae: Factory,
+) -> dict:
+    """Table 2: the final segmenter predicts the test cases, every method predicts their DSC; report + plots.
+
+    Writes ``evaluate/report.{md,csv,json}``, ``evaluate/per_case.csv``, ``evaluate/scatter_<method>_<class>.png``
+    and ``evaluate/predictions/{case}_pred.nii.gz``; prints the table and the paths.
+    """
+    from synthcp3d.report import quality_report
+
+    meta = study.cases()
+    nets = _load_scorers(study, segmenter, generator, comparator, direct, mask_vae)
+    out = study.stage_dir("evaluate")
+    preds: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    true_rows, fallbacks = [], []
+    for case_id in tqdm(meta["test"], desc="evaluate", disable=not study.progress):
+        case = meta["cases"][case_id]
+        image = _load_volume(case["image"]).astype(np.float32)
+        label = _load_volume(case["label"]).astype(np.int64)
+        pred = segment_volume(study, nets.segmenter, image)
+        _save_volume(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
+        true = per_class_quality(torch.as_tensor(pred[None].astype(np.int64)), torch.as_tensor(label[None]), study.num_classes, "dice")
+        true_rows.append(true[0].numpy())
+        scores, box, _ = _score(study, nets, image, pred)
+        for m in METHODS:
+            preds[m].append(scores[m])
+        if box.fallback:
+            fallbacks.append(case_id)
+    true_arr = np.array(true_rows, dtype=np.float64)
+    pred_arr = {m: np.array(v, dtype=np.float64) for m, v in preds.items()}
+    cv = study.out / "crossval" / DONE
+    cv_info = json.loads(cv.read_text()) if cv.is_file() else {}
+    notes = [
+        f"settings: {study.settings_name}; {len(meta['train'])} training / {len(meta['test'])} test cases "
+        f"(seeded split, train fraction {study.train_fraction:.4f}); {len(meta['folds'])}-fold cross-validation "
+        f"predictions ({cv_info.get('num_cases', '?')} cases) trained the comparators and regressors.",
+        f"crop: {list(study.roi_size)} voxels around the bounding-box centre of the predicted pancreas (labels > 0); "
+        f"empty prediction -> volume centre: {len(fallbacks)} test case(s){' ' + str(fallbacks) if fallbacks else ''}.",
+        f"spacing {list(study.spacing)} mm, HU window {list(study.hu_range)}, patch {list(study.patch_size)}, "
+        f"MC-Dropout samples {study.mc_samples}.",
+        f"mean true DSC of the final segmenter on the test cases: pancreas {_fmt(nanmean(true_arr[:, PANCREAS]))}, "
+        f"tumour {_fmt(nanmean(true_arr[:, TUMOUR]))}.",
+    ]
+    report = quality_report(
+        pred_arr,
+        true_arr,
+        list(meta["test"]),
+        list(study.class_names),
+        out,
+        groups={"tumour": ["tumour"], "pancreas": ["pancreas"]},
+        title="Pancreas tumour DSC prediction (SynthCP Table 2)",
+        quality_name="DSC",
+        notes=notes,
+        plot_classes=["tumour", "pancreas"],
+        extra={"settings": study.describe(), "roi_fallback_cases": fallbacks},
+    )
+    print(report.markdown, flush=True)
+    print(f"report: {report.files['markdown']} (+ .csv, .json); per-case: {report.files['per_case_csv']}; plots: {out}/scatter_*.png", flush=True)
+    return {"tables": report.tables, "counts": report.counts, "report": str(report.files["markdown"])}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+# ================================================================================================================
+# inference on a folder of new volumes
+# ================================================================================================================
+@study_stage("inference")
+def inference(
+    study: PancreasStudy,
+    segmenter: Factory,
+    generator: Factory,
+    comparator: Factory,
+    direct: Factory,
+    mask_vae: Factory,
+    input_dir: str | None = None,
+    max_volumes: int | None = None,
+) -> dict:
+    """Segmentation + predicted DSC for every NIfTI volume of ``input_dir`` (default: the data set's ``imagesTs``).
+
+    Writes ``inference/{case}_seg.nii.gz`` on the input's own grid (the preprocessing inverted, nearest) and
+    ``inference/predicted_dsc.csv`` / ``.json`` (every method's predicted pancreas and tumour DSC).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from synthcp3d.data.volume_io import save_like
+
+    folder = Path(input_dir) if input_dir else _default_test_folder(study)
+    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
+    if max_volumes:
+        files = files[: int(max_volumes)]
+    nets = _load_scorers(study, segmenter, generator, comparator, direct, mask_vae)
+    preprocess = study.preprocessing(label_key=None)
+    out = study.stage_dir("inference")
+    rows = []
+    for path in tqdm(files, desc="inference", disable=not study.progress):
+        case_id = path.name.split(".nii")[0]
+        data = preprocess({"image": str(path)})
+        image = data["image"]
+        pred = segment_volume(study, nets.segmenter, image[0].numpy())
+        scores, box, _ = _score(study, nets, image[0].numpy(), pred)
+        data["pred"] = MetaTensor(torch.as_tensor(pred[None].astype(np.float32)), meta=image.meta, applied_operations=image.applied_operations)
+        inverted = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=True)(data)["pred"]
+        seg = inverted[0].numpy().round().astype(np.uint8)
+        save_like(seg, inverted.affine.numpy(), out / f"{case_id}_seg.nii.gz")
+        row = {"case": case_id, "input": str(path), "roi_fallback": box.fallback}
+        for m, q in scores.items():
+            row[f"{m}|pancreas"] = float(q[PANCREAS])
+            row[f"{m}|tumour"] = float(q[TUMOUR])
+        rows.append(row)
+    write_csv_rows(rows, out / "predicted_dsc.csv")
+    atomic_save_json(rows, out / "predicted_dsc.json")
+    print(f"inference: {len(rows)} volume(s) from {folder}; segmentations and predicted DSC in {out}", flush=True)
+    return {"num_volumes": len(rows), "input_dir": str(folder)}
+
+
+def _default_test_folder(study: PancreasStudy) -> Path:
+    root = Path(study.dataset_dir)
+    for candidate in (root / "imagesTs", root / study.task / "imagesTs"):
+        if candidate.is_dir():
+            return candidate
+    raise SynthCPInputError(f"no imagesTs folder under {root}: give input_dir (a folder of NIfTI volumes)")

@@ -1,0 +1,181 @@
+"""The pancreas bundle end to end at tiny size: every config through ``python -m monai.bundle run``.
+
+The stages run once (module-scoped fixture, subprocesses exactly as a user types them); the tests then check each
+stage's outputs, recompute the Table-2 report from the saved per-case predictions with scipy/numpy, and exercise
+``synthcp run``'s skip/resume logic.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from synthcp3d.errors import SynthCPInputError
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "pancreas_ct_synthcp"
+STAGES = ("prepare", "train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm",
+          "evaluate", "inference")
+TINY = {
+    "device": "cpu",
+    "num_folds": 2,
+    "spacing": [2.0, 2.0, 2.0],
+    "patch_size": [32, 32, 32],
+    "roi_size": [16, 16, 16],
+    "vae_shape": [32, 32, 32],
+    "ahnet_layers": [1, 1, 1, 1],
+    "psp_block_num": 0,
+    "generator_channels": [16, 8],
+    "discriminator_num_d": 1,
+    "discriminator_layers": 1,
+    "comparator_channels": [8, 8, 16, 16],
+    "vae_channels": [4, 8, 8, 16],
+    "vae_latent": 8,
+    "mc_samples": 2,
+    "iterations": 2,
+    "progress": False,
+}
+
+
+def _command(stage: str, data: Path, out: Path) -> list[str]:
+    configs = json.dumps([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml")])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
+           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
+           "--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--output_dir", str(out)]
+    for key, value in TINY.items():
+        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return cmd
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> tuple[Path, Path]:
+    from synthcp3d.data.phantom import make_pancreas_dataset
+
+    root = tmp_path_factory.mktemp("pancreas_bundle")
+    data, out = root / "data", root / "out"
+    make_pancreas_dataset(data, cases=10, seed=3, test_cases=1, shape=(48, 48, 24), progress=False)
+    for stage in STAGES:
+        result = subprocess.run(_command(stage, data, out), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"stage {stage} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert (out / stage / "done.json").is_file(), stage
+    return data, out
+
+
+def test_prepare_split_and_folds(run_dir):
+    _, out = run_dir
+    meta = json.loads((out / "prepare" / "cases.json").read_text())
+    assert len(meta["train"]) == 7 and len(meta["test"]) == 3  # round(10 * 200 / 281) = 7
+    assert not set(meta["train"]) & set(meta["test"])
+    folded = [c for fold in meta["folds"] for c in fold]
+    assert sorted(folded) == sorted(meta["train"]) and len(meta["folds"]) == 2
+    assert all(Path(c["image"]).is_file() for c in meta["cases"].values())
+
+
+def test_crossval_predicts_every_training_case_once(run_dir):
+    _, out = run_dir
+    meta = json.loads((out / "prepare" / "cases.json").read_text())
+    records = json.loads((out / "crossval" / "cases.json").read_text())
+    assert sorted(records) == sorted(meta["train"])
+    for case, r in records.items():
+        assert case in meta["folds"][r["fold"]]  # predicted by the model that held it out
+        assert Path(r["pred"]).is_file() and len(r["true_dsc"]) == 3 and len(r["mc_feature"]) == 3
+        pred = np.asarray(nib.load(r["pred"]).dataobj)
+        assert pred.shape == tuple(meta["cases"][case]["shape"]) and set(np.unique(pred)) <= {0, 1, 2}
+    assert (out / "models" / "mc_dropout_regressor.json").is_file()
+
+
+def test_models_load_weights_only(run_dir):
+    _, out = run_dir
+    expected = {"segmenter.pt": "segmenter", "generator.pt": "generator", "comparator_synthcp.pt": "comparator",
+                "comparator_direct.pt": "comparator", "mask_vae.pt": "vae"}
+    for name, key in expected.items():
+        state = torch.load(out / "models" / name, weights_only=True)
+        assert key in state and len(state[key]) > 0
+    networks = json.loads((out / "models" / "networks.json").read_text())
+    assert networks["segmenter"]["name"] == "ahnet" and networks["comparator_direct"]["mode"] == "direct"
+    assert json.loads((out / "models" / "vae_alarm_regressor.json").read_text())
+
+
+def test_report_files_and_plots(run_dir):
+    _, out = run_dir
+    ev = out / "evaluate"
+    for name in ("report.md", "report.csv", "report.json", "per_case.csv"):
+        assert (ev / name).is_file(), name
+    md = (ev / "report.md").read_text()
+    for method in ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm"):
+        assert f"| {method} |" in md
+    assert len(list(ev.glob("scatter_*_tumour.png"))) == 5
+    assert len(list((ev / "predictions").glob("*_pred.nii.gz"))) == 3
+
+
+def test_table_recomputed_from_per_case_csv(run_dir):
+    import csv
+
+    _, out = run_dir
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    with open(out / "evaluate" / "per_case.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for cls in ("tumour", "pancreas"):
+        true = np.array([float(r[f"true_{cls}"]) for r in rows])
+        keep = ~np.isnan(true)
+        assert report["counts"][cls]["n_undefined"] == int((~keep).sum())
+        for method, saved in report["tables"][cls].items():
+            pred = np.array([float(r[f"{method}|{cls}"]) for r in rows])[keep]
+            t = true[keep]
+            err = np.abs(pred - t)
+            if keep.sum() == 0:
+                assert saved["MAE"] is None
+                continue
+            assert saved["MAE"] == pytest.approx(100 * err.mean(), abs=1e-6)
+            assert saved["STD"] == pytest.approx(100 * err.std(ddof=0), abs=1e-6)
+            defined = keep.sum() >= 2 and np.ptp(pred) > 0 and np.ptp(t) > 0
+            if defined:
+                assert saved["PC"] == pytest.approx(100 * stats.pearsonr(pred, t)[0], abs=1e-6)
+                assert saved["SC"] == pytest.approx(100 * stats.spearmanr(pred, t)[0], abs=1e-6)
+            else:
+                assert saved["PC"] is None and saved["SC"] is None
+
+
+def test_inference_writes_on_input_grid(run_dir):
+    data, out = run_dir
+    inputs = sorted((data / "Task07_Pancreas" / "imagesTs").glob("*.nii.gz"))
+    rows = json.loads((out / "inference" / "predicted_dsc.json").read_text())
+    assert len(rows) == len(inputs) == 1
+    seg = nib.load(out / "inference" / f"{rows[0]['case']}_seg.nii.gz")
+    src = nib.load(inputs[0])
+    assert seg.shape == src.shape and np.allclose(seg.affine, src.affine, atol=1e-3)
+    assert 0.0 <= rows[0]["SynthCP|tumour"] <= 1.0
+
+
+def test_study_runner_skips_finished_stages(run_dir, capsys):
+    from synthcp3d.study_cli import run_study
+
+    data, out = run_dir
+    timings = run_study("pancreas", out, data=data, device="cpu")
+    assert timings == {}
+    assert capsys.readouterr().out.count("skipped") == len(STAGES)
+    with pytest.raises(SynthCPInputError, match="unknown stage"):
+        run_study("pancreas", out, data=data, stages=["nope"])
+    with pytest.raises(SynthCPInputError, match="--data"):
+        run_study("pancreas", out)
+
+
+def test_metadata_fields():
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright"):
+        assert meta.get(key), key
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["outputs"]["pred"]["num_channels"] == 3
+    for stage in STAGES:
+        assert (BUNDLE / "configs" / f"{stage}.yaml").is_file()
+    assert (BUNDLE / "docs" / "README.md").is_file() and (BUNDLE / "LICENSE").is_file()
