@@ -11,6 +11,8 @@ import synthcp3d.networks as networks
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring import VAEAlarmRegressor, mean_ensemble, run_scorer, vae_alarm_feature
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 def _stand_in_vae_loss(recon_logits, target_onehot, mu, logvar, beta: float = 0.1) -> torch.Tensor:
     recon = nn.functional.binary_cross_entropy_with_logits(recon_logits, target_onehot)
