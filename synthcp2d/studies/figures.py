@@ -1,0 +1,79 @@
+"""Figures and tables of the 2D studies: the Fig. 5 / Fig. 7-style panels and the pixel-metric tables.
+
+The image-level (quality) table comes from the study-agnostic ``synthcp3d.report.quality_report``; the pixel and
+anomaly tables (methods x metric keys) are formatted here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from synthcp3d.utils.atomic import atomic_path
+
+__all__ = ["Panel", "panel_figure", "metrics_markdown", "to_display_image"]
+
+#: (image, title, matplotlib colormap or None for RGB, (vmin, vmax) or None)
+Panel = tuple[np.ndarray, str, "str | None", "tuple[float, float] | None"]
+
+
+def to_display_image(image: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` in [-1, 1] (or uint8) -> ``(H, W, 3)`` float in [0, 1] for ``imshow``."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.transpose(1, 2, 0) / 255.0
+    return np.clip((image.transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def panel_figure(
+    rows: Sequence[Sequence[Panel]], path: str | Path, title: str | None = None, cell: float = 2.6
+) -> Path:
+    """Grid of panels (one row per example) saved atomically as PNG; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    aspect = rows[0][0][0].shape[1] / rows[0][0][0].shape[0]
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows / aspect + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(row):
+                continue
+            image, name, cmap, vrange = row[c]
+            kwargs = {"interpolation": "nearest"}
+            if cmap is not None:
+                kwargs["cmap"] = cmap
+                if vrange is not None:
+                    kwargs["vmin"], kwargs["vmax"] = vrange
+            ax.imshow(image, **kwargs)
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def metrics_markdown(rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]]) -> str:
+    """Markdown table: one row per method, ``columns`` = (metric key, header); two decimals, ``n/a`` if undefined."""
+    header = "| method | " + " | ".join(h for _, h in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    lines = [header, rule]
+    for method, values in rows.items():
+        cells = []
+        for key, _ in columns:
+            v = values.get(key)
+            cells.append("n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Stages of the StreetHazards anomaly-segmentation study (SynthCP paper, Tables 3 and 4).
+
+The bundle ``bundles/streethazards_anomaly_synthcp`` builds a :class:`StreetHazardsStudy` and the networks in
+``configs/common.yaml``; each stage config calls one function below. Outputs below ``output_dir``:
+
+- ``prepare``: check the folder, list train / test, cache every image resized to ``image_size``;
+- ``train_segmenter``: the segmenter on the 13 known classes -> ``models/segmenter.pt``;
+- ``train_synthesizer`` (``synthcp2d.studies.common``): 2D SPADE on ground-truth (label, image) pairs of the 13 known
+  classes -> ``models/generator.pt``;
+- ``train_autoencoder`` (``synthcp2d.studies.common``): the AE baseline's image auto-encoder ->
+  ``models/autoencoder.pt``;
+- ``evaluate``: every method scores every test pixel; Table 3 (SynthCP at ``t`` vs MSP, MSP+CRF, MC-Dropout, AE,
+  max-logit, entropy) and Table 4 (SynthCP for every ``t`` of the sweep, one segmenter pass) in both reductions
+  (``per_image``: the StreetHazards benchmark's; ``pooled``), streamed image by image; per-image score maps
+  (``evaluate/scores/<case>.npz``) and per-image metrics (``evaluate/per_image.csv``) so the tables can be recomputed;
+  a Fig. 7-like panel (``evaluate/fig7.png``).
+
+Anomaly pixels (index 13) are positives; no pixel is ignored ("unlabeled" is an in-distribution class).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from synthcp2d.data.streethazards import (
+    ANOMALY_INDEX,
+    STREETHAZARDS_NUM_KNOWN_CLASSES,
+    check_streethazards_folder,
+    load_streethazards_datalist,
+    load_streethazards_label,
+    streethazards_to_color,
+)
+from synthcp2d.studies.common import (
+    Factory,
+    StreetStudy,
+    cache_cases,
+    fit_segmenter,
+    image_tensor,
+    load_cached,
+    load_net,
+    segment,
+    synthesize,
+)
+from synthcp2d.studies.figures import metrics_markdown, panel_figure, to_display_image
+from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
+from synthcp3d.workflows.common import require_file, save_network_spec, study_stage, write_csv_rows
+
+__all__ = [
+    "StreetHazardsStudy",
+    "BASELINES",
+    "prepare",
+    "train_segmenter",
+    "evaluate",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Table 3 baseline rows -> registered scorer (``synthcp3d.scoring.SCORERS``).
+BASELINES: dict[str, str] = {
+    "MSP": "msp",
+    "MSP+CRF": "msp_crf",
+    "MC-Dropout": "mc_dropout",
+    "AE": "autoencoder",
+    "Max-logit": "max_logit",
+    "Entropy": "entropy",
+}
+ANOMALY_COLUMNS = (("FPR95", "FPR95 ↓"), ("AUROC", "AUROC ↑"), ("AUPR", "AUPR ↑"))
+REDUCTIONS = ("per_image", "pooled")
+
+
+@dataclass
+class StreetHazardsStudy(StreetStudy):
+    """Settings of the StreetHazards study (``configs/common.yaml``); see `StreetStudy` for the shared ones.
+
+    Attributes:
+        t: SynthCP's MSP post-processing threshold of Table 3 (paper: 0.999).
+        thresholds: Table 4's sweep, all from one segmenter pass per image.
+        scales: multi-scale test factors of SynthCP (paper option; ``(1.0,)`` = single scale).
+        mc_samples: MC-Dropout passes (paper: 50).
+        crf_backend, crf_iterations: MSP+CRF (``"torch"``: our mean-field dense CRF; ``"pydensecrf"`` if installed).
+        save_pixel_scores: write every method's score map per test image (``evaluate/scores``).
+        num_bins: histogram bins of the pooled (streaming) metrics.
+        figure_cases: test images shown in the Fig. 7 panel.
+    """
+
+    t: float = 0.999
+    thresholds: Sequence[float] = (0.8, 0.9, 0.99, 0.999, 1.0)
+    scales: Sequence[float] = (1.0,)
+    mc_samples: int = 50
+    crf_backend: str = "torch"
+    crf_iterations: int = 5
+    save_pixel_scores: bool = True
+    num_bins: int = 1 << 16
+    figure_cases: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.thresholds = tuple(float(t) for t in self.thresholds)
+        self.scales = tuple(float(s) for s in self.scales)
+        if float(self.t) not in self.thresholds:
+            self.thresholds = tuple(sorted({*self.thresholds, float(self.t)}))
+
+    @property
+    def num_classes(self) -> int:
+        return STREETHAZARDS_NUM_KNOWN_CLASSES
+
+
+def _read_label(path: str) -> np.ndarray:
+    return load_streethazards_label(path, allow_anomaly=True)
+
+
+# ================================================================================================================
+@study_stage("prepare")
+def prepare(study: StreetHazardsStudy) -> dict:
+    """Check the StreetHazards folder, list the train and test splits, cache every image at ``image_size``.
+
+    Writes ``prepare/cases.json`` = ``{"train": [records], "test": [records]}`` (record: ``case``, ``image``,
+    ``label``, ``town``, ``cache``) and ``prepare/cache/{split}/*.npz``.
+    """
+    summary = check_streethazards_folder(study.dataset_dir, splits=["train", "test"], deep=False)
+    out = study.stage_dir("prepare")
+    record: dict[str, Any] = {}
+    for split in ("train", "test"):
+        items = load_streethazards_datalist(study.dataset_dir, split)
+        if study.max_cases:
+            items = items[: int(study.max_cases)]
+        items = [{**i, "case": i["name"]} for i in items]
+        record[split] = cache_cases(items, out / "cache" / split, study.image_size, _read_label, study.progress)
+    atomic_save_json(record, out / "cases.json")
+    return {"num_train": len(record["train"]), "num_test": len(record["test"]), "image_sizes": summary["image_sizes"]}
+
+
+@study_stage("train_segmenter")
+def train_segmenter(
+    study: StreetHazardsStudy, segmenter: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-4
+) -> dict:
+    """The segmenter on the 13 known classes of the training split -> ``models/segmenter.pt``."""
+    train = study.cases()["train"]
+    fit_segmenter(
+        study,
+        segmenter,
+        train,
+        study.stage_dir("train_segmenter") / "checkpoints",
+        study.models / "segmenter.pt",
+        iterations,
+        batch_size,
+        lr,
+        seed=int(study.seed),
+    )
+    save_network_spec(study, "segmenter", segmenter)
+    return {"num_train": len(train), "iterations": int(iterations)}
+
+
+# ================================================================================================================
+def synthcp_name(t: float) -> str:
+    """Table 4 row name of SynthCP at threshold ``t``."""
+    return f"SynthCP (t={t:g})"
+
+
+def _pooled_range(method: str) -> tuple[float, float]:
+    # pooled histograms need a score range: 1-cos lies in [0, 2]; the max-logit score is squashed (see _pooled_score)
+    return (0.0, 2.0) if method.startswith("SynthCP") else (0.0, 1.0)
+
+
+def _pooled_score(method: str, score: torch.Tensor) -> torch.Tensor:
+    # -max logit is unbounded: a strictly increasing squash into (0, 1) keeps the ranking the metrics depend on
+    return torch.sigmoid(score / 10.0) if method == "Max-logit" else score
+
+
+@study_stage("evaluate")
+def evaluate(
+    study: StreetHazardsStudy,
+    segmenter: Factory,
+    generator: Factory,
+    autoencoder: Factory,
+) -> dict:
+    """Tables 3 and 4 on the test split, both reductions, streamed one image at a time.
+
+    Writes ``evaluate/report.{md,json,csv}``, ``evaluate/per_image.csv`` (every method's FPR95 / AUROC / AUPR on each
+    image with an anomaly), ``evaluate/scores/<case>.npz`` (score maps; with ``save_pixel_scores``) and
+    ``evaluate/fig7.png``.
+    """
+    from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
+    from synthcp3d.scoring import run_scorer, threshold_sweep
+
+    dev = study.torch_device
+    seg = load_net(segmenter, require_file(study.models / "segmenter.pt", "train_segmenter"), "segmenter", dev)
+    gen = load_net(generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", dev)
+    ae = load_net(autoencoder, require_file(study.models / "autoencoder.pt", "train_autoencoder"), "autoencoder", dev)
+    test = study.cases()["test"]
+    methods = [synthcp_name(t) for t in study.thresholds] + list(BASELINES)
+    meters = {
+        (m, r): StreamingAnomalyMetrics(r, num_bins=study.num_bins, score_range=_pooled_range(m), device=dev)
+        for m in methods
+        for r in REDUCTIONS
+    }
+    options = {
+        "MC-Dropout": {"samples": int(study.mc_samples)},
+        "MSP+CRF": {"backend": study.crf_backend, "iterations": int(study.crf_iterations)},
+    }
+    out = study.stage_dir("evaluate")
+    per_image_rows: list[dict[str, Any]] = []
+    figure_rows = []
+    for item in tqdm(test, desc="evaluate", disable=not study.progress, unit="image"):
+        case = load_cached(item["cache"])
+        x = image_tensor(case["image"])[None].to(dev)
+        label = torch.as_tensor(case["label"][0].astype(np.int64), device=dev)[None]
+        is_anomaly = label == ANOMALY_INDEX
+        logits, _ = segment(seg, x)
+        probs = torch.softmax(logits.float(), dim=1)
+        pred = probs.argmax(1)
+        synth = synthesize(gen, pred, study.num_classes)
+        scores = {synthcp_name(t): s for t, s in threshold_sweep(seg, x, synth, study.thresholds, study.scales).items()}
+        inputs = {"segmenter": seg, "image": x, "probs": probs, "logits": logits, "autoencoder": ae}
+        for method, scorer in BASELINES.items():
+            scores[method] = run_scorer(scorer, inputs, **options.get(method, {})).anomaly
+        row: dict[str, Any] = {"case": item["case"], "anomaly_pixels": int(is_anomaly.sum())}
+        for method, score in scores.items():
+            meters[(method, "per_image")].update(score[0], is_anomaly[0])
+            meters[(method, "pooled")].update(_pooled_score(method, score[0]), is_anomaly[0])
+            if 0 < row["anomaly_pixels"] < is_anomaly.numel():
+                single = binary_curve_metrics(score[0].cpu().numpy(), is_anomaly[0].cpu().numpy())
+                for key in ("FPR95", "AUROC", "AUPR"):
+                    row[f"{method}|{key}"] = single[key]
+        if 0 < row["anomaly_pixels"] < is_anomaly.numel():
+            per_image_rows.append(row)
+        if study.save_pixel_scores:
+            path = out / "scores" / f"{item['case'].replace('/', '_')}.npz"
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(
+                    f,
+                    is_anomaly=is_anomaly[0].cpu().numpy(),
+                    **{m: s[0].float().cpu().numpy() for m, s in scores.items()},
+                )
+        if len(figure_rows) < study.figure_cases and row["anomaly_pixels"] > 0:
+            figure_rows.append(_figure_row(case, pred[0], synth[0], scores, study.t))
+    tables = {r: {m: meters[(m, r)].compute() for m in methods} for r in REDUCTIONS}
+    write_csv_rows(per_image_rows, out / "per_image.csv")
+    if figure_rows:
+        panel_figure(figure_rows, out / "fig7.png", title="StreetHazards: SynthCP anomaly segmentation (cf. Fig. 7)")
+    report = _write_report(study, tables, test, per_image_rows, out)
+    print(report, flush=True)
+    print(
+        f"report: {out / 'report.md'} (+ .json, .csv); per-image: {out / 'per_image.csv'}; figure: {out / 'fig7.png'}"
+    )
+    return {"tables": tables, "report": str(out / "report.md")}
+
+
+def _figure_row(case: dict, pred: torch.Tensor, synth: torch.Tensor, scores: dict, t: float) -> list:
+    label = case["label"][0]
+    return [
+        (to_display_image(case["image"]), "image", None, None),
+        (streethazards_to_color(label), "label (anomaly cyan)", None, None),
+        (streethazards_to_color(pred.cpu().numpy()), "prediction", None, None),
+        (to_display_image(synth.cpu().numpy()), "synthesized G(ŷ)", None, None),
+        (scores[synthcp_name(t)][0].cpu().numpy(), f"SynthCP (t={t:g})", "inferno", None),
+        (scores["MSP"][0].cpu().numpy(), "MSP", "inferno", None),
+    ]
+
+
+def _write_report(study: StreetHazardsStudy, tables: dict, test: list, per_image_rows: list, out) -> str:
+    main_rows = [synthcp_name(study.t)] + list(BASELINES)
+    n_anom = len(per_image_rows)
+    lines = [
+        "# StreetHazards anomaly segmentation (SynthCP Tables 3 and 4)",
+        "",
+        f"settings: {study.settings_name}; {len(test)} test images ({n_anom} with anomaly and in-distribution pixels), "
+        f"image size {list(study.image_size)}, MC-Dropout samples {study.mc_samples}, MSP+CRF backend "
+        f"'{study.crf_backend}' ({study.crf_iterations} mean-field iterations), SynthCP scales {list(study.scales)}.",
+        "All values ×100; anomaly pixels positive; no pixel ignored.",
+        "",
+    ]
+    for reduction in REDUCTIONS:
+        note = (
+            "per-image metrics averaged over the images holding both anomaly and in-distribution pixels "
+            "(StreetHazards benchmark)"
+            if reduction == "per_image"
+            else f"all test pixels pooled ({study.num_bins}-bin streaming histograms; Fishyscapes / SMIYC style)"
+        )
+        lines += [f"## Table 3 — reduction `{reduction}`: {note}", ""]
+        lines += [metrics_markdown({m: tables[reduction][m] for m in main_rows}, ANOMALY_COLUMNS), ""]
+    lines += ["## Table 4 — SynthCP MSP post-processing threshold sweep (reduction `per_image`)", ""]
+    lines += [
+        metrics_markdown(
+            {synthcp_name(t): tables["per_image"][synthcp_name(t)] for t in study.thresholds}, ANOMALY_COLUMNS
+        ),
+        "",
+    ]
+    markdown = "\n".join(lines)
+    atomic_save_text(markdown, out / "report.md")
+    atomic_save_json(
+        {"tables": tables, "settings": study.describe(), "num_test": len(test), "num_images_with_anomaly": n_anom},
+        out / "report.json",
+    )
+    rows = [
+        {"reduction": r, "method": m, **{k: tables[r][m].get(k) for k, _ in ANOMALY_COLUMNS}}
+        for r in REDUCTIONS
+        for m in tables[r]
+    ]
+    write_csv_rows(rows, out / "report.csv")
+    return markdown

@@ -1,0 +1,134 @@
+"""The Cityscapes bundle end to end on a tiny synthetic data set: every stage once (module fixture), then Table 1
+is recomputed independently from the saved per-image scores with scikit-learn / scipy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from synthcp2d.data import make_cityscapes_dataset
+from synthcp3d.report import read_per_case_csv
+from synthcp3d.study_cli import STUDIES, run_study
+
+TINY = {
+    "common": {
+        "image_size": [64, 32],
+        "segmenter_layers": [1, 1, 1, 1],
+        "segmenter_channels": [8, 8, 16, 16],
+        "fcn_width": 8,
+        "generator_channels": [16, 8],
+        "generator_spade_hidden": 8,
+        "discriminator_num_d": 1,
+        "discriminator_layers": 1,
+        "discriminator_channels": 8,
+        "comparator_channels": [8, 8, 16, 16],
+        "confidnet_hidden": [8],
+        "vae_shape": [16, 32],
+        "vae_channels": [4, 8],
+        "vae_latent": 4,
+        "mc_samples": 2,
+        "progress": False,
+        "checkpoint_every": 100,
+    },
+    "train_segmenter": {"iterations": 2, "batch_size": 2},
+    "crossval": {"iterations": 2, "batch_size": 2},
+    "train_synthesizer": {"iterations": 2, "batch_size": 2},
+    "train_comparator": {"iterations": 2, "batch_size": 2},
+    "train_baselines": {"iterations": 2, "batch_size": 2},
+}
+PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
+IMAGE = ["MC-Dropout", "VAE alarm", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cityscapes")
+    data = make_cityscapes_dataset(root / "data", cases=6, seed=0, size=(64, 32), val_cases=3, progress=False)
+    out = root / "out"
+    timings = run_study("cityscapes", out, data=data, demo=True, extra=TINY)
+    return out, data, timings
+
+
+def test_every_stage_ran_and_table_printed(study_run):
+    out, _, timings = study_run
+    assert list(timings) == list(STUDIES["cityscapes"].stages)
+    report = (out / "evaluate" / "report.md").read_text()
+    for run in ("fcn8", "deeplabv2", "fcn8 masks judged by comparators trained on deeplabv2 (cross-model)"):
+        assert f"## {run} — image level" in report
+        assert f"## {run} — pixel level, reduction `pooled`" in report
+        assert f"## {run} — pixel level, reduction `per_image`" in report
+    for method in PIXEL:
+        assert f"| {method} |" in report
+    assert "| VAE alarm |" in report
+    assert (out / "evaluate" / "fig5.png").stat().st_size > 1000
+    pixel = json.loads((out / "evaluate" / "report.json").read_text())["pixel"]
+    assert set(pixel["fcn8_judged_by_deeplabv2"]["pooled"]) == {
+        "Direct Prediction",
+        "SynthCP-separate",
+        "SynthCP-joint",
+    }
+
+
+def test_folds_are_contiguous_blocks_of_cities(study_run):
+    out, _, _ = study_run
+    meta = json.loads((out / "prepare" / "cases.json").read_text())
+    city = {r["case"]: r["city"] for r in meta["train"]}
+    fold_cities = [{city[c] for c in fold} for fold in meta["folds"]]
+    assert len(meta["folds"]) == 2 and sorted(c for f in meta["folds"] for c in f) == sorted(city)
+    assert not fold_cities[0] & fold_cities[1]  # a city never spans two folds
+    manifest = json.loads((out / "crossval" / "fcn8" / "manifest.json").read_text())
+    assert sorted(e["case"] for e in manifest) == sorted(city)  # every training image predicted once
+
+
+def test_pixel_table_recomputed_with_sklearn(study_run):
+    out, _, _ = study_run
+    pixel = json.loads((out / "evaluate" / "report.json").read_text())["pixel"]["fcn8"]
+    files = sorted((out / "evaluate" / "fcn8" / "scores").glob("*.npz"))
+    assert len(files) == 3
+    for method in PIXEL:
+        errors, scores = [], []
+        for path in files:
+            with np.load(path) as data:
+                keep = ~data["ignore"].ravel()
+                errors.append(data["error"].ravel()[keep])
+                scores.append(data[method].ravel()[keep].astype(np.float64))
+        error, score = np.concatenate(errors), np.concatenate(scores)
+        expected = {
+            "AUPR_Error": 100 * average_precision_score(error, score),
+            "AUPR_Success": 100 * average_precision_score(~error, -score),
+            "AUROC": 100 * roc_auc_score(error, score),
+        }
+        for key, value in expected.items():  # pooled = streaming histograms: equal to the exact values up to binning
+            assert pixel["pooled"][method][key] == pytest.approx(value, abs=0.5), (method, key)
+
+
+def test_image_table_recomputed_with_scipy(study_run):
+    out, _, _ = study_run
+    image = json.loads((out / "evaluate" / "report.json").read_text())["image"]["fcn8"]["mean over classes"]
+    _, true, pred = read_per_case_csv(out / "evaluate" / "fcn8" / "per_case.csv")
+    for method in IMAGE:
+        mae, std, pc = [], [], []
+        for cls, t in true.items():
+            p = pred[method][cls]
+            defined = ~np.isnan(t)
+            if not defined.any():
+                continue
+            diff = np.abs(p[defined] - t[defined])
+            mae.append(100 * diff.mean())
+            std.append(100 * diff.std())
+            x, y = p[defined], t[defined]
+            if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                pc.append(100 * stats.pearsonr(x, y).statistic)
+        assert image[method]["MAE"] == pytest.approx(np.mean(mae), abs=1e-6)
+        assert image[method]["STD"] == pytest.approx(np.mean(std), abs=1e-6)
+        if pc:
+            assert image[method]["PC"] == pytest.approx(np.mean(pc), abs=1e-6)
+
+
+def test_rerun_skips_finished_stages(study_run):
+    out, data, _ = study_run
+    assert run_study("cityscapes", out, data=data, demo=True, extra=TINY) == {}
