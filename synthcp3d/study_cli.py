@@ -98,10 +98,12 @@ STUDIES: dict[str, Study] = {
 # iterations and folds. Measured on 2 CPU cores: see the bundle README.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "pancreas": {
+        # 2 mm voxels: the phantoms' pancreas region fits one 32^3 patch, so the CPU-sized AH-Net learns the
+        # pancreas within minutes (the tumour needs far longer training: see the README's demo results).
         "common": {
-            "spacing": [1.0, 1.0, 1.5],
+            "spacing": [2.0, 2.0, 2.0],
             "patch_size": [32, 32, 32],
-            "sw_roi_size": [96, 96, 32],
+            "sw_roi_size": [64, 64, 32],
             "sw_overlap": 0.0,
             "roi_size": [32, 32, 32],
             "vae_shape": [32, 32, 32],
@@ -116,9 +118,9 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
             "comparator_channels": [16, 32, 64, 128],
             "mc_samples": 5,
         },
-        "train_segmenter": {"iterations": 100, "num_samples": 1},
-        "crossval": {"iterations": 100, "num_samples": 1},
-        "train_synthesizer": {"iterations": 150},
+        "train_segmenter": {"iterations": 200, "num_samples": 1, "lr": 1e-3},
+        "crossval": {"iterations": 200, "num_samples": 1, "lr": 1e-3},
+        "train_synthesizer": {"iterations": 120},
         "train_comparator": {"iterations": 200},
         "train_vae_alarm": {"iterations": 150},
     },

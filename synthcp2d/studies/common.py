@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import StudyBase, require_file, save_network_spec, study_stage
+from synthcp3d.workflows.common import StudyBase, fit_synthesizer, require_file, save_network_spec, study_stage
 
 __all__ = [
     "StreetStudy",
@@ -56,14 +56,10 @@ class StreetStudy(StudyBase):
     Attributes:
         image_size: ``(W, H)`` every image is resized to (authors' release: 512x256; must suit the networks:
             a multiple of 32 for FCN-8 / the comparator, of ``2 ** num_upsamples`` for SPADE).
-        checkpoint_every: checkpoint period (iterations) of every training run.
-        num_workers: data loader workers.
         max_cases: use only the first N images of each split (None: all) — for quick checks.
     """
 
     image_size: Sequence[int] = (512, 256)
-    checkpoint_every: int = 1000
-    num_workers: int = 0
     max_cases: int | None = None
 
     def __post_init__(self) -> None:
@@ -84,15 +80,6 @@ class StreetStudy(StudyBase):
     def cases(self) -> dict:
         """``prepare/cases.json``: the cached records of each split (and the study's folds)."""
         return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
-
-    def train_kwargs(self, iterations: int) -> dict[str, Any]:
-        """`run_training` arguments from the study settings."""
-        return {
-            "checkpoint_every": int(self.checkpoint_every),
-            "resume": not self.force,
-            "progress": self.progress,
-            "log_every": max(int(iterations) // 5, 1),
-        }
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -342,31 +329,17 @@ def train_synthesizer(
     """2D SPADE (`GanTrainer`: hinge + feature matching) on ground-truth (label, image) pairs of the training split
     -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot vectors."""
     from synthcp3d.engines.checkpoint import save_weights
-    from synthcp3d.engines.gan import GanTrainer
     from synthcp3d.engines.sampling import make_train_loader
-    from synthcp3d.engines.training import run_training
-    from synthcp3d.networks.gan_losses import make_gan_optimizers
 
     train = study.cases()["train"]
     set_determinism(seed=int(study.seed) + 100)
-    g, d = generator().to(study.torch_device), discriminator().to(study.torch_device)
     loader = make_train_loader(
         case_dataset(train), batch_size, seed=int(study.seed) + 100, num_workers=study.num_workers
     )
-    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
-    trainer = GanTrainer(
-        study.torch_device,
-        loader,
-        g,
-        d,
-        opt_g,
-        opt_d,
-        num_classes=study.num_classes,
-        ignore_index=study.ignore_index,
+    g = fit_synthesizer(
+        study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
+        num_classes=study.num_classes, ignore_index=study.ignore_index, lr_g=lr_g, lr_d=lr_d,
         feature_matching_weight=feature_matching_weight,
-    )
-    run_training(
-        trainer, int(iterations), study.stage_dir("train_synthesizer") / "checkpoints", **study.train_kwargs(iterations)
     )
     save_weights({"generator": g}, study.models / "generator.pt")
     save_network_spec(study, "generator", generator)

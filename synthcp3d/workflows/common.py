@@ -60,6 +60,8 @@ class StudyBase:
         force: rerun a stage even if its ``done.json`` exists.
         progress: progress bars.
         settings_name: "demo" or "full" (printed in the reports).
+        checkpoint_every: checkpoint period (iterations) of every training run.
+        num_workers: data loader workers.
     """
 
     dataset_dir: str
@@ -69,6 +71,8 @@ class StudyBase:
     force: bool = False
     progress: bool = True
     settings_name: str = "full"
+    checkpoint_every: int = 1000
+    num_workers: int = 0
 
     @property
     def out(self) -> Path:
@@ -105,8 +109,46 @@ class StudyBase:
         logger.info(f"stage {stage}: done in {record['seconds']} s")
         return record
 
+    def train_kwargs(self, iterations: int) -> dict[str, Any]:
+        """`run_training` arguments from the study settings (resumable unless ``force``)."""
+        return {
+            "checkpoint_every": int(self.checkpoint_every),
+            "resume": not self.force,
+            "progress": self.progress,
+            "log_every": max(int(iterations) // 5, 1),
+        }
+
     def describe(self) -> dict:
         return {k: to_json(v) for k, v in asdict(self).items()}
+
+
+def fit_synthesizer(
+    study: StudyBase,
+    generator: Callable[[], torch.nn.Module],
+    discriminator: Callable[[], torch.nn.Module],
+    loader: Any,
+    iterations: int,
+    checkpoint_dir: Path,
+    num_classes: int,
+    ignore_index: int | None = None,
+    lr_g: float = 1e-4,
+    lr_d: float = 4e-4,
+    feature_matching_weight: float = 10.0,
+) -> torch.nn.Module:
+    """SPADE training shared by every study (2D and 3D): fresh G and D from their factories, TTUR Adam,
+    `GanTrainer` (hinge + feature matching) on the ``loader``'s (label, image) pairs, resumable. Returns G."""
+    from synthcp3d.engines.gan import GanTrainer
+    from synthcp3d.engines.training import run_training
+    from synthcp3d.networks.gan_losses import make_gan_optimizers
+
+    g, d = generator().to(study.torch_device), discriminator().to(study.torch_device)
+    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
+    trainer = GanTrainer(
+        study.torch_device, loader, g, d, opt_g, opt_d, num_classes=num_classes, ignore_index=ignore_index,
+        feature_matching_weight=feature_matching_weight,
+    )
+    run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
+    return g
 
 
 def study_stage(name: str) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:

@@ -60,6 +60,7 @@ from synthcp3d.workflows.common import (
     DONE,
     StudyBase,
     build_network,
+    fit_synthesizer,
     load_network_spec,
     nanmean,
     require_file,
@@ -145,8 +146,6 @@ class PancreasStudy(StudyBase):
             a larger window of valid size is faster on CPU).
         sw_batch_size, sw_overlap: sliding-window inference settings.
         cache_rate: share of training volumes cached in memory (MONAI ``CacheDataset``).
-        num_workers: data loader workers.
-        checkpoint_every: checkpoint period (iterations) of every training run.
     """
 
     task: str = "Task07_Pancreas"
@@ -163,8 +162,6 @@ class PancreasStudy(StudyBase):
     sw_batch_size: int = 2
     sw_overlap: float = 0.25
     cache_rate: float = 1.0
-    num_workers: int = 0
-    checkpoint_every: int = 1000
     class_names: Sequence[str] = field(default=CLASS_NAMES)
 
     def __post_init__(self) -> None:
@@ -236,10 +233,7 @@ def _train(study: PancreasStudy, trainer: Any, iterations: int, checkpoint_dir: 
     """Run ``trainer`` for ``iterations`` (resumable from ``checkpoint_dir`` unless ``force``)."""
     from synthcp3d.engines.training import run_training
 
-    run_training(
-        trainer, int(iterations), checkpoint_dir, checkpoint_every=study.checkpoint_every, resume=not study.force,
-        progress=study.progress, log_every=max(int(iterations) // 5, 1),
-    )
+    run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
 
 
 # ================================================================================================================
@@ -600,21 +594,15 @@ def train_synthesizer(
     The ROI is centred on the ground-truth pancreas with a random shift of up to ``jitter`` voxels per axis (the
     test-time centre comes from a prediction).
     """
-    from synthcp3d.engines.gan import GanTrainer
-    from synthcp3d.networks.gan_losses import make_gan_optimizers
-
     _set_seed(study, 100)
     meta = study.cases()
     items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
     dataset = _roi_pair_dataset(study, items, "label", jitter, ("image", "label"))
     loader = _loader(study, dataset, batch_size, int(study.seed) + 100)
-    g, d = generator().to(study.torch_device), discriminator().to(study.torch_device)
-    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
-    trainer = GanTrainer(
-        study.torch_device, loader, g, d, opt_g, opt_d, num_classes=study.num_classes,
-        feature_matching_weight=feature_matching_weight,
+    g = fit_synthesizer(
+        study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
+        num_classes=study.num_classes, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
     )
-    _train(study, trainer, iterations, study.stage_dir("train_synthesizer") / "checkpoints")
     save_network(study, "generator", g, generator)
     return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
 
