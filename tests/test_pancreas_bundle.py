@@ -153,6 +153,14 @@ def test_inference_writes_on_input_grid(run_dir):
     src = nib.load(inputs[0])
     assert seg.shape == src.shape and np.allclose(seg.affine, src.affine, atol=1e-3)
     assert 0.0 <= rows[0]["SynthCP|tumour"] <= 1.0
+    # the same config ran the DSC alarm: flag, error map and segmentation on the input's own grid
+    case = inputs[0].name.removesuffix(".nii.gz")
+    report = json.loads((out / "alarm" / case / "report.json").read_text())
+    assert isinstance(report["flagged"], bool)
+    for name in ("segmentation.nii.gz", "error_probability.nii.gz"):
+        written = nib.load(out / "alarm" / case / name)
+        assert written.shape == src.shape and np.allclose(written.affine, src.affine, atol=1e-3)
+    assert (out / "alarm" / "summary.csv").read_text().count("\n") == 2
 
 
 def test_study_runner_skips_finished_stages(run_dir, capsys):

@@ -188,6 +188,14 @@ class PancreasStudy(StudyBase):
         return ct_preprocessing(self.spacing, hu_range=self.hu_range, label_key=label_key, load=load)
 
     # ---- cases ---------------------------------------------------------------------------------------------------
+    def test_folder(self) -> Path:
+        """The data set's unlabelled ``imagesTs`` folder: the default input of ``inference``."""
+        root = Path(self.dataset_dir)
+        for candidate in (root / "imagesTs", root / self.task / "imagesTs"):
+            if candidate.is_dir():
+                return candidate
+        raise SynthCPInputError(f"no imagesTs folder under {root}: give input_dir (a folder of NIfTI volumes)")
+
     def cases(self) -> dict:
         return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
 
@@ -889,7 +897,7 @@ def inference(
 
     from synthcp3d.data.volume_io import save_like
 
-    folder = Path(input_dir) if input_dir else _default_test_folder(study)
+    folder = Path(input_dir) if input_dir else study.test_folder()
     files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
     if max_volumes:
         files = files[: int(max_volumes)]
@@ -918,9 +926,3 @@ def inference(
     return {"num_volumes": len(rows), "input_dir": str(folder)}
 
 
-def _default_test_folder(study: PancreasStudy) -> Path:
-    root = Path(study.dataset_dir)
-    for candidate in (root / "imagesTs", root / study.task / "imagesTs"):
-        if candidate.is_dir():
-            return candidate
-    raise SynthCPInputError(f"no imagesTs folder under {root}: give input_dir (a folder of NIfTI volumes)")
