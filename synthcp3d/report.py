@@ -28,7 +28,7 @@ import numpy as np
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
 
-__all__ = ["QualityReport", "quality_report", "read_per_case_csv", "format_markdown_table", "METRIC_COLUMNS"]
+__all__ = ["QualityReport", "quality_report", "read_per_case_csv", "format_markdown_table", "markdown_table", "METRIC_COLUMNS"]
 
 # (key in quality_metrics' dict, column header as in the paper's tables)
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (("MAE", "MAE ↓"), ("STD", "STD ↓"), ("PC", "P.C. ↑"), ("SC", "S.C. ↑"))
@@ -57,14 +57,21 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
+def markdown_table(
+    rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]], first: str = "Method"
+) -> str:
+    """Markdown table: one row per entry of ``rows``, ``columns`` = ``(key, title)`` pairs (two decimals, ``n/a``)."""
+    header = f"| {first} | " + " | ".join(title for _, title in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    lines = [header, rule]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(values.get(key, float("nan"))) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
 def format_markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table, rows = methods, columns = MAE, STD, P.C., S.C. (two decimals, ``n/a`` for undefined)."""
-    header = "| Method | " + " | ".join(title for _, title in METRIC_COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(METRIC_COLUMNS)
-    lines = [header, rule]
-    for method, values in rows.items():
-        lines.append(f"| {method} | " + " | ".join(_fmt(values.get(key, float("nan"))) for key, _ in METRIC_COLUMNS) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows, METRIC_COLUMNS)
 
 
 def _metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -110,6 +117,7 @@ def quality_report(
     prefix: str = "report",
     plot_classes: Sequence[str] | None = None,
     extra: Mapping | None = None,
+    sections: Sequence[str] = (),
 ) -> QualityReport:
     """Compute and write the methods x metrics report.
 
@@ -127,6 +135,7 @@ def quality_report(
         prefix: base name of the report files.
         plot_classes: classes that get one scatter plot per method (default: the classes used in ``groups``).
         extra: additional JSON-able content stored under ``"extra"`` in the JSON report.
+        sections: extra Markdown blocks (each with its own ``##`` heading) placed after the tables, before the notes.
 
     Returns:
         :class:`QualityReport` with the tables, counts, Markdown text and file paths.
@@ -165,6 +174,8 @@ def quality_report(
             "prediction) excluded from the metrics.",
             "",
         ]
+    for section in sections:
+        lines += [section.rstrip(), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     files: dict[str, Path] = {}

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.transforms import (
+    ClassesToIndicesd,
     Compose,
     DeleteItemsd,
     EnsureChannelFirstd,
@@ -20,6 +21,7 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     Orientationd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandShiftIntensityd,
@@ -97,20 +99,37 @@ def segmenter_train_augmentation(
     neg: float = 1.0,
     image_key: str = "image",
     label_key: str = "label",
+    class_ratios: Sequence[float] | None = None,
 ) -> Compose:
     """Random training patches for the segmenter from a preprocessed ``(1, H, W, D)`` pair.
 
-    Patches of ``patch_size`` centred on foreground (pancreas/tumour) with probability ``pos / (pos + neg)``;
-    volumes smaller than the patch are padded first (image with -1 = the bottom of the HU window). The foreground /
-    background voxel indices are computed by a deterministic step, so a ``CacheDataset`` caches them (recomputing
-    them at every draw costs more than the network step on CPU).
+    Patches of ``patch_size`` centred on foreground (pancreas/tumour) with probability ``pos / (pos + neg)``, or,
+    with ``class_ratios`` (one weight per label value, e.g. background : pancreas : tumour = 1 : 1 : 2), on a voxel
+    of each class in those proportions (MONAI ``RandCropByLabelClassesd``; a class absent from a case is skipped):
+    tumour-aware sampling, so a structure that is 10⁻³ of the volume is in a third of the patches. Volumes smaller
+    than the patch are padded first (image with -1 = the bottom of the HU window). The voxel indices are computed by
+    a deterministic step, so a ``CacheDataset`` caches them (recomputing them at every draw costs more than the
+    network step on CPU).
     """
     keys = [image_key, label_key]
-    fg, bg = f"{label_key}_fg_indices", f"{label_key}_bg_indices"
-    return Compose(
-        [
-            SpatialPadd(keys=image_key, spatial_size=list(patch_size), value=-1.0),
-            SpatialPadd(keys=label_key, spatial_size=list(patch_size), value=0),
+    pad = [
+        SpatialPadd(keys=image_key, spatial_size=list(patch_size), value=-1.0),
+        SpatialPadd(keys=label_key, spatial_size=list(patch_size), value=0),
+    ]
+    if class_ratios is not None:
+        indices = f"{label_key}_cls_indices"
+        crop = [
+            ClassesToIndicesd(keys=label_key, num_classes=len(class_ratios), indices_postfix="_cls_indices"),
+            RandCropByLabelClassesd(
+                keys=keys, label_key=label_key, spatial_size=list(patch_size), ratios=[float(r) for r in class_ratios],
+                num_classes=len(class_ratios), num_samples=num_samples, indices_key=indices, allow_smaller=False,
+                warn=False,
+            ),
+            DeleteItemsd(keys=[indices]),
+        ]
+    else:
+        fg, bg = f"{label_key}_fg_indices", f"{label_key}_bg_indices"
+        crop = [
             FgBgToIndicesd(keys=label_key),
             RandCropByPosNegLabeld(
                 keys=keys,
@@ -124,6 +143,11 @@ def segmenter_train_augmentation(
                 allow_smaller=False,
             ),
             DeleteItemsd(keys=[fg, bg]),
+        ]
+    return Compose(
+        [
+            *pad,
+            *crop,
             RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
             RandShiftIntensityd(keys=image_key, offsets=0.05, prob=0.5),
         ]

@@ -112,7 +112,7 @@ def test_report_files_and_plots(run_dir):
     md = (ev / "report.md").read_text()
     for method in ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm"):
         assert f"| {method} |" in md
-    assert len(list(ev.glob("scatter_*_tumour.png"))) == 5
+    assert len(list(ev.glob("scatter_*_tumour.png"))) == 7  # 5 methods + 2 x̂ ablations
     assert len(list((ev / "predictions").glob("*_pred.nii.gz"))) == 3
 
 

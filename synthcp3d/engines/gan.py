@@ -53,6 +53,9 @@ class GanTrainer(BaseTrainer):
         feature_matching_weight: lambda_feat (SPADE: 10; 0 disables).
         perceptual_loss: optional ``(fake, real) -> scalar`` (e.g. `LocalPerceptualLoss`, weight included); a module
             is moved to ``device``.
+        reconstruction_weight: weight of an L1 term ``mean |G(y) - x|`` (0 disables; SPADE has none). A deviation
+            from SPADE for where no perceptual network is available offline: it anchors each label's intensity,
+            which the adversarial and feature-matching terms alone reach only after long training.
         schedulers: name -> LR scheduler stepped every iteration.
         image_key, label_key: batch keys.
         kwargs: `BaseTrainer` arguments (``epoch_length``, ``amp``, ``train_handlers``, ...).
@@ -71,6 +74,7 @@ class GanTrainer(BaseTrainer):
         adversarial_loss: HingeGANLoss | None = None,
         feature_matching_weight: float = FEATURE_MATCHING_WEIGHT,
         perceptual_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        reconstruction_weight: float = 0.0,
         schedulers: Mapping[str, Any] | None = None,
         image_key: str = "image",
         label_key: str = "label",
@@ -92,6 +96,7 @@ class GanTrainer(BaseTrainer):
         if isinstance(perceptual_loss, nn.Module):  # `LocalPerceptualLoss` loads its network on the CPU
             perceptual_loss = perceptual_loss.to(self.state.device)
         self.perceptual_loss = perceptual_loss
+        self.reconstruction_weight = float(reconstruction_weight)
         self.image_key, self.label_key = image_key, label_key
 
     def _iteration(self, engine: GanTrainer, batchdata: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -135,6 +140,10 @@ class GanTrainer(BaseTrainer):
                     loss_p = engine.perceptual_loss(fake, real)
                     loss_g = loss_g + loss_p
                     out["loss_g_perceptual"] = loss_p.detach()
+                if engine.reconstruction_weight > 0:
+                    loss_l1 = engine.reconstruction_weight * (fake.float() - real).abs().mean()
+                    loss_g = loss_g + loss_l1
+                    out["loss_g_l1"] = loss_l1.detach()
             loss_g.backward()
         engine.g_optimizer.step()
         return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), **out}

@@ -27,17 +27,32 @@ __all__ = ["SegmentationLoss", "SegmenterTrainer", "create_segmenter_evaluator"]
 class SegmentationLoss(nn.Module):
     """Dice + cross-entropy on logits ``(B, C, *S)`` against a label map ``(B, 1, *S)``.
 
-    Without ``ignore_index`` this is ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)``. MONAI's DiceCELoss
-    has no ignore label (Cityscapes' 255), so with one the Dice term is ``MaskedDiceLoss`` over the valid pixels and
-    the CE term is torch's ``cross_entropy(ignore_index=...)``.
+    Without ``ignore_index`` this is ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)`` with the given
+    ``include_background``, ``batch`` and ``class_weights``. Small structures (a tumour that is 10⁻³ of a patch, absent
+    from many patches) need ``include_background=False, batch=True`` (the Dice of a class summed over the batch, so a
+    patch without the class does not reward predicting nothing) and a class-weighted CE; MONAI applies
+    ``class_weights`` to both terms. MONAI's DiceCELoss has no ignore label (Cityscapes' 255), so with one the Dice
+    term is ``MaskedDiceLoss`` over the valid pixels and the CE term is torch's ``cross_entropy(ignore_index=...)``.
     """
 
-    def __init__(self, ignore_index: int | None = None, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
+    def __init__(
+        self,
+        ignore_index: int | None = None,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        include_background: bool = True,
+        batch: bool = False,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
         if ignore_index is None:
-            self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+            weight = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
+            self.loss = DiceCELoss(
+                to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                include_background=include_background, batch=batch, weight=weight,
+            )
         else:
             self.dice = MaskedDiceLoss(to_onehot_y=True, softmax=True)
 

@@ -10,6 +10,12 @@ encoder (MONAI ``ResNet``, any ``spatial_dims``). Two heads (paper sec. 3.2):
 
 ``use_synthesis=False`` is the paper's Direct Prediction ablation (one branch on ``(x, ŷ)``). The paper shares the
 encoder weights between branches, the authors' release uses two towers: ``shared_encoder``.
+
+``difference_input=True`` (not in the paper) gives both branches the voxel-wise ``|x - x̂|`` as an extra channel.
+The paper's siamese branches meet only at feature level, so a voxel-level mismatch (a missed tumour: dark in ``x``,
+gland-bright in ``x̂``) must be rediscovered from two separately encoded images; with little training data the
+comparator can learn to ignore ``x̂`` instead (measured: see the pancreas bundle README). The channel makes the
+comparison explicit; the x̂ ablations (painter, blank) still measure whether it is used.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class SiameseComparator(nn.Module):
         decoder_channels: width of the error decoder.
         quality_hidden: hidden width of the quality MLP.
         pretrained_path: optional local ResNet state dict for the encoder(s) (never downloaded).
+        difference_input: add ``|x - x̂|`` as an input channel of both branches (see the module docstring).
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class SiameseComparator(nn.Module):
         decoder_channels: int = 64,
         quality_hidden: int = 256,
         pretrained_path: str | Path | None = None,
+        difference_input: bool = False,
     ) -> None:
         super().__init__()
         heads = tuple(heads)
@@ -81,6 +89,7 @@ class SiameseComparator(nn.Module):
         self.spatial_dims, self.image_channels, self.num_classes = spatial_dims, image_channels, num_classes
         self.heads, self.use_synthesis, self.shared_encoder = heads, use_synthesis, shared_encoder
         self.seg_input, self.ignore_index = seg_input, ignore_index
+        self.difference_input = bool(difference_input) and use_synthesis
 
         seg_channels = num_classes
         self.squeeze: nn.Module | None = None
@@ -90,8 +99,9 @@ class SiameseComparator(nn.Module):
         self.seg_channels = seg_channels
 
         def encoder() -> ResNetEncoder:
+            extra = image_channels if self.difference_input else 0
             enc = ResNetEncoder(
-                spatial_dims, image_channels + seg_channels, encoder_layers, encoder_channels, encoder_block,
+                spatial_dims, image_channels + seg_channels + extra, encoder_layers, encoder_channels, encoder_block,
                 conv1_stride, norm=norm,
             )
             if pretrained_path is not None:
@@ -159,16 +169,19 @@ class SiameseComparator(nn.Module):
             )
         spatial = image.shape[2:]
         seg = self._seg_channels(segmentation, spatial).to(image.dtype)
-        feats = self.encoder(torch.cat([image, seg], dim=1))
-        if self.use_synthesis:
+        if not self.use_synthesis:
+            feats = self.encoder(torch.cat([image, seg], dim=1))
+        else:
             if synthesis is None:
                 raise SynthCPInputError("the comparator uses the synthesis but none was given (synthesis=None)")
             if synthesis.shape != image.shape:
                 raise SynthCPInputError(
                     f"synthesis shape {tuple(synthesis.shape)} differs from image shape {tuple(image.shape)}"
                 )
+            extra = [(image - synthesis).abs()] if self.difference_input else []
+            feats = self.encoder(torch.cat([image, seg, *extra], dim=1))
             enc = self.encoder_synthesis if self.encoder_synthesis is not None else self.encoder
-            feats_s = enc(torch.cat([synthesis, seg], dim=1))
+            feats_s = enc(torch.cat([synthesis, seg, *extra], dim=1))
             feats = [torch.cat([a, b], dim=1) for a, b in zip(feats, feats_s)]
 
         out: dict[str, torch.Tensor] = {}

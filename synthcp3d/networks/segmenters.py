@@ -152,9 +152,13 @@ def build_segmenter(
     in_channels: int,
     num_classes: int,
     dropout: float = 0.0,
+    options: dict | None = None,
     **kwargs,
 ) -> Segmenter:
     """Build a segmenter by name (see the module table).
+
+    ``options`` holds the name's own keyword arguments (below) as one mapping — a bundle config can then choose the
+    architecture with one setting — and is merged with ``kwargs``.
 
     Keyword arguments per name:
         ahnet: ``layers=(3, 4, 6, 3)``, ``psp_block_num=2``, ``upsample_mode="transpose"``.
@@ -168,6 +172,7 @@ def build_segmenter(
         a `Segmenter`: ``forward(x) -> logits (B, C, *S)``, ``forward_features(x) -> (logits, features)``.
     """
     name = name.lower()
+    kwargs = {**dict(options or {}), **kwargs}
     if name == "ahnet":
         psp = kwargs.pop("psp_block_num", 2)
         net = AHNet(

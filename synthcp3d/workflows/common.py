@@ -134,9 +134,11 @@ def fit_synthesizer(
     lr_g: float = 1e-4,
     lr_d: float = 4e-4,
     feature_matching_weight: float = 10.0,
+    reconstruction_weight: float = 0.0,
 ) -> torch.nn.Module:
     """SPADE training shared by every study (2D and 3D): fresh G and D from their factories, TTUR Adam,
-    `GanTrainer` (hinge + feature matching) on the ``loader``'s (label, image) pairs, resumable. Returns G."""
+    `GanTrainer` (hinge + feature matching [+ L1 reconstruction]) on the ``loader``'s (label, image) pairs,
+    resumable. Returns G."""
     from synthcp3d.engines.gan import GanTrainer
     from synthcp3d.engines.training import run_training
     from synthcp3d.networks.gan_losses import make_gan_optimizers
@@ -145,7 +147,7 @@ def fit_synthesizer(
     opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
     trainer = GanTrainer(
         study.torch_device, loader, g, d, opt_g, opt_d, num_classes=num_classes, ignore_index=ignore_index,
-        feature_matching_weight=feature_matching_weight,
+        feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
     )
     run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
     return g

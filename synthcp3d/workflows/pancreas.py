@@ -51,6 +51,7 @@ from monai.utils import set_determinism
 from tqdm.auto import tqdm
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.evidence import quality_spread
 from synthcp3d.roi import PancreasROICropd, RoiBox, crop_to_box, pancreas_roi, tight_box
 from synthcp3d.scoring.ensemble import mean_ensemble
 from synthcp3d.targets import per_class_quality
@@ -73,6 +74,8 @@ __all__ = [
     "PancreasStudy",
     "CLASS_NAMES",
     "METHODS",
+    "ABLATIONS",
+    "PIXEL_METHODS",
     "NETWORKS",
     "MODEL_SETTINGS",
     # stages, in order
@@ -103,6 +106,10 @@ CLASS_NAMES = ("background", "pancreas", "tumour")
 PANCREAS, TUMOUR = 1, 2
 #: Table 2 rows, in order.
 METHODS = ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm")
+#: SynthCP's comparator with another x̂ than G(ŷ): does it use the synthesis?
+ABLATIONS = ("SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank")
+#: error maps scored voxel by voxel
+PIXEL_METHODS = ("SynthCP", "Direct Prediction", "MC-Dropout entropy", "MSP (1 - max softmax)")
 #: trained network -> (weights file in ``models/``, key inside it, stage that writes it)
 NETWORKS: dict[str, tuple[str, str, str]] = {
     "segmenter": ("segmenter.pt", "segmenter", "train_segmenter"),
@@ -200,10 +207,14 @@ class PancreasStudy(StudyBase):
         return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
 
 
-def _load_volume(path: str | Path) -> np.ndarray:
+def nib_load(path: str | Path) -> Any:
     import nibabel as nib
 
-    return np.asarray(nib.load(str(path)).dataobj)
+    return nib.load(str(path))
+
+
+def _load_volume(path: str | Path) -> np.ndarray:
+    return np.asarray(nib_load(path).dataobj)
 
 
 def _save_volume(array: np.ndarray, reference_path: str | Path, path: Path) -> Path:
@@ -323,9 +334,12 @@ def load_regressor(study: PancreasStudy, name: str) -> Any:
     path = require_file(study.models / filename, stage)
     cls = MCDropoutQualityRegressor if name == "mc_dropout" else LinearQualityRegressor
     try:
-        regressor = cls.from_state_dict(json.loads(path.read_text()))
+        state = json.loads(path.read_text())
+        regressor = cls.from_state_dict(state)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SynthCPInputError(f"regressor {path} is unreadable ({err})") from None
+    if name == "vae_alarm":  # which VAE feature it regresses (folders written before the loss feature: "dice")
+        regressor.vae_feature = state.get("vae_feature", "dice")
     if regressor.num_outputs != study.num_classes:
         raise SynthCPInputError(
             f"label count differs: {path} predicts {regressor.num_outputs} classes, the study has {study.num_classes}"
@@ -374,6 +388,7 @@ def prepare(study: PancreasStudy) -> dict:
         affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
         image_path = save_like(image[0].numpy().astype(np.float32), affine, out / f"{case}_image.nii.gz")
         label_path = save_like(label[0].numpy().astype(np.uint8), affine, out / f"{case}_label.nii.gz")
+        source_tumour = int((np.asarray(nib_load(item["label"]).dataobj) == TUMOUR).sum())
         cases[case] = {
             "image": str(image_path),
             "label": str(label_path),
@@ -381,11 +396,17 @@ def prepare(study: PancreasStudy) -> dict:
             "source_label": str(item["label"]),
             "shape": list(image.shape[1:]),
             "tumour_voxels": int((label == TUMOUR).sum()),
+            "source_tumour_voxels": source_tumour,
         }
-    record = {"train": train, "test": test, "folds": [list(f) for f in folds], "cases": cases}
+    dropped = sorted(c for c, r in cases.items() if r["source_tumour_voxels"] and not r["tumour_voxels"])
+    record = {"train": train, "test": test, "folds": [list(f) for f in folds], "cases": cases,
+              "tumours_dropped_by_resampling": dropped}
     atomic_save_json(record, study.stage_dir("prepare") / "cases.json")
     save_settings(study)
-    info = {"num_cases": len(names), "num_train": len(train), "num_test": len(test), "num_folds": len(folds)}
+    info = {"num_cases": len(names), "num_train": len(train), "num_test": len(test), "num_folds": len(folds),
+            "tumours_dropped_by_resampling": len(dropped)}
+    if dropped:
+        logger.warning(f"prepare: resampling to {list(study.spacing)} mm leaves no tumour voxel in {dropped}")
     logger.info(f"prepare: {info}")
     return info
 
@@ -393,13 +414,48 @@ def prepare(study: PancreasStudy) -> dict:
 # ================================================================================================================
 # segmenter
 # ================================================================================================================
-def _segmenter_loader(study: PancreasStudy, case_ids: Sequence[str], batch_size: int, num_samples: int, seed: int):
+@dataclass
+class SegmenterRecipe:
+    """How the segmenter is trained (bundle config ``segmenter_recipe``; the same for the final model and the folds).
+
+    Attributes:
+        include_background: count the background in the Dice term.
+        batch_dice: Dice of each class summed over the batch (a patch without tumour does not reward missing it).
+        class_weights: per-class weights of the loss (MONAI ``DiceCELoss(weight=...)``), e.g. ``[1, 1, 3]``.
+        crop_ratios: patch centres per class, e.g. background : pancreas : tumour ``[1, 1, 2]``; None = 1:2
+            background : foreground (``RandCropByPosNegLabeld``).
+        lr_decay: ``"poly"`` (``(1 - t/T) ** 0.9``, nnU-Net's schedule) or ``"none"``.
+        weight_decay: Adam's weight decay.
+    """
+
+    include_background: bool = True
+    batch_dice: bool = False
+    class_weights: Sequence[float] | None = None
+    crop_ratios: Sequence[float] | None = None
+    lr_decay: str = "none"
+    weight_decay: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.lr_decay not in ("poly", "none"):
+            raise SynthCPInputError(f"segmenter_recipe.lr_decay must be 'poly' or 'none', got {self.lr_decay!r}")
+
+    def loss(self) -> torch.nn.Module:
+        from synthcp3d.engines.segmentation import SegmentationLoss
+
+        return SegmentationLoss(
+            include_background=self.include_background, batch=self.batch_dice, class_weights=self.class_weights
+        )
+
+
+def _segmenter_loader(
+    study: PancreasStudy, case_ids: Sequence[str], batch_size: int, num_samples: int, seed: int,
+    crop_ratios: Sequence[float] | None = None,
+):
     cases = study.cases()["cases"]
     data = [{"image": cases[c]["image"], "label": cases[c]["label"]} for c in case_ids]
     # one flat chain: CacheDataset caches the deterministic prefix (loading) and stops at the first random transform
-    transform = Compose(
-        [*load_preprocessed().transforms, *segmenter_train_augmentation(study.patch_size, num_samples=num_samples).transforms]
-    )
+    augmentation = segmenter_train_augmentation(study.patch_size, num_samples=num_samples, class_ratios=crop_ratios)
+    transform = Compose([*load_preprocessed().transforms, *augmentation.transforms])
     dataset = CacheDataset(data, transform, cache_rate=study.cache_rate, progress=False)
     # drop_last: AH-Net's batch norm cannot train on a last batch of one 32^3 patch (a 1-voxel deepest map)
     return _loader(study, dataset, batch_size, seed, drop_last=True)
@@ -416,19 +472,29 @@ def _fit_segmenter(
     num_samples: int,
     lr: float,
     seed: int,
+    recipe: SegmenterRecipe | Mapping | None = None,
 ) -> torch.nn.Module:
     """Train one segmenter on ``case_ids`` (resumable from ``out_dir`` checkpoints); save weights atomically."""
     from synthcp3d.engines.checkpoint import load_weights, save_weights
     from synthcp3d.engines.segmentation import SegmenterTrainer
 
+    recipe = recipe if isinstance(recipe, SegmenterRecipe) else SegmenterRecipe(**dict(recipe or {}))
     set_determinism(seed=seed)
     net = segmenter().to(study.torch_device)
     if weights_path.is_file() and not study.force:
         load_weights({"segmenter": net}, weights_path)
         return net
-    loader = _segmenter_loader(study, case_ids, batch_size, num_samples, seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
-    _train(study, SegmenterTrainer(study.torch_device, loader, net, optimizer), iterations, out_dir)
+    loader = _segmenter_loader(study, case_ids, batch_size, num_samples, seed, recipe.crop_ratios)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(iterations), power=0.9)
+        if recipe.lr_decay == "poly" else None
+    )
+    trainer = SegmenterTrainer(
+        study.torch_device, loader, net, optimizer, loss_function=recipe.loss().to(study.torch_device),
+        lr_scheduler=scheduler,
+    )
+    _train(study, trainer, iterations, out_dir)
     save_weights({"segmenter": net}, weights_path)
     return net
 
@@ -456,12 +522,13 @@ def train_segmenter(
     batch_size: int = 2,
     num_samples: int = 2,
     lr: float = 1e-4,
+    recipe: Mapping | None = None,
 ) -> dict:
-    """Train the final AH-Net on every training case -> ``models/segmenter.pt``."""
+    """Train the final segmenter on every training case -> ``models/segmenter.pt`` (``recipe``: `SegmenterRecipe`)."""
     train = study.cases()["train"]
     _fit_segmenter(
         study, segmenter, train, study.stage_dir("train_segmenter") / "checkpoints", study.models / "segmenter.pt",
-        iterations, batch_size, num_samples, lr, seed=int(study.seed),
+        iterations, batch_size, num_samples, lr, seed=int(study.seed), recipe=recipe,
     )
     save_network_spec(study, "segmenter", segmenter)
     return {"num_train": len(train), "iterations": int(iterations)}
@@ -480,8 +547,11 @@ def roi_tensors(
     return x.to(study.torch_device), p.to(study.torch_device), box
 
 
-def _mc_features(study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor) -> np.ndarray:
-    """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``."""
+def _mc_features(
+    study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor
+) -> tuple[np.ndarray, torch.Tensor]:
+    """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``,
+    and the entropy map ``(*roi)`` (the pixel-level MC-Dropout score)."""
     from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
 
     inferer = _sliding(study, study.patch_size)
@@ -495,15 +565,52 @@ def _mc_features(study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor
             return inferer(x, self.inner)
 
     _, entropy = mc_dropout_probs(_Sliding(net), x_roi, samples=int(study.mc_samples))
-    return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy()
+    return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy(), entropy[0]
+
+
+def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any) -> np.ndarray:
+    """A label map on the working (preprocessed) grid resampled, nearest, onto ``reference``'s grid.
+
+    Args:
+        pred: ``(H, W, D)`` labels on the working grid.
+        working_affine: its ``4x4`` affine (RAS, the study spacing).
+        reference: a path to the case's own NIfTI (label or image) or a MetaTensor ``(1, X, Y, Z)``.
+
+    Returns:
+        ``(X, Y, Z)`` uint8 labels on the reference's own grid (orientation, spacing, extent).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import LoadImage, ResampleToMatch
+
+    if not isinstance(reference, MetaTensor):
+        reference = LoadImage(image_only=True, ensure_channel_first=True)(str(reference))
+    source = MetaTensor(torch.as_tensor(pred[None].astype(np.float32)), affine=torch.as_tensor(working_affine))
+    native = ResampleToMatch(mode="nearest", padding_mode="zeros")(source, img_dst=reference)
+    return np.asarray(native[0]).round().astype(np.uint8)
+
+
+def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndarray:
+    """True DSC ``(C,)`` of a working-grid prediction, on the case's own label grid (NaN: class absent from both).
+
+    The prediction is resampled onto the ground truth's grid (not the reverse), so resampling never deletes a
+    ground-truth voxel: a tumour smaller than a working voxel still counts, and is missed.
+    """
+    from monai.transforms import LoadImage
+
+    label = LoadImage(image_only=True, ensure_channel_first=True)(case["source_label"])
+    native = to_native_grid(pred, nib_load(case["image"]).affine, label)
+    true = per_class_quality(
+        torch.as_tensor(native[None].astype(np.int64)), torch.as_tensor(np.asarray(label[0]).astype(np.int64)[None]),
+        study.num_classes, "dice",
+    )
+    return true[0].numpy()
 
 
 def _case_record(study: PancreasStudy, net: torch.nn.Module, case: Mapping, pred: np.ndarray) -> dict:
-    image, label = _load_volume(case["image"]).astype(np.float32), _load_volume(case["label"]).astype(np.int64)
-    true = per_class_quality(torch.as_tensor(pred[None].astype(np.int64)), torch.as_tensor(label[None]), study.num_classes, "dice")
+    image = _load_volume(case["image"]).astype(np.float32)
     x_roi, p_roi, box = roi_tensors(study, image, pred)
-    mc = _mc_features(study, net, x_roi, p_roi)
-    return {"true_dsc": true[0].tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
+    mc, _ = _mc_features(study, net, x_roi, p_roi)
+    return {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
 
 
 @study_stage("crossval")
@@ -514,6 +621,7 @@ def crossval(
     batch_size: int = 2,
     num_samples: int = 2,
     lr: float = 1e-4,
+    recipe: Mapping | None = None,
 ) -> dict:
     """K-fold CV on the training cases: each fold's AH-Net predicts its held-out cases (each case exactly once).
 
@@ -537,7 +645,7 @@ def crossval(
         logger.info(f"crossval fold {i + 1}/{len(folds)}: train on {len(train_ids)}, predict {len(held_out)}")
         net = _fit_segmenter(
             study, segmenter, train_ids, fold_dir / "checkpoints", fold_dir / "segmenter.pt",
-            iterations, batch_size, num_samples, lr, seed=int(study.seed) + 1 + i,
+            iterations, batch_size, num_samples, lr, seed=int(study.seed) + 1 + i, recipe=recipe,
         )
         fold_records = {}
         for case_id in tqdm(held_out, desc=f"fold {i} predict", disable=not study.progress):
@@ -562,6 +670,7 @@ def crossval(
         "num_folds": len(folds),
         "iterations": int(iterations),
         "cv_mean_dsc": {n: nanmean(true[:, k]) for k, n in enumerate(study.class_names)},
+        "cv_dsc_spread": {n: quality_spread(true[:, k]) for k, n in enumerate(study.class_names) if k},
         "tumour_dsc_undefined": int(np.isnan(true[:, TUMOUR]).sum()),
         "roi_fallbacks": int(sum(r["roi_box"]["fallback"] for r in ordered.values())),
     }
@@ -596,12 +705,16 @@ def train_synthesizer(
     lr_d: float = 4e-4,
     jitter: int = 4,
     feature_matching_weight: float = 10.0,
+    reconstruction_weight: float = 0.0,
 ) -> dict:
-    """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``.
+    """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``,
+    and the class-mean painter (its non-learned replacement) on the same crops -> ``models/painter.json``.
 
     The ROI is centred on the ground-truth pancreas with a random shift of up to ``jitter`` voxels per axis (the
-    test-time centre comes from a prediction).
+    test-time centre comes from a prediction). ``reconstruction_weight`` adds an L1 term (see `GanTrainer`).
     """
+    from synthcp3d.scoring.synthesis import ClassMeanPainter
+
     _set_seed(study, 100)
     meta = study.cases()
     items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
@@ -610,9 +723,23 @@ def train_synthesizer(
     g = fit_synthesizer(
         study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
         num_classes=study.num_classes, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
+        reconstruction_weight=reconstruction_weight,
     )
     save_network(study, "generator", g, generator)
+    painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
+    atomic_save_json(painter.state_dict(), study.models / "painter.json")
     return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
+
+
+def load_painter(study: PancreasStudy) -> Any:
+    """The class-mean painter of ``models/painter.json`` (written by ``train_synthesizer``)."""
+    from synthcp3d.scoring.synthesis import ClassMeanPainter
+
+    path = require_file(study.models / "painter.json", "train_synthesizer")
+    try:
+        return ClassMeanPainter.from_state_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SynthCPInputError(f"painter {path} is unreadable ({err})") from None
 
 
 @torch.no_grad()
@@ -678,26 +805,55 @@ def _cv_records(study: PancreasStudy) -> dict[str, dict]:
 # VAE alarm
 # ================================================================================================================
 def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = 2) -> torch.Tensor:
-    """Tight crop of ``mask > 0`` (+ ``margin``), resized (nearest) to ``vae_shape``, one-hot: ``(1, C, *vae_shape)``."""
+    """Tight crop of ``mask > 0`` (+ ``margin``) grown to a cube in millimetres (so the shape keeps its aspect
+    ratio), resized (nearest) to ``vae_shape``, one-hot: ``(1, C, *vae_shape)``."""
     from synthcp3d.networks.synthesizer import one_hot_labels
+    from synthcp3d.roi import roi_box
 
-    box = tight_box(mask, margin=margin)
+    tight = tight_box(mask, margin=margin)
+    spacing = np.asarray(study.spacing, dtype=np.float64)
+    extent_mm = float(max((b - a) * sp for a, b, sp in zip(tight.start, tight.stop, spacing)))
+    size = [max(int(math.ceil(extent_mm / sp)), 1) for sp in spacing]
+    centre = [(a + b - 1) / 2.0 for a, b in zip(tight.start, tight.stop)]
+    box = roi_box(centre, size, mask.shape, tight.fallback)
     crop = torch.as_tensor(crop_to_box(mask.astype(np.int64), box)[None].astype(np.float32))
     resized = Resize(study.vae_shape, mode="nearest")(crop)
     labels = torch.as_tensor(resized).round().long()
     return one_hot_labels(labels, study.num_classes).to(study.torch_device)
 
 
-def vae_feature(vae: torch.nn.Module, onehot: torch.Tensor) -> np.ndarray:
-    """Per-class Dice between a mask ``(1, C, *vae_shape)`` and its VAE reconstruction ``(C,)`` (NaN: class absent
-    from both)."""
-    return vae.reconstruction_dice(onehot)[0].cpu().numpy()
+def vae_feature(vae: torch.nn.Module, onehot: torch.Tensor, feature: str = "loss") -> np.ndarray:
+    """The VAE alarm's feature of a mask ``(1, C, *vae_shape)``, one value per class ``(C,)``.
+
+    ``"loss"`` (Liu et al., DESIGN.md): the VAE's loss on the mask (reconstruction + beta·KL), the same number in
+    every column (each class's regressor maps it to that class's DSC). ``"dice"`` (a named variant): per-class Dice
+    between the mask and its reconstruction (NaN: class absent from both).
+    """
+    from synthcp3d.scoring.vae_alarm import vae_alarm_feature
+
+    if feature == "dice":
+        return vae.reconstruction_dice(onehot)[0].cpu().numpy()
+    loss = float(vae_alarm_feature(vae, onehot, feature="loss")[0])
+    return np.full(onehot.shape[1], loss, dtype=np.float64)
+
+
+def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Predicted DSC ``(C,)`` with 0 for every class absent from the segmentation ``pred``.
+
+    Exact wherever the true DSC is defined (a class in the ground truth but not in the prediction has DSC 0), and
+    applied to every method alike, so no method gets the rule's free points alone.
+    """
+    quality = np.array(quality, dtype=np.float64, copy=True)
+    present = np.bincount(np.asarray(pred).ravel().astype(np.int64), minlength=quality.shape[0]) > 0
+    quality[1:][~present[1 : quality.shape[0]]] = 0.0
+    return quality
 
 
 @torch.no_grad()
 def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
     """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (:func:`vae_feature` regressed)."""
-    return regressor.predict(vae_feature(vae, vae_input(study, pred))[None])[0].cpu().numpy()
+    feature = vae_feature(vae, vae_input(study, pred), getattr(regressor, "vae_feature", "loss"))
+    return not_predicted_is_zero(regressor.predict(feature[None])[0].cpu().numpy(), pred)
 
 
 @study_stage("train_vae_alarm")
@@ -708,16 +864,19 @@ def train_vae_alarm(
     batch_size: int = 4,
     lr: float = 1e-4,
     beta: float = 1e-3,
+    feature: str = "loss",
 ) -> dict:
-    """VAE alarm (Liu et al., ICCV 2019, reimplemented): a mask VAE on ground-truth masks (tight crop), then the
-    reconstruction Dice of the CV predictions regressed (linear, per class) onto their true DSC.
+    """VAE alarm (Liu et al., ICCV 2019, reimplemented): a mask VAE on ground-truth masks (tight crop, aspect kept),
+    then its ``feature`` of the CV predictions (``"loss"``: the VAE's loss value, as published; ``"dice"``: the
+    reconstruction Dice, a named variant) regressed (linear, per class) onto their true DSC.
 
-    Writes ``models/mask_vae.pt`` and ``models/vae_alarm_regressor.json``; a prediction without the class predicts
-    DSC 0 for it (exact wherever the true DSC is defined).
+    Writes ``models/mask_vae.pt`` and ``models/vae_alarm_regressor.json``.
     """
     from synthcp3d.engines.mask_vae import MaskVAETrainer
     from synthcp3d.scoring.regression import LinearQualityRegressor
 
+    if feature not in ("loss", "dice"):
+        raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
     _set_seed(study, 300)
     meta = study.cases()
     masks = []
@@ -734,15 +893,17 @@ def train_vae_alarm(
 
     records = _cv_records(study)
     feats, true = [], []
+    vae.eval()
     for r in tqdm(records.values(), desc="VAE features", disable=not study.progress):
-        feats.append(vae_feature(vae, vae_input(study, _load_volume(r["pred"]))))
+        with torch.no_grad():
+            feats.append(vae_feature(vae, vae_input(study, _load_volume(r["pred"])), feature))
         true.append(r["true_dsc"])
     feats_arr, true_arr = np.array(feats, dtype=np.float64), np.array(true, dtype=np.float64)
     regressor = LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0).fit(feats_arr, true_arr)
-    atomic_save_json(regressor.state_dict(), study.models / "vae_alarm_regressor.json")
+    atomic_save_json({**regressor.state_dict(), "vae_feature": feature}, study.models / "vae_alarm_regressor.json")
     features = {c: f.tolist() for c, f in zip(records, feats_arr)}
     atomic_save_json(features, study.stage_dir("train_vae_alarm") / "cv_features.json")
-    return {"iterations": int(iterations), "num_cv_cases": len(records)}
+    return {"iterations": int(iterations), "num_cv_cases": len(records), "feature": feature}
 
 
 # ================================================================================================================
@@ -757,6 +918,7 @@ class _Scorers:
     vae: torch.nn.Module
     mc_regressor: Any
     vae_regressor: Any
+    painter: Any
 
 
 def _load_scorers(
@@ -768,35 +930,91 @@ def _load_scorers(
     nets = {name: load_network(study, name, factory) for name, factory in factories.items()}
     return _Scorers(
         nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["comparator_direct"], nets["mask_vae"],
-        load_regressor(study, "mc_dropout"), load_regressor(study, "vae_alarm"),
+        load_regressor(study, "mc_dropout"), load_regressor(study, "vae_alarm"), load_painter(study),
     )
 
 
-@torch.no_grad()
-def _score(study: PancreasStudy, nets: _Scorers, image: np.ndarray, pred: np.ndarray) -> tuple[dict[str, np.ndarray], RoiBox, np.ndarray]:
-    """Every method's predicted DSC ``(C,)`` for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``).
+@dataclass
+class CaseScores:
+    """Every method's judgement of one segmentation.
 
-    Returns (method -> predicted DSC, the ROI box, the synthesized ROI ``(*roi)``).
+    Attributes:
+        quality: method (:data:`METHODS` + :data:`ABLATIONS`) -> predicted DSC ``(C,)``.
+        error_maps: method (:data:`PIXEL_METHODS`) -> error score ``(*roi)`` (higher = more likely wrong).
+        box: the ROI in the working volume.
+        pred_roi: the segmentation on the ROI ``(*roi)``.
+        synthesis: ``G(ŷ)`` on the ROI ``(*roi)``.
+    """
+
+    quality: dict[str, np.ndarray]
+    error_maps: dict[str, np.ndarray]
+    box: RoiBox
+    pred_roi: np.ndarray
+    synthesis: np.ndarray
+
+
+@torch.no_grad()
+def _score(study: PancreasStudy, nets: _Scorers, image: np.ndarray, pred: np.ndarray) -> CaseScores:
+    """Every method's predicted DSC and error map for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``).
+
+    "Class not predicted -> DSC 0" (:func:`not_predicted_is_zero`) applies to every method. The ablations feed
+    SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``.
     """
     from synthcp3d.networks.synthesizer import one_hot_labels
+    from synthcp3d.scoring.synthesis import blank_like
 
     x_roi, p_roi, box = roi_tensors(study, image, pred)
     onehot = one_hot_labels(p_roi, study.num_classes)
     synth = nets.generator(onehot)
-    q_syn = nets.synthcp(x_roi, onehot, synth)["quality"][0].cpu().numpy()
-    q_dir = nets.direct(x_roi, onehot)["quality"][0].cpu().numpy()
-    mc_feat = _mc_features(study, nets.segmenter, x_roi, p_roi)
-    q_mc = nets.mc_regressor.predict(mc_feat[None])[0].cpu().numpy()
-    q_vae = vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)
-    q_ens = mean_ensemble(torch.as_tensor(q_syn), torch.as_tensor(q_vae)).numpy()
-    out = {
-        "Direct Prediction": q_dir,
-        "MC-Dropout": q_mc,
-        "VAE alarm": q_vae,
-        "SynthCP": q_syn,
-        "SynthCP + VAE alarm": q_ens,
+    synthcp = nets.synthcp(x_roi, onehot, synth)
+    direct = nets.direct(x_roi, onehot)
+    mc_feat, entropy = _mc_features(study, nets.segmenter, x_roi, p_roi)
+    painted = nets.painter(p_roi, seed=int(study.seed)).to(x_roi.device)
+    raw = {
+        "Direct Prediction": direct["quality"][0],
+        "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
+        "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
+        "SynthCP": synthcp["quality"][0],
+        ABLATIONS[0]: nets.synthcp(x_roi, onehot, painted)["quality"][0],
+        ABLATIONS[1]: nets.synthcp(x_roi, onehot, blank_like(x_roi))["quality"][0],
     }
-    return out, box, synth[0, 0].cpu().numpy()
+    quality = {m: not_predicted_is_zero(q.float().cpu().numpy(), pred) for m, q in raw.items()}
+    quality["SynthCP + VAE alarm"] = mean_ensemble(
+        torch.as_tensor(quality["SynthCP"]), torch.as_tensor(quality["VAE alarm"])
+    ).numpy()
+    nets.segmenter.eval()
+    probs = torch.softmax(_sliding(study, study.patch_size)(x_roi, nets.segmenter).float(), dim=1)
+    error_maps = {
+        "SynthCP": torch.sigmoid(synthcp["error_logits"][0, 0].float()),
+        "Direct Prediction": torch.sigmoid(direct["error_logits"][0, 0].float()),
+        "MC-Dropout entropy": entropy.float(),
+        "MSP (1 - max softmax)": 1.0 - probs.max(1).values[0],
+    }
+    return CaseScores(
+        quality={m: quality[m] for m in (*METHODS, *ABLATIONS)},
+        error_maps={m: v.cpu().numpy() for m, v in error_maps.items()},
+        box=box,
+        pred_roi=p_roi[0].cpu().numpy(),
+        synthesis=synth[0, 0].float().cpu().numpy(),
+    )
+
+
+@torch.no_grad()
+def _synthesis_quality(study: PancreasStudy, nets: _Scorers, image: np.ndarray, label: np.ndarray, seed: int) -> dict:
+    """``G(y)`` and the painter's image vs the real crop, on the ground-truth ROI: synthesizer -> quality dict."""
+    from synthcp3d.networks.synthesizer import one_hot_labels
+    from synthcp3d.scoring.synthesis import synthesis_quality
+
+    x_roi, y_roi, _ = roi_tensors(study, image, label)
+    hu_per_unit = (study.hu_range[1] - study.hu_range[0]) / 2.0
+    candidates = {
+        "3D SPADE G(y)": nets.generator(one_hot_labels(y_roi, study.num_classes)),
+        "class-mean painter": nets.painter(y_roi, seed=seed).to(x_roi.device),
+    }
+    return {
+        name: synthesis_quality(img[0], x_roi[0], y_roi[0], study.class_names, scale=hu_per_unit)
+        for name, img in candidates.items()
+    }
 
 
 # ================================================================================================================
@@ -811,45 +1029,71 @@ def evaluate(
     direct: Factory,
     mask_vae: Factory,
 ) -> dict:
-    """Table 2: the final segmenter predicts the test cases, every method predicts their DSC; report + plots.
+    """Table 2 and its evidence: the final segmenter predicts the test cases, every method (and SynthCP with
+    ``x̂`` replaced) predicts their DSC, every error map is scored per voxel, ``G`` is measured against the painter.
 
-    Writes ``evaluate/report.{md,csv,json}``, ``evaluate/per_case.csv``, ``evaluate/scatter_<method>_<class>.png``
-    and ``evaluate/predictions/{case}_pred.nii.gz``; prints the table and the paths.
+    True DSC is computed on each case's own label grid (:func:`native_dsc`). Writes ``evaluate/report.{md,csv,json}``,
+    ``evaluate/per_case.csv``, ``evaluate/scatter_<method>_<class>.png`` and
+    ``evaluate/predictions/{case}_pred.nii.gz``; prints the report and the paths.
     """
+    from synthcp3d.evidence import pixel_section, segmenter_section, synthesis_section, synthesis_use_section
     from synthcp3d.report import quality_report
 
     meta = study.cases()
     nets = _load_scorers(study, segmenter, generator, comparator, direct, mask_vae)
     out = study.stage_dir("evaluate")
-    preds: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    preds: dict[str, list[np.ndarray]] = {m: [] for m in (*METHODS, *ABLATIONS)}
+    maps: dict[str, list[np.ndarray]] = {}
+    errors: list[np.ndarray] = []
+    synthesis: dict[str, list[dict]] = {}
     true_rows, fallbacks = [], []
-    for case_id in tqdm(meta["test"], desc="evaluate", disable=not study.progress):
+    for k, case_id in enumerate(tqdm(meta["test"], desc="evaluate", disable=not study.progress)):
         case = meta["cases"][case_id]
         image = _load_volume(case["image"]).astype(np.float32)
         label = _load_volume(case["label"]).astype(np.int64)
         pred = segment_volume(study, nets.segmenter, image)
         _save_volume(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
-        true = per_class_quality(torch.as_tensor(pred[None].astype(np.int64)), torch.as_tensor(label[None]), study.num_classes, "dice")
-        true_rows.append(true[0].numpy())
-        scores, box, _ = _score(study, nets, image, pred)
-        for m in METHODS:
-            preds[m].append(scores[m])
-        if box.fallback:
+        true_rows.append(native_dsc(study, pred, case))
+        scores = _score(study, nets, image, pred)
+        for m, q in scores.quality.items():
+            preds[m].append(q)
+        for m, v in scores.error_maps.items():
+            maps.setdefault(m, []).append(v.ravel())
+        errors.append((crop_to_box(label, scores.box, pad_value=0) != scores.pred_roi).ravel())
+        for name, q in _synthesis_quality(study, nets, image, label, seed=int(study.seed) + k).items():
+            synthesis.setdefault(name, []).append(q)
+        if scores.box.fallback:
             fallbacks.append(case_id)
     true_arr = np.array(true_rows, dtype=np.float64)
     pred_arr = {m: np.array(v, dtype=np.float64) for m, v in preds.items()}
     cv = study.out / "crossval" / DONE
     cv_info = json.loads(cv.read_text()) if cv.is_file() else {}
+    cv_true = np.array([r["true_dsc"] for r in _cv_records(study).values()], dtype=np.float64)
+    seg_name = _segmenter_name(study, segmenter)
+    dropped = meta.get("tumours_dropped_by_resampling", [])
+    sections = [
+        segmenter_section(
+            seg_name, {"test (final segmenter)": true_arr, "cross-validation (fold segmenters)": cv_true},
+            study.class_names,
+            notes=[f"true DSC on each case's own label grid (the prediction resampled onto it, nearest); resampling "
+                   f"to the working grid ({list(study.spacing)} mm) left no tumour voxel in {len(dropped)} of "
+                   f"{len(meta['cases'])} labelled case(s){' ' + str(dropped) if dropped else ''}."],
+        ),
+        synthesis_section(synthesis, study.class_names, "HU"),
+        synthesis_use_section(pred_arr["SynthCP"], {a: pred_arr[a] for a in ABLATIONS}, study.class_names),
+        pixel_section(maps, errors, f"inside the {list(study.roi_size)}-voxel ROI around the predicted pancreas"),
+    ]
     notes = [
-        f"settings: {study.settings_name}; {len(meta['train'])} training / {len(meta['test'])} test cases "
-        f"(seeded split, train fraction {study.train_fraction:.4f}); {len(meta['folds'])}-fold cross-validation "
-        f"predictions ({cv_info.get('num_cases', '?')} cases) trained the comparators and regressors.",
+        f"segmenter: {seg_name}; settings: {study.settings_name}; {len(meta['train'])} training / {len(meta['test'])} "
+        f"test cases (seeded split, seed {study.seed}, train fraction {study.train_fraction:.4f}); "
+        f"{len(meta['folds'])}-fold cross-validation predictions ({cv_info.get('num_cases', '?')} cases) trained the "
+        "comparators and regressors.",
         f"crop: {list(study.roi_size)} voxels around the bounding-box centre of the predicted pancreas (labels > 0); "
         f"empty prediction -> volume centre: {len(fallbacks)} test case(s){' ' + str(fallbacks) if fallbacks else ''}.",
         f"spacing {list(study.spacing)} mm, HU window {list(study.hu_range)}, patch {list(study.patch_size)}, "
-        f"MC-Dropout samples {study.mc_samples}.",
-        f"mean true DSC of the final segmenter on the test cases: pancreas {_fmt(nanmean(true_arr[:, PANCREAS]))}, "
-        f"tumour {_fmt(nanmean(true_arr[:, TUMOUR]))}.",
+        f"MC-Dropout samples {study.mc_samples}; VAE alarm feature: {getattr(nets.vae_regressor, 'vae_feature', '?')}.",
+        "a class absent from the segmentation is predicted DSC 0 by every method (exact where the DSC is defined).",
+        f"ablations: '{ABLATIONS[0]}' and '{ABLATIONS[1]}' feed SynthCP's trained comparator another x̂ than G(ŷ).",
     ]
     report = quality_report(
         pred_arr,
@@ -858,15 +1102,29 @@ def evaluate(
         list(study.class_names),
         out,
         groups={"tumour": ["tumour"], "pancreas": ["pancreas"]},
-        title="Pancreas tumour DSC prediction (SynthCP Table 2)",
+        title=f"Pancreas tumour DSC prediction (SynthCP Table 2) — segmenter: {seg_name}",
         quality_name="DSC",
         notes=notes,
         plot_classes=["tumour", "pancreas"],
-        extra={"settings": study.describe(), "roi_fallback_cases": fallbacks},
+        extra={"settings": study.describe(), "roi_fallback_cases": fallbacks,
+               **{key: data for key, (_, data) in zip(("segmenter", "synthesis", "synthesis_use", "pixel"), sections)}},
+        sections=[markdown for markdown, _ in sections],
     )
     print(report.markdown, flush=True)
     print(f"report: {report.files['markdown']} (+ .csv, .json); per-case: {report.files['per_case_csv']}; plots: {out}/scatter_*.png", flush=True)
     return {"tables": report.tables, "counts": report.counts, "report": str(report.files["markdown"])}
+
+
+def _segmenter_name(study: PancreasStudy, factory: Factory | None = None) -> str:
+    """The judged segmenter's architecture, as the reports name it (e.g. ``ahnet``, ``unet``)."""
+    spec = dict(getattr(factory, "keywords", {})) if factory is not None else {}
+    if not spec:
+        try:
+            spec = load_network_spec(study.models, "segmenter", "train_segmenter")
+        except SynthCPInputError:
+            return "unknown"
+    names = {"ahnet": "AH-Net", "unet": "UNet (MONAI BasicUNet)", "fcn8": "FCN-8", "deeplabv2": "DeepLab-v2"}
+    return names.get(str(spec.get("name", "")).lower(), str(spec.get("name", "unknown")))
 
 
 def _fmt(value: float | None) -> str:
@@ -910,7 +1168,8 @@ def inference(
         data = preprocess({"image": str(path)})
         image = data["image"]
         pred = segment_volume(study, nets.segmenter, image[0].numpy())
-        scores, box, _ = _score(study, nets, image[0].numpy(), pred)
+        case_scores = _score(study, nets, image[0].numpy(), pred)
+        scores, box = case_scores.quality, case_scores.box
         data["pred"] = MetaTensor(torch.as_tensor(pred[None].astype(np.float32)), meta=image.meta, applied_operations=image.applied_operations)
         inverted = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=True)(data)["pred"]
         seg = inverted[0].numpy().round().astype(np.uint8)

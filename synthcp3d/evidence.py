@@ -1,0 +1,150 @@
+"""Report sections that put every learned part beside its simplest replacement (any study, 2D or 3D).
+
+- :func:`segmenter_section`: the judged segmenter's true quality and its spread (a failure detector can only be
+  judged on a segmenter that is mostly right and sometimes wrong);
+- :func:`synthesis_section`: ``G(ground truth)`` against the real image, beside the class-mean painter;
+- :func:`pixel_section`: the pixel-level failure metrics of every error map, both reductions, named;
+- :func:`synthesis_use_section`: how much SynthCP's predicted quality moves when ``x̂`` is replaced.
+
+Each returns ``(markdown, data)``: a Markdown block with its own ``##`` heading and the JSON-able figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from synthcp3d.metrics import pixel_failure_metrics
+from synthcp3d.report import markdown_table
+
+__all__ = ["quality_spread", "segmenter_section", "synthesis_section", "pixel_section", "synthesis_use_section"]
+
+FAILURE_BELOW = 0.3
+PIXEL_COLUMNS = (("AUPR_Error", "AUPR-Error ↑"), ("AUPR_Success", "AUPR-Success ↑"), ("AUROC", "AUROC ↑"),
+                 ("FPR95", "FPR95 ↓"))
+
+
+def quality_spread(values: Any, failure_below: float = FAILURE_BELOW) -> dict[str, float]:
+    """Mean, SD (ddof 1) and share below ``failure_below`` of the finite values, with their count ``n``."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {"n": 0, "mean": float("nan"), "sd": float("nan"), "failures": float("nan")}
+    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return {"n": int(v.size), "mean": float(v.mean()), "sd": sd, "failures": float((v < failure_below).mean())}
+
+
+def segmenter_section(
+    segmenter: str, quality: Mapping[str, np.ndarray], class_names: Sequence[str], quality_name: str = "DSC",
+    notes: Sequence[str] = (),
+) -> tuple[str, dict]:
+    """The judged segmenter's true quality per split (rows) and class: mean ± SD, share of failures.
+
+    Args:
+        segmenter: its name, as the report should show it.
+        quality: split name -> true quality ``(N, C)`` (NaN = undefined).
+        class_names: the ``C`` class names; column 0 (background) is skipped.
+    """
+    data: dict[str, dict] = {}
+    rows = []
+    for split, values in quality.items():
+        values = np.asarray(values, dtype=np.float64)
+        data[split] = {name: quality_spread(values[:, k]) for k, name in enumerate(class_names) if k}
+        cells = [f"{s['mean']:.3f} ± {s['sd']:.3f} ({100 * s['failures']:.0f} %, n={s['n']})"
+                 if s["n"] else "n/a" for s in data[split].values()]
+        rows.append(f"| {split} | " + " | ".join(cells) + " |")
+    header = "| split | " + " | ".join(class_names[1:]) + " |"
+    lines = [
+        f"## The segmenter being judged: {segmenter}",
+        "",
+        f"True {quality_name}: mean ± SD (share of cases below {FAILURE_BELOW}, number of cases with a defined value).",
+        "",
+        header,
+        "|---|" + "---:|" * (len(class_names) - 1),
+        *rows,
+        *([""] + [f"- {n}" for n in notes] if notes else []),
+    ]
+    return "\n".join(lines), {"segmenter": segmenter, "splits": data}
+
+
+def synthesis_section(
+    per_case: Mapping[str, Sequence[Mapping[str, float]]], class_names: Sequence[str], unit: str
+) -> tuple[str, dict]:
+    """Synthesis quality per synthesizer (rows), averaged over cases: per-class mean error and MAE, SSIM.
+
+    Args:
+        per_case: synthesizer name -> one :func:`synthcp3d.scoring.synthesis.synthesis_quality` dict per case.
+        class_names: classes to show.
+        unit: physical unit of the errors (e.g. "HU").
+    """
+    keys = [f"mean_error/{c}" for c in class_names] + [f"mae/{c}" for c in class_names] + ["ssim"]
+    rows = {}
+    for name, cases in per_case.items():
+        rows[name] = {k: float(np.nanmean([c[k] for c in cases])) if cases else float("nan") for k in keys}
+    columns = [(f"mean_error/{c}", f"{c}: mean {unit} error ↓") for c in class_names]
+    columns += [(f"mae/{c}", f"{c}: MAE {unit} ↓") for c in class_names] + [("ssim", "SSIM ↑")]
+    n = max((len(c) for c in per_case.values()), default=0)
+    lines = [
+        "## Synthesis quality: G(ground truth) vs the real image",
+        "",
+        f"On the test cases' ground-truth crops (n={n}): per class, the error of the class's mean intensity "
+        f"|mean(x̂) − mean(x)| and the voxel-wise mean absolute error, in {unit}; SSIM of the whole crop. The "
+        "class-mean painter paints each label with its training mean plus noise of its training SD: G must at least "
+        "match it on the mean error.",
+        "",
+        markdown_table(rows, columns, first="synthesizer"),
+    ]
+    return "\n".join(lines), rows
+
+
+def pixel_section(
+    scores: Mapping[str, Sequence[np.ndarray]], errors: Sequence[np.ndarray], region: str
+) -> tuple[str, dict]:
+    """Pixel-level failure metrics (×100) of each error map, pooled and per image.
+
+    Args:
+        scores: method -> per-image error scores (higher = more likely wrong), each aligned with ``errors``.
+        errors: per-image bool maps, True = wrongly segmented voxel.
+        region: where the maps are evaluated (for the heading text).
+    """
+    data: dict[str, dict[str, dict]] = {}
+    blocks = []
+    for reduction in ("pooled", "per_image"):
+        data[reduction] = {m: pixel_failure_metrics(list(s), list(errors), reduction=reduction) for m, s in scores.items()}
+        used = next(iter(data[reduction].values()), {}).get("num_images_used", "?")
+        blocks += [f"**{reduction}** ({used} images used)", "", markdown_table(data[reduction], PIXEL_COLUMNS), ""]
+    lines = [
+        "## Pixel-level error maps (x100)",
+        "",
+        f"Voxels {region}; positives = wrongly segmented voxels. `pooled`: all voxels of the split together; "
+        "`per_image`: the mean over the images holding both wrong and right voxels.",
+        "",
+        *blocks,
+    ]
+    return "\n".join(lines).rstrip(), data
+
+
+def synthesis_use_section(
+    reference: np.ndarray, variants: Mapping[str, np.ndarray], class_names: Sequence[str], name: str = "SynthCP"
+) -> tuple[str, dict]:
+    """How far the predicted quality ``(N, C)`` moves when ``x̂`` is replaced, against its spread across cases."""
+    reference = np.asarray(reference, dtype=np.float64)
+    data: dict[str, dict[str, float]] = {}
+    rows = []
+    for variant, values in variants.items():
+        diff = np.abs(np.asarray(values, dtype=np.float64) - reference)
+        data[variant] = {c: float(np.nanmean(diff[:, k])) for k, c in enumerate(class_names) if k}
+        rows.append(f"| {variant} | " + " | ".join(f"{data[variant][c]:.3f}" for c in class_names[1:]) + " |")
+    spread = {c: float(np.nanstd(reference[:, k])) for k, c in enumerate(class_names) if k}
+    rows.append(f"| (spread of {name}'s prediction across cases, SD) | "
+                + " | ".join(f"{spread[c]:.3f}" for c in class_names[1:]) + " |")
+    lines = [
+        f"## Does the comparator use x̂? Mean |change| of {name}'s predicted quality",
+        "",
+        "| x̂ replaced by | " + " | ".join(class_names[1:]) + " |",
+        "|---|" + "---:|" * (len(class_names) - 1),
+        *rows,
+    ]
+    return "\n".join(lines), {"mean_abs_change": data, "prediction_sd": spread}
