@@ -188,6 +188,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--demo", action="store_true", help="generate a synthetic data set into OUT/data and use small settings")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of the study (split, folds, initialisation) and, with --demo, of the generated data set",
+    )
     parser.add_argument("--stages", default=None, help="comma-separated stages to run (default: all, in order)")
     parser.add_argument("--force", action="store_true", help="rerun the chosen stages even if they are complete")
     parser.add_argument("--subprocess", action="store_true", help="run each stage as `python -m monai.bundle run`")
@@ -275,7 +279,7 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _prepare_demo_data(study: Study, out: Path) -> Path:
+def _prepare_demo_data(study: Study, out: Path, seed: int | None = None) -> Path:
     import importlib
 
     data = out / "data"
@@ -283,8 +287,10 @@ def _prepare_demo_data(study: Study, out: Path) -> Path:
         print(f"demo data: using {data / study.demo_dataset}", flush=True)
         return data / study.demo_dataset
     module, _, name = study.demo_maker.partition(":")
-    print(f"demo data: generating {study.demo_data.get('cases')} synthetic training cases into {data}", flush=True)
-    getattr(importlib.import_module(module), name)(data, **dict(study.demo_data))
+    settings = {**dict(study.demo_data), **({} if seed is None else {"seed": int(seed)})}
+    print(f"demo data: generating {settings.get('cases')} synthetic training cases (seed {settings.get('seed')}) "
+          f"into {data}", flush=True)
+    getattr(importlib.import_module(module), name)(data, **settings)
     return data / study.demo_dataset
 
 
@@ -298,6 +304,7 @@ def run_study(
     force: bool = False,
     use_subprocess: bool = False,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int | None = None,
 ) -> dict[str, float]:
     """Run (or resume) the stages of a study; return the wall time in seconds of each stage that ran.
 
@@ -314,11 +321,13 @@ def run_study(
     if data is None:
         if not demo:
             raise SynthCPInputError(f"give --data DIR ({study.data_help}) or use --demo")
-        data = _prepare_demo_data(study, out)
+        data = _prepare_demo_data(study, out, seed)
     data = Path(data).resolve()
     if not data.exists():
         raise SynthCPInputError(f"data folder {data} does not exist")
     base = {"dataset_dir": str(data), "output_dir": str(out), "device": _resolve_device(device), "bundle_root": str(bundle)}
+    if seed is not None:
+        base["seed"] = int(seed)
     extra = extra or {}
     timings: dict[str, float] = {}
     for stage in study.stages:
@@ -345,7 +354,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     timings = run_study(
         args.study, args.out, data=args.data, demo=args.demo, device=args.device, stages=stages, force=args.force,
-        use_subprocess=args.subprocess, extra=_parse_overrides(args.set),
+        use_subprocess=args.subprocess, extra=_parse_overrides(args.set), seed=args.seed,
     )
     study = STUDIES[args.study]
     report = Path(args.out).resolve() / study.report_stage / "report.md"

@@ -1,0 +1,46 @@
+"""Report sections of the evidence (segmenter spread, synthesis use, pixel table) against numpy and the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthcp3d.evidence import pixel_section, quality_spread, segmenter_section, synthesis_use_section
+from synthcp3d.metrics import pixel_failure_metrics
+
+
+def test_quality_spread_against_numpy():
+    v = np.array([0.1, 0.5, np.nan, 0.29, 0.3, 0.9])
+    s = quality_spread(v)
+    finite = v[np.isfinite(v)]
+    assert s["n"] == 5 and s["mean"] == pytest.approx(finite.mean())
+    assert s["sd"] == pytest.approx(finite.std(ddof=1))
+    assert s["failures"] == pytest.approx(2 / 5)  # 0.3 itself is not a failure
+    assert quality_spread([np.nan])["n"] == 0 and quality_spread([0.4])["sd"] == 0.0
+
+
+def test_segmenter_section_rows():
+    true = np.array([[1.0, 0.8, 0.1], [1.0, 0.6, np.nan], [1.0, 0.7, 0.5]])
+    md, data = segmenter_section("UNet", {"test": true}, ["background", "pancreas", "tumour"])
+    assert "UNet" in md and "| test | 0.700 ± 0.100 (0 %, n=3) | 0.300 ± 0.283 (50 %, n=2) |" in md
+    assert data["splits"]["test"]["tumour"]["n"] == 2
+
+
+def test_synthesis_use_section_mean_change():
+    ref = np.array([[1, 0.5, 0.2], [1, 0.7, 0.4]])
+    md, data = synthesis_use_section(ref, {"blank": ref + [0, 0.1, -0.3]}, ["bg", "a", "b"])
+    assert data["mean_abs_change"]["blank"] == pytest.approx({"a": 0.1, "b": 0.3})
+    assert data["prediction_sd"]["a"] == pytest.approx(np.std([0.5, 0.7]))
+    assert "| blank | 0.100 | 0.300 |" in md
+
+
+def test_pixel_section_matches_metrics():
+    rng = np.random.default_rng(0)
+    errors = [rng.random(200) < 0.3 for _ in range(3)]
+    scores = {"good": [e + rng.normal(0, 0.5, e.shape) for e in errors], "noise": [rng.random(200) for _ in errors]}
+    md, data = pixel_section(scores, errors, "everywhere")
+    for reduction in ("pooled", "per_image"):
+        expected = pixel_failure_metrics(scores["good"], errors, reduction=reduction)
+        assert data[reduction]["good"]["AUROC"] == pytest.approx(expected["AUROC"])
+    assert data["pooled"]["good"]["AUROC"] > data["pooled"]["noise"]["AUROC"]
+    assert "**pooled**" in md and "**per_image**" in md
