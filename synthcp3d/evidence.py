@@ -19,7 +19,10 @@ import numpy as np
 from synthcp3d.metrics import pixel_failure_metrics
 from synthcp3d.report import markdown_table
 
-__all__ = ["quality_spread", "segmenter_section", "synthesis_section", "pixel_section", "synthesis_use_section"]
+__all__ = [
+    "quality_spread", "segmenter_section", "synthesis_section", "pixel_section", "synthesis_use_section",
+    "comparison_figure",
+]
 
 FAILURE_BELOW = 0.3
 PIXEL_COLUMNS = (("AUPR_Error", "AUPR-Error ↑"), ("AUPR_Success", "AUPR-Success ↑"), ("AUROC", "AUROC ↑"),
@@ -148,3 +151,44 @@ def synthesis_use_section(
         *rows,
     ]
     return "\n".join(lines), {"mean_abs_change": data, "prediction_sd": spread}
+
+
+def comparison_figure(panels: Sequence[Mapping[str, Any]], path: Any, title: str = "") -> Any:
+    """One row per case: what the comparator sees and what it says, on the slice given per case.
+
+    Each panel mapping holds 2D arrays (one slice): ``image`` (x), ``label`` (ground truth), ``pred`` (ŷ),
+    ``synthesis`` (G(ŷ)), ``painter`` (the painter's image of ŷ), ``error_prob`` (SynthCP's error map) and
+    ``error`` (true wrong voxels); ``caption`` (str) titles the row. Images are in [-1, 1]. Writes a PNG atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synthcp3d.utils.atomic import atomic_path
+
+    columns = ("x + ground truth", "x + prediction ŷ", "G(ŷ)", "painter(ŷ)", "|x − G(ŷ)|", "SynthCP error map")
+    fig, axes = plt.subplots(len(panels), len(columns), figsize=(2.3 * len(columns), 2.4 * len(panels)), dpi=90,
+                             squeeze=False)
+    for row, panel in zip(axes, panels):
+        shown = (panel["image"], panel["image"], panel["synthesis"], panel["painter"],
+                 np.abs(panel["image"] - panel["synthesis"]), panel["error_prob"])
+        for k, (ax, img) in enumerate(zip(row, shown)):
+            kw = {"cmap": "gray", "vmin": -1, "vmax": 1} if k < 4 else {"cmap": "magma", "vmin": 0, "vmax": 1 if k == 5 else 2}
+            ax.imshow(np.asarray(img).T, origin="lower", **kw)
+            contour = panel["label"] if k == 0 else panel["pred"] if k in (1, 2, 3) else None
+            if contour is not None:
+                ax.contour(np.asarray(contour).T, levels=[0.5, 1.5], colors=["lime", "red"], linewidths=0.7)
+            if k == 5 and np.asarray(panel["error"]).any():
+                ax.contour(np.asarray(panel["error"]).T.astype(float), levels=[0.5], colors=["cyan"], linewidths=0.7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(panel.get("caption", ""), fontsize=7)
+    for ax, name in zip(axes[0], columns):
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title + "  (green: pancreas, red: tumour; cyan: truly wrong voxels)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -24,7 +24,7 @@ from typing import Any
 
 from synthcp3d.errors import SynthCPInputError
 
-__all__ = ["Study", "STUDIES", "DEMO_SETTINGS", "add_arguments", "main", "run_study", "stage_command", "bundle_dir"]
+__all__ = ["Study", "STUDIES", "DEMO_SETTINGS", "DEMO_PROFILES", "add_arguments", "main", "run_study", "stage_command", "bundle_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ STUDIES: dict[str, Study] = {
             "inference",
         ),
         report_stage="evaluate",
-        demo_data={"cases": 60, "test_cases": 2, "seed": 0},
+        # 80 real-size phantoms at a coarser native grid (96 x 96 x 40 voxels over a 224-256 x 224-256 x 110-130 mm
+        # field of view: 2.3-2.7 mm in-plane, 2.8-3.2 mm slices), 26 of them in the test split
+        demo_data={"cases": 80, "test_cases": 2, "seed": 0, "shape": (96, 96, 40)},
     ),
     "cityscapes": Study(
         bundle="cityscapes_failure_synthcp",
@@ -98,31 +100,34 @@ STUDIES: dict[str, Study] = {
 # iterations and folds. Measured on 2 CPU cores: see the bundle README.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "pancreas": {
-        # 2 mm voxels: the phantoms' pancreas region fits one 32^3 patch, so the CPU-sized AH-Net learns the
-        # pancreas within minutes (the tumour needs far longer training: see the README's demo results).
+        # 2.5 x 2.5 x 3 mm working grid; the segmenter is a full-resolution MONAI UNet (AH-Net at demo size learns the
+        # tumour more slowly and costs 1.5x more per step: see the bundle README); 32^3 patches, half of them centred
+        # on tumour voxels; the comparator sees |x - x̂|.
         "common": {
-            "spacing": [2.0, 2.0, 2.0],
+            "spacing": [2.5, 2.5, 3.0],
+            "train_fraction": 0.675,  # 54 training / 26 test cases of 80
             "patch_size": [32, 32, 32],
-            "sw_roi_size": [64, 64, 32],
+            "sw_roi_size": [96, 96, 48],
             "sw_overlap": 0.0,
-            "roi_size": [32, 32, 32],
+            "roi_size": [64, 48, 32],
             "vae_shape": [32, 32, 32],
             "num_folds": 2,
-            "ahnet_layers": [1, 1, 1, 1],
-            "psp_block_num": 0,
-            "ahnet_upsample": "trilinear",
-            "generator_channels": [64, 32, 16],
+            "segmenter_name": "unet",
+            "unet_features": [16, 16, 32, 64, 128, 16],
+            "generator_channels": [32, 16, 8],
+            "generator_spade_hidden": 16,
             "discriminator_num_d": 2,
             "discriminator_layers": 1,
+            "discriminator_channels": 16,
             "settings_name": "demo",
             "comparator_channels": [16, 32, 64, 128],
             "mc_samples": 5,
         },
-        "train_segmenter": {"iterations": 200, "num_samples": 1, "lr": 1e-3},
-        "crossval": {"iterations": 200, "num_samples": 1, "lr": 1e-3},
-        "train_synthesizer": {"iterations": 120},
-        "train_comparator": {"iterations": 200},
-        "train_vae_alarm": {"iterations": 150},
+        "train_segmenter": {"iterations": 300, "batch_size": 2, "num_samples": 1, "lr": 1e-3},
+        "crossval": {"iterations": 300, "batch_size": 2, "num_samples": 1, "lr": 1e-3},
+        "train_synthesizer": {"iterations": 100, "lr_g": 1e-3, "lr_d": 2e-3},
+        "train_comparator": {"iterations": 150, "lr": 1e-3},
+        "train_vae_alarm": {"iterations": 150, "lr": 1e-3},
     },
     "cityscapes": {
         "common": {
@@ -170,6 +175,22 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: larger demo profiles (``--demo --profile NAME``): overrides merged over :data:`DEMO_SETTINGS`, same data
+DEMO_PROFILES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "pancreas": {
+        # the study profile: long enough for the segmenter to find tumours (≈ 25 min on 2 CPU cores)
+        "study": {
+            "common": {"settings_name": "demo-study"},
+            "train_segmenter": {"iterations": 1200},
+            "crossval": {"iterations": 1200},
+            "train_synthesizer": {"iterations": 300},
+            "train_comparator": {"iterations": 400},
+            "train_vae_alarm": {"iterations": 300},
+        },
+    },
+}
+
+
 def bundle_dir(study: Study) -> Path:
     """The bundle folder: ``bundles/<name>`` of the source tree (or ``$SYNTHCP_BUNDLES/<name>``)."""
     root = Path(os.environ.get("SYNTHCP_BUNDLES", Path(__file__).resolve().parents[1] / "bundles"))
@@ -188,6 +209,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--demo", action="store_true", help="generate a synthetic data set into OUT/data and use small settings")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--profile", default=None,
+        help="with --demo: a larger demo profile (pancreas: 'study', about 25 min on 2 CPU cores, long enough for "
+        "the segmenter to find tumours)",
+    )
     parser.add_argument(
         "--seed", type=int, default=None,
         help="seed of the study (split, folds, initialisation) and, with --demo, of the generated data set",
@@ -215,12 +241,16 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def stage_overrides(
-    study_name: str, stage: str, base: Mapping[str, Any], demo: bool, extra: Mapping[str, Mapping[str, Any]]
+    study_name: str, stage: str, base: Mapping[str, Any], demo: bool, extra: Mapping[str, Mapping[str, Any]],
+    profile: str | None = None,
 ) -> dict[str, Any]:
-    """All overrides of one stage: base (paths, device) < demo common < demo stage < --set common < --set stage."""
+    """All overrides of one stage: base (paths, device) < demo common < demo stage < profile common < profile stage
+    < --set common < --set stage."""
     settings = DEMO_SETTINGS.get(study_name, {}) if demo else {}
+    chosen = DEMO_PROFILES.get(study_name, {}).get(profile, {}) if (demo and profile) else {}
     merged: dict[str, Any] = dict(base)
-    for source in (settings.get("common", {}), settings.get(stage, {}), extra.get("common", {}), extra.get(stage, {})):
+    for source in (settings.get("common", {}), settings.get(stage, {}), chosen.get("common", {}), chosen.get(stage, {}),
+                   extra.get("common", {}), extra.get(stage, {})):
         merged.update(source)
     return merged
 
@@ -305,12 +335,19 @@ def run_study(
     use_subprocess: bool = False,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int | None = None,
+    profile: str | None = None,
 ) -> dict[str, float]:
     """Run (or resume) the stages of a study; return the wall time in seconds of each stage that ran.
 
     Raises:
-        SynthCPInputError: unknown stage, no data folder, CUDA asked for but absent.
+        SynthCPInputError: unknown stage, no data folder, CUDA asked for but absent, unknown demo profile.
     """
+    if profile is not None:
+        known = sorted(DEMO_PROFILES.get(study_name, {}))
+        if not demo or profile not in known:
+            raise SynthCPInputError(
+                f"--profile {profile!r} needs --demo and one of the {study_name} demo profiles: {known or 'none'}"
+            )
     study = STUDIES[study_name]
     bundle = bundle_dir(study)
     out = Path(out).resolve()
@@ -337,7 +374,7 @@ def run_study(
         if marker.is_file() and not force:
             print(f"[{stage}] complete ({marker}), skipped", flush=True)
             continue
-        overrides = stage_overrides(study_name, stage, base, demo, extra)
+        overrides = stage_overrides(study_name, stage, base, demo, extra, profile)
         if force:
             overrides["force"] = True
         start = time.perf_counter()
@@ -354,7 +391,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     timings = run_study(
         args.study, args.out, data=args.data, demo=args.demo, device=args.device, stages=stages, force=args.force,
-        use_subprocess=args.subprocess, extra=_parse_overrides(args.set), seed=args.seed,
+        use_subprocess=args.subprocess, extra=_parse_overrides(args.set), seed=args.seed, profile=args.profile,
     )
     study = STUDIES[args.study]
     report = Path(args.out).resolve() / study.report_stage / "report.md"

@@ -14,8 +14,8 @@ All of it is read with the study's own loaders (:func:`synthcp3d.workflows.pancr
 Per volume, on the preprocessed (working) grid, with the functions the study's ``evaluate`` stage scores a case with:
 segment (sliding-window AH-Net) -> pancreas ROI (``synthcp3d.roi``: fixed box around the predicted pancreas)
 -> synthesize ``G(ŷ)`` on the ROI -> comparator: predicted DSC per class and the voxel error probability on the ROI
--> VAE alarm (tight crop of the predicted mask, reconstruction Dice, linear regressor) -> ensemble = mean of SynthCP
-and VAE alarm. The error probability is only assessed inside the ROI; outside it is written as 0.
+-> VAE alarm (aspect-keeping tight crop of the predicted mask, the VAE's loss value, linear regressor) -> ensemble =
+mean of SynthCP and VAE alarm. A class absent from the segmentation is predicted DSC 0 by both (as in ``evaluate``). The error probability is only assessed inside the ROI; outside it is written as 0.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ class BundlePredictor:
         regressor = wf.load_regressor(study, "vae_alarm")
         info = {
             "model": {
-                "name": "SynthCP + VAE alarm (AH-Net segmenter, 3D SPADE, siamese comparator, mask VAE)",
+                "name": f"SynthCP + VAE alarm ({wf.segmenter_name(study)} segmenter, 3D SPADE, siamese comparator, "
+                "mask VAE)",
                 "settings": study.settings_name,
                 "weights": {n: _file_id(study.models / wf.NETWORKS[n][0]) for n in REQUIRED},
             },
@@ -149,7 +150,7 @@ class BundlePredictor:
             synth = self.generator(onehot)
         with timer("compare"):
             out = self.comparator(x_roi, onehot, synth)
-            q_syn = out["quality"][0].float().cpu().numpy()
+            q_syn = wf.not_predicted_is_zero(out["quality"][0].float().cpu().numpy(), pred)
             err_roi = torch.sigmoid(out["error_logits"][0, 0].float()).cpu().numpy()
         with timer("vae"):
             q_vae = wf.vae_alarm_dsc(study, self.vae, self.vae_regressor, pred)

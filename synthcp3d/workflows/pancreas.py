@@ -98,6 +98,12 @@ __all__ = [
     "vae_input",
     "vae_feature",
     "vae_alarm_dsc",
+    "not_predicted_is_zero",
+    "native_dsc",
+    "to_native_grid",
+    "segmenter_name",
+    "SegmenterRecipe",
+    "CaseScores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -944,6 +950,8 @@ class CaseScores:
         box: the ROI in the working volume.
         pred_roi: the segmentation on the ROI ``(*roi)``.
         synthesis: ``G(ŷ)`` on the ROI ``(*roi)``.
+        image_roi: the image on the ROI ``(*roi)``.
+        painted: the class-mean painter's image of ``ŷ`` on the ROI ``(*roi)``.
     """
 
     quality: dict[str, np.ndarray]
@@ -951,6 +959,8 @@ class CaseScores:
     box: RoiBox
     pred_roi: np.ndarray
     synthesis: np.ndarray
+    image_roi: np.ndarray
+    painted: np.ndarray
 
 
 @torch.no_grad()
@@ -996,6 +1006,8 @@ def _score(study: PancreasStudy, nets: _Scorers, image: np.ndarray, pred: np.nda
         box=box,
         pred_roi=p_roi[0].cpu().numpy(),
         synthesis=synth[0, 0].float().cpu().numpy(),
+        image_roi=x_roi[0, 0].cpu().numpy(),
+        painted=painted[0, 0].cpu().numpy(),
     )
 
 
@@ -1033,10 +1045,17 @@ def evaluate(
     ``x̂`` replaced) predicts their DSC, every error map is scored per voxel, ``G`` is measured against the painter.
 
     True DSC is computed on each case's own label grid (:func:`native_dsc`). Writes ``evaluate/report.{md,csv,json}``,
-    ``evaluate/per_case.csv``, ``evaluate/scatter_<method>_<class>.png`` and
+    ``evaluate/per_case.csv``, ``evaluate/scatter_<method>_<class>.png``, ``evaluate/comparison_examples.png`` (x,
+    ŷ, G(ŷ), the painter's image, |x − G(ŷ)| and the error map on five cases across the tumour DSC range) and
     ``evaluate/predictions/{case}_pred.nii.gz``; prints the report and the paths.
     """
-    from synthcp3d.evidence import pixel_section, segmenter_section, synthesis_section, synthesis_use_section
+    from synthcp3d.evidence import (
+        comparison_figure,
+        pixel_section,
+        segmenter_section,
+        synthesis_section,
+        synthesis_use_section,
+    )
     from synthcp3d.report import quality_report
 
     meta = study.cases()
@@ -1046,6 +1065,7 @@ def evaluate(
     maps: dict[str, list[np.ndarray]] = {}
     errors: list[np.ndarray] = []
     synthesis: dict[str, list[dict]] = {}
+    panels: list[dict] = []
     true_rows, fallbacks = [], []
     for k, case_id in enumerate(tqdm(meta["test"], desc="evaluate", disable=not study.progress)):
         case = meta["cases"][case_id]
@@ -1059,7 +1079,9 @@ def evaluate(
             preds[m].append(q)
         for m, v in scores.error_maps.items():
             maps.setdefault(m, []).append(v.ravel())
-        errors.append((crop_to_box(label, scores.box, pad_value=0) != scores.pred_roi).ravel())
+        label_roi = crop_to_box(label, scores.box, pad_value=0)
+        errors.append((label_roi != scores.pred_roi).ravel())
+        panels.append(_figure_panel(scores, label_roi, case_id, true_rows[-1]))
         for name, q in _synthesis_quality(study, nets, image, label, seed=int(study.seed) + k).items():
             synthesis.setdefault(name, []).append(q)
         if scores.box.fallback:
@@ -1069,7 +1091,7 @@ def evaluate(
     cv = study.out / "crossval" / DONE
     cv_info = json.loads(cv.read_text()) if cv.is_file() else {}
     cv_true = np.array([r["true_dsc"] for r in _cv_records(study).values()], dtype=np.float64)
-    seg_name = _segmenter_name(study, segmenter)
+    seg_name = segmenter_name(study, segmenter)
     dropped = meta.get("tumours_dropped_by_resampling", [])
     sections = [
         segmenter_section(
@@ -1110,12 +1132,30 @@ def evaluate(
                **{key: data for key, (_, data) in zip(("segmenter", "synthesis", "synthesis_use", "pixel"), sections)}},
         sections=[markdown for markdown, _ in sections],
     )
+    order = np.argsort(np.nan_to_num(true_arr[:, TUMOUR], nan=2.0), kind="stable")  # worst tumour DSC first
+    picks = sorted({int(order[i]) for i in np.linspace(0, len(order) - 1, min(5, len(order))).round().astype(int)})
+    figure = comparison_figure([panels[i] for i in picks], out / "comparison_examples.png",
+                               title=f"SynthCP on test cases across the tumour DSC range ({seg_name})")
     print(report.markdown, flush=True)
-    print(f"report: {report.files['markdown']} (+ .csv, .json); per-case: {report.files['per_case_csv']}; plots: {out}/scatter_*.png", flush=True)
+    print(f"report: {report.files['markdown']} (+ .csv, .json); per-case: {report.files['per_case_csv']}; plots: "
+          f"{out}/scatter_*.png, {figure}", flush=True)
     return {"tables": report.tables, "counts": report.counts, "report": str(report.files["markdown"])}
 
 
-def _segmenter_name(study: PancreasStudy, factory: Factory | None = None) -> str:
+def _figure_panel(scores: CaseScores, label_roi: np.ndarray, case_id: str, true: np.ndarray) -> dict:
+    """The axial slice of the ROI with the most tumour (ground truth or predicted; else pancreas) for the figure."""
+    tumour = ((label_roi == TUMOUR) | (scores.pred_roi == TUMOUR)).sum(axis=(0, 1))
+    z = int(np.argmax(tumour)) if tumour.any() else int(np.argmax((label_roi > 0).sum(axis=(0, 1))))
+    q = scores.quality["SynthCP"]
+    return {
+        "image": scores.image_roi[..., z], "label": label_roi[..., z], "pred": scores.pred_roi[..., z],
+        "synthesis": scores.synthesis[..., z], "painter": scores.painted[..., z],
+        "error_prob": scores.error_maps["SynthCP"][..., z], "error": (label_roi != scores.pred_roi)[..., z],
+        "caption": f"{case_id} z={z}\ntumour DSC true {_fmt(true[TUMOUR])} / SynthCP {_fmt(q[TUMOUR])}",
+    }
+
+
+def segmenter_name(study: PancreasStudy, factory: Factory | None = None) -> str:
     """The judged segmenter's architecture, as the reports name it (e.g. ``ahnet``, ``unet``)."""
     spec = dict(getattr(factory, "keywords", {})) if factory is not None else {}
     if not spec:
