@@ -1,0 +1,99 @@
+"""Mean ± SD over seeds of the quality reports that ``evaluate`` writes (one ``report.json`` per seed).
+
+    python -m synthcp3d.seed_summary runs/seed0/evaluate/report.json runs/seed1/evaluate/report.json ... [--out F]
+
+Prints (and with ``--out`` writes) Markdown: per table (e.g. tumour, pancreas) the methods × metrics as mean ± SD
+over the runs, the segmenter's true DSC and the synthesis and pixel-level figures the same way. Every number is
+taken from the runs' own reports; the runs stay in their folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.report import METRIC_COLUMNS
+from synthcp3d.utils.atomic import atomic_save_text
+
+__all__ = ["summarize_reports", "main"]
+
+
+def _mean_sd(values: Sequence[Any]) -> str:
+    v = np.array([np.nan if x is None else float(x) for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return "n/a"
+    sd = v.std(ddof=1) if v.size > 1 else 0.0
+    return f"{v.mean():.2f} ± {sd:.2f}"
+
+
+def _table(rows: dict[str, list[dict]], columns: Sequence[tuple[str, str]], first: str, scale: float = 1.0) -> list[str]:
+    lines = [f"| {first} | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, runs in rows.items():
+        cells = [_mean_sd([None if r.get(k) is None else scale * r[k] for r in runs]) for k, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summarize_reports(paths: Sequence[str | Path]) -> str:
+    """Markdown summary (mean ± SD over the given ``report.json`` files) of their tables and evidence."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise SynthCPInputError(f"cannot read report {path}: {err}") from None
+    if not reports:
+        raise SynthCPInputError("give at least one report.json")
+    lines = [f"# {reports[0]['title']} — mean ± SD over {len(reports)} run(s)", ""]
+    lines += [f"Runs: {', '.join(str(p) for p in paths)}", ""]
+    for group in reports[0]["tables"]:
+        rows: dict[str, list[dict]] = {}
+        for r in reports:
+            for method, values in r["tables"].get(group, {}).items():
+                rows.setdefault(method, []).append(values)
+        lines += [f"## {group} {reports[0]['quality']} prediction (x100)", ""]
+        lines += _table(rows, METRIC_COLUMNS, "Method") + [""]
+    extras = [r.get("extra", {}) for r in reports]
+    if all("segmenter" in e for e in extras):
+        splits = extras[0]["segmenter"]["splits"]
+        lines += [f"## True DSC of the judged segmenter ({extras[0]['segmenter']['segmenter']}), x100", ""]
+        rows = {}
+        for split in splits:
+            for cls in splits[split]:
+                rows[f"{split}: {cls}"] = [e["segmenter"]["splits"][split][cls] for e in extras]
+        lines += _table(rows, (("mean", "mean"), ("sd", "SD"), ("failures", "share < 0.3")), "split: class", 100.0)
+        lines += [""]
+    if all("synthesis" in e for e in extras):
+        keys = list(next(iter(extras[0]["synthesis"].values())))
+        rows = {name: [e["synthesis"][name] for e in extras] for name in extras[0]["synthesis"]}
+        lines += ["## Synthesis quality (HU; SSIM)", ""] + _table(rows, [(k, k) for k in keys], "synthesizer") + [""]
+    if all("pixel" in e for e in extras):
+        for reduction in extras[0]["pixel"]:
+            rows = {m: [e["pixel"][reduction][m] for e in extras] for m in extras[0]["pixel"][reduction]}
+            cols = (("AUPR_Error", "AUPR-Error ↑"), ("AUPR_Success", "AUPR-Success ↑"), ("AUROC", "AUROC ↑"),
+                    ("FPR95", "FPR95 ↓"))
+            lines += [f"## Pixel-level error maps, {reduction} (x100)", ""] + _table(rows, cols, "Method") + [""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", help="report.json files, one per run")
+    parser.add_argument("--out", default=None, help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    text = summarize_reports(args.reports)
+    print(text)
+    if args.out:
+        atomic_save_text(text + "\n", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

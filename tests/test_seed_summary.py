@@ -1,0 +1,36 @@
+"""Mean ± SD over seeds of saved reports, checked on hand-made report.json files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.seed_summary import main, summarize_reports
+
+
+def _report(path, mae, pc, seg_mean):
+    payload = {
+        "title": "T", "quality": "DSC",
+        "tables": {"tumour": {"SynthCP": {"MAE": mae, "STD": 1.0, "PC": pc, "SC": None}}},
+        "extra": {"segmenter": {"segmenter": "UNet", "splits": {"test": {"tumour": {"mean": seg_mean, "sd": 0.1,
+                                                                                     "failures": 0.5}}}}},
+    }
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_mean_and_sd_over_runs(tmp_path):
+    a = _report(tmp_path / "a.json", 10.0, 50.0, 0.3)
+    b = _report(tmp_path / "b.json", 14.0, 70.0, 0.5)
+    md = summarize_reports([a, b])
+    assert "| SynthCP | 12.00 ± 2.83 | 1.00 ± 0.00 | 60.00 ± 14.14 | n/a |" in md
+    assert "| test: tumour | 40.00 ± 14.14 | 10.00 ± 0.00 | 50.00 ± 0.00 |" in md
+    out = tmp_path / "summary.md"
+    assert main([str(a), str(b), "--out", str(out)]) == 0 and out.read_text().startswith("# T")
+
+
+def test_unreadable_report_is_refused(tmp_path):
+    with pytest.raises(SynthCPInputError, match="cannot read report"):
+        summarize_reports([tmp_path / "missing.json"])
