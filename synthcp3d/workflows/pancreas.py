@@ -213,14 +213,14 @@ class PancreasStudy(StudyBase):
         return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
 
 
-def nib_load(path: str | Path) -> Any:
+def _nib_load(path: str | Path) -> Any:
     import nibabel as nib
 
     return nib.load(str(path))
 
 
 def _load_volume(path: str | Path) -> np.ndarray:
-    return np.asarray(nib_load(path).dataobj)
+    return np.asarray(_nib_load(path).dataobj)
 
 
 def _save_volume(array: np.ndarray, reference_path: str | Path, path: Path) -> Path:
@@ -394,7 +394,7 @@ def prepare(study: PancreasStudy) -> dict:
         affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
         image_path = save_like(image[0].numpy().astype(np.float32), affine, out / f"{case}_image.nii.gz")
         label_path = save_like(label[0].numpy().astype(np.uint8), affine, out / f"{case}_label.nii.gz")
-        source_tumour = int((np.asarray(nib_load(item["label"]).dataobj) == TUMOUR).sum())
+        source_tumour = int((np.asarray(_nib_load(item["label"]).dataobj) == TUMOUR).sum())
         cases[case] = {
             "image": str(image_path),
             "label": str(label_path),
@@ -604,7 +604,7 @@ def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndar
     from monai.transforms import LoadImage
 
     label = LoadImage(image_only=True, ensure_channel_first=True)(case["source_label"])
-    native = to_native_grid(pred, nib_load(case["image"]).affine, label)
+    native = to_native_grid(pred, _nib_load(case["image"]).affine, label)
     true = per_class_quality(
         torch.as_tensor(native[None].astype(np.int64)), torch.as_tensor(np.asarray(label[0]).astype(np.int64)[None]),
         study.num_classes, "dice",
