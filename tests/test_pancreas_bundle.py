@@ -26,7 +26,7 @@ STAGES = ("prepare", "train_segmenter", "crossval", "train_synthesizer", "train_
 TINY = {
     "device": "cpu",
     "num_folds": 2,
-    "spacing": [2.0, 2.0, 2.0],
+    "spacing": [5.0, 5.0, 5.0],  # the phantoms are real-size patients: a coarse grid keeps the volumes ~48^3
     "patch_size": [32, 32, 32],
     "roi_size": [16, 16, 16],
     "vae_shape": [32, 32, 32],
