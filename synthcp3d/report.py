@@ -31,7 +31,9 @@ from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_te
 __all__ = ["QualityReport", "quality_report", "read_per_case_csv", "format_markdown_table", "markdown_table", "METRIC_COLUMNS"]
 
 # (key in quality_metrics' dict, column header as in the paper's tables)
-METRIC_COLUMNS: tuple[tuple[str, str], ...] = (("MAE", "MAE ↓"), ("STD", "STD ↓"), ("PC", "P.C. ↑"), ("SC", "S.C. ↑"))
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("MAE", "MAE ↓"), ("STD", "STD ↓"), ("PC", "P.C. ↑"), ("SC", "S.C. ↑"), ("AURC", "AURC ↓"), ("E-AURC", "E-AURC ↓"),
+)
 
 
 @dataclass
@@ -70,17 +72,25 @@ def markdown_table(
 
 
 def format_markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """Markdown table, rows = methods, columns = MAE, STD, P.C., S.C. (two decimals, ``n/a`` for undefined)."""
+    """Markdown table, rows = methods, columns = MAE, STD, P.C., S.C., AURC, E-AURC (two decimals, ``n/a``)."""
     return markdown_table(rows, METRIC_COLUMNS)
 
 
 def _metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
     from synthcp3d.metrics import quality_metrics  # imported here: the metrics package is optional at import time
 
+    from synthcp3d.metrics import risk_coverage
+
     if np.all(np.isnan(true)):
         return {key: float("nan") for key, _ in METRIC_COLUMNS}
     result = quality_metrics(predicted, true)
-    return {key: float(result[key]) if result.get(key) is not None else float("nan") for key, _ in METRIC_COLUMNS}
+    out = {key: float(result[key]) if result.get(key) is not None else float("nan") for key, _ in METRIC_COLUMNS}
+    # risk–coverage per class (confidence = that class's predicted quality), averaged over the classes with cases
+    per_class = [risk_coverage(predicted[:, k], true[:, k]) for k in range(true.shape[1])]
+    per_class = [r for r in per_class if r["n"]]
+    for key in ("AURC", "E-AURC"):
+        out[key] = float(np.mean([r[key] for r in per_class])) if per_class else float("nan")
+    return out
 
 
 def _check(predictions: Mapping[str, np.ndarray], true: np.ndarray, case_ids: Sequence[str], class_names: Sequence[str]):
@@ -186,7 +196,13 @@ def quality_report(
             i = class_index[name]
             path = out_dir / f"scatter_{_slug(method)}_{_slug(name)}.png"
             files[f"scatter/{method}/{name}"] = _scatter(path, values[:, i], true[:, i], method, name, quality_name)
+    for name in plot_classes:
+        i = class_index[name]
+        path = out_dir / f"risk_coverage_{_slug(name)}.png"
+        files[f"risk_coverage/{name}"] = _risk_coverage_plot(path, {m: v[:, i] for m, v in preds.items()}, true[:, i],
+                                                              name, quality_name)
     lines += ["## Files", ""] + [f"- per-case predictions: `{files['per_case_csv'].name}`"]
+    lines += [f"- risk–coverage curves: `risk_coverage_<class>.png` ({len(plot_classes)} files)"]
     lines += [f"- scatter plots: `scatter_<method>_<class>.png` ({len(preds) * len(plot_classes)} files)", ""]
     markdown = "\n".join(lines)
     files["markdown"] = atomic_save_text(markdown, out_dir / f"{prefix}.md")
@@ -260,7 +276,7 @@ def read_per_case_csv(path: str | Path) -> tuple[list[str], dict[str, np.ndarray
 def _write_table_csv(path: Path, tables, counts) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["table", "method", "MAE", "STD", "PC", "SC", "n_defined", "n_undefined"])
+    writer.writerow(["table", "method", *(key for key, _ in METRIC_COLUMNS), "n_defined", "n_undefined"])
     for group, rows in tables.items():
         for method, values in rows.items():
             writer.writerow(
@@ -288,6 +304,35 @@ def _scatter(path: Path, predicted: np.ndarray, true: np.ndarray, method: str, c
     ax.set_ylabel(f"predicted {class_name} {quality_name}")
     ax.set_title(f"{method} (n={int(keep.sum())})", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _risk_coverage_plot(path: Path, predicted: Mapping[str, np.ndarray], true: np.ndarray, class_name: str,
+                        quality_name: str) -> Path:
+    """Selective risk (1 - true quality of the accepted cases) against coverage, one curve per method + oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synthcp3d.metrics import risk_coverage, risk_coverage_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    for method, values in {**predicted, "oracle (true quality)": true}.items():
+        coverage, risk = risk_coverage_curve(values, true)
+        if coverage.size:
+            aurc = risk_coverage(values, true)["AURC"]
+            style = {"color": "black", "linestyle": "--"} if method.startswith("oracle") else {}
+            ax.step(np.r_[0.0, coverage], np.r_[risk[0], risk], where="post", label=f"{method} ({aurc:.1f})", **style)
+    ax.set_xlabel("coverage (share of cases accepted, most confident first)")
+    ax.set_ylabel(f"risk: mean 1 − {quality_name} of accepted")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{class_name}: risk–coverage (AURC x100 in brackets)", fontsize=10)
+    ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

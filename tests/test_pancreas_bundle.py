@@ -113,11 +113,14 @@ def test_report_files_and_plots(run_dir):
     for method in ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm"):
         assert f"| {method} |" in md
     assert len(list(ev.glob("scatter_*_tumour.png"))) == 7  # 5 methods + 2 x̂ ablations
+    assert (ev / "risk_coverage_tumour.png").is_file() and (ev / "comparison_examples.png").is_file()
     assert len(list((ev / "predictions").glob("*_pred.nii.gz"))) == 3
 
 
 def test_table_recomputed_from_per_case_csv(run_dir):
     import csv
+
+    from synthcp3d.metrics import risk_coverage
 
     _, out = run_dir
     report = json.loads((out / "evaluate" / "report.json").read_text())
@@ -137,6 +140,9 @@ def test_table_recomputed_from_per_case_csv(run_dir):
             assert saved["MAE"] == pytest.approx(100 * err.mean(), abs=1e-6)
             assert saved["STD"] == pytest.approx(100 * err.std(ddof=0), abs=1e-6)
             defined = keep.sum() >= 2 and np.ptp(pred) > 0 and np.ptp(t) > 0
+            rc = risk_coverage(pred, t)
+            assert saved["AURC"] == pytest.approx(rc["AURC"], abs=1e-6)
+            assert saved["E-AURC"] == pytest.approx(rc["E-AURC"], abs=1e-6)
             if defined:
                 assert saved["PC"] == pytest.approx(100 * stats.pearsonr(pred, t)[0], abs=1e-6)
                 assert saved["SC"] == pytest.approx(100 * stats.spearmanr(pred, t)[0], abs=1e-6)
