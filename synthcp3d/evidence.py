@@ -143,6 +143,7 @@ def synthesis_use_section(
     spread = {c: float(np.nanstd(reference[:, k])) for k, c in enumerate(class_names) if k}
     rows.append(f"| (spread of {name}'s prediction across cases, SD) | "
                 + " | ".join(f"{spread[c]:.3f}" for c in class_names[1:]) + " |")
+    constant = [c for c, v in spread.items() if v < 0.01]
     lines = [
         f"## Does the comparator use x̂? Mean |change| of {name}'s predicted quality",
         "",
@@ -150,6 +151,10 @@ def synthesis_use_section(
         "|---|" + "---:|" * (len(class_names) - 1),
         *rows,
     ]
+    if constant:
+        lines += ["", f"**{name}'s quality head is (nearly) constant for {', '.join(constant)}** (SD < 0.01 across cases): "
+                  "it has collapsed to one value and this table cannot tell whether it uses x̂; the pixel-level "
+                  "table's x̂ rows can."]
     return "\n".join(lines), {"mean_abs_change": data, "prediction_sd": spread}
 
 

@@ -114,8 +114,8 @@ PANCREAS, TUMOUR = 1, 2
 METHODS = ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm")
 #: SynthCP's comparator with another x̂ than G(ŷ): does it use the synthesis?
 ABLATIONS = ("SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank")
-#: error maps scored voxel by voxel
-PIXEL_METHODS = ("SynthCP", "Direct Prediction", "MC-Dropout entropy", "MSP (1 - max softmax)")
+#: error maps scored voxel by voxel (+ SynthCP's with x̂ replaced, :data:`ABLATIONS`)
+PIXEL_METHODS = ("SynthCP", "Direct Prediction", "MC-Dropout entropy", "MSP (1 - max softmax)", *ABLATIONS)
 #: trained network -> (weights file in ``models/``, key inside it, stage that writes it)
 NETWORKS: dict[str, tuple[str, str, str]] = {
     "segmenter": ("segmenter.pt", "segmenter", "train_segmenter"),
@@ -980,13 +980,13 @@ def _score(study: PancreasStudy, nets: _Scorers, image: np.ndarray, pred: np.nda
     direct = nets.direct(x_roi, onehot)
     mc_feat, entropy = _mc_features(study, nets.segmenter, x_roi, p_roi)
     painted = nets.painter(p_roi, seed=int(study.seed)).to(x_roi.device)
+    ablated = {ABLATIONS[0]: nets.synthcp(x_roi, onehot, painted), ABLATIONS[1]: nets.synthcp(x_roi, onehot, blank_like(x_roi))}
     raw = {
         "Direct Prediction": direct["quality"][0],
         "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
         "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
         "SynthCP": synthcp["quality"][0],
-        ABLATIONS[0]: nets.synthcp(x_roi, onehot, painted)["quality"][0],
-        ABLATIONS[1]: nets.synthcp(x_roi, onehot, blank_like(x_roi))["quality"][0],
+        **{name: out["quality"][0] for name, out in ablated.items()},
     }
     quality = {m: not_predicted_is_zero(q.float().cpu().numpy(), pred) for m, q in raw.items()}
     quality["SynthCP + VAE alarm"] = mean_ensemble(
@@ -999,6 +999,7 @@ def _score(study: PancreasStudy, nets: _Scorers, image: np.ndarray, pred: np.nda
         "Direct Prediction": torch.sigmoid(direct["error_logits"][0, 0].float()),
         "MC-Dropout entropy": entropy.float(),
         "MSP (1 - max softmax)": 1.0 - probs.max(1).values[0],
+        **{name: torch.sigmoid(out["error_logits"][0, 0].float()) for name, out in ablated.items()},
     }
     return CaseScores(
         quality={m: quality[m] for m in (*METHODS, *ABLATIONS)},
