@@ -238,8 +238,13 @@ def comparator_loss(
     ignore_index: int = 255,
     quality_weight: float = 1.0,
     error_weight: float = 1.0,
+    quality_loss: Literal["l1", "bce"] = "l1",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Paper eq. 8: mean L1 on the defined qualities + mean BCE on the non-ignored pixels.
+
+    ``quality_loss="bce"`` (not in the paper) replaces the L1 term by the binary cross-entropy of the sigmoid
+    output against the soft target: its gradient on the logit is ``p - y``, where L1's is ``±p(1 - p)``, which
+    vanishes once the head saturates at a constant near 0 (the median of a tumour DSC that is often 0).
 
     Args:
         outputs: the comparator's dict (``quality`` and/or ``error_logits``).
@@ -260,9 +265,15 @@ def comparator_loss(
         if target.shape != pred.shape:
             raise SynthCPInputError(f"quality target shape {tuple(target.shape)} differs from {tuple(pred.shape)}")
         mask = ~torch.isnan(target)
-        parts["quality_l1"] = (
-            (pred[mask] - target[mask]).abs().mean() if bool(mask.any()) else pred.sum() * 0.0
-        )
+        if quality_loss not in ("l1", "bce"):
+            raise SynthCPInputError(f"quality_loss must be 'l1' or 'bce', got {quality_loss!r}")
+        if not bool(mask.any()):
+            parts[f"quality_{quality_loss}"] = pred.sum() * 0.0
+        elif quality_loss == "l1":
+            parts["quality_l1"] = (pred[mask] - target[mask]).abs().mean()
+        else:
+            eps = 1e-6
+            parts["quality_bce"] = F.binary_cross_entropy(pred[mask].clamp(eps, 1 - eps), target[mask].clamp(0, 1))
     if "error_logits" in outputs:
         if error_target is None:
             raise ValueError("outputs hold 'error_logits' but no error_target was given")
@@ -280,6 +291,6 @@ def comparator_loss(
         )
     if not parts:
         raise ValueError("outputs hold neither 'quality' nor 'error_logits'")
-    weights = {"quality_l1": quality_weight, "error_bce": error_weight}
+    weights = {"quality_l1": quality_weight, "quality_bce": quality_weight, "error_bce": error_weight}
     total = sum(weights[k] * v for k, v in parts.items())
     return total, parts  # type: ignore[return-value]

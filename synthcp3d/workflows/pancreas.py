@@ -776,12 +776,17 @@ def train_comparator(
     batch_size: int = 4,
     lr: float = 1e-4,
     jitter: int = 2,
+    quality_loss: str = "l1",
 ) -> dict:
     """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
 
     Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
+    ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`).
     """
+    from functools import partial
+
     from synthcp3d.engines.comparator import ComparatorTrainer
+    from synthcp3d.networks.comparator import comparator_loss
 
     records = _cv_records(study)
     items = [{"image": r["image"], "label": r["label"], "pred": r["pred"]} for r in records.values()]
@@ -795,12 +800,13 @@ def train_comparator(
         loader = _loader(study, dataset, batch_size, int(study.seed) + 200)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
         trainer = ComparatorTrainer(
-            study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice"
+            study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice",
+            loss_function=partial(comparator_loss, quality_loss=quality_loss),
         )
         checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
         _train(study, trainer, iterations, checkpoints)
         save_network(study, name, net, factory)
-    return {"num_cases": len(items), "iterations": int(iterations)}
+    return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss}
 
 
 def _cv_records(study: PancreasStudy) -> dict[str, dict]:
