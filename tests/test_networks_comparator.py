@@ -158,3 +158,22 @@ def test_joint_comparator_on_cuda():
     total, _ = comparator_loss(out, torch.rand(2, 3, device="cuda"), torch.zeros(2, *SHAPES[3], device="cuda"))
     total.backward()
     assert out["error_logits"].device.type == "cuda" and torch.isfinite(total)
+
+
+def test_bce_quality_loss_keeps_a_gradient_where_l1_vanishes():
+    from synthcp3d.networks.comparator import comparator_loss
+
+    logits = torch.tensor([[-6.0, 0.0]], requires_grad=True)  # a head saturated near 0, and a neutral one
+    target = torch.tensor([[0.8, float("nan")]])
+    grads = {}
+    for kind in ("l1", "bce"):
+        logits.grad = None
+        loss, parts = comparator_loss({"quality": torch.sigmoid(logits)}, target, quality_loss=kind)
+        loss.backward()
+        grads[kind] = logits.grad[0, 0].item()
+        assert set(parts) == {f"quality_{kind}"} and logits.grad[0, 1].item() == 0.0  # NaN target masked
+    p = torch.sigmoid(torch.tensor(-6.0)).item()
+    assert grads["l1"] == pytest.approx(-p * (1 - p), rel=1e-4)  # tiny
+    assert grads["bce"] == pytest.approx(p - 0.8, rel=1e-4)  # p - y
+    with pytest.raises(SynthCPInputError, match="quality_loss"):
+        comparator_loss({"quality": torch.sigmoid(logits)}, target, quality_loss="mse")
