@@ -26,11 +26,14 @@ __all__ = ["summarize_reports", "main"]
 
 def _mean_sd(values: Sequence[Any]) -> str:
     v = np.array([np.nan if x is None else float(x) for x in values], dtype=np.float64)
+    runs = v.size
     v = v[np.isfinite(v)]
     if not v.size:
         return "n/a"
-    sd = v.std(ddof=1) if v.size > 1 else 0.0
-    return f"{v.mean():.2f} ± {sd:.2f}"
+    if v.size == 1:
+        return f"{v[0]:.2f}" + (f" (1 of {runs} runs)" if runs > 1 else "")
+    text = f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+    return text + (f" ({v.size} of {runs} runs)" if v.size < runs else "")
 
 
 def _table(rows: dict[str, list[dict]], columns: Sequence[tuple[str, str]], first: str, scale: float = 1.0) -> list[str]:
@@ -76,7 +79,8 @@ def summarize_reports(paths: Sequence[str | Path]) -> str:
         lines += ["## Synthesis quality (HU; SSIM)", ""] + _table(rows, [(k, k) for k in keys], "synthesizer") + [""]
     if all("pixel" in e for e in extras):
         for reduction in extras[0]["pixel"]:
-            rows = {m: [e["pixel"][reduction][m] for e in extras] for m in extras[0]["pixel"][reduction]}
+            methods = dict.fromkeys(m for e in extras for m in e["pixel"].get(reduction, {}))
+            rows = {m: [e["pixel"].get(reduction, {}).get(m, {}) for e in extras] for m in methods}
             cols = (("AUPR_Error", "AUPR-Error ↑"), ("AUPR_Success", "AUPR-Success ↑"), ("AUROC", "AUROC ↑"),
                     ("FPR95", "FPR95 ↓"))
             lines += [f"## Pixel-level error maps, {reduction} (x100)", ""] + _table(rows, cols, "Method") + [""]
