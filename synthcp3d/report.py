@@ -332,7 +332,8 @@ def _risk_coverage_plot(path: Path, predicted: Mapping[str, np.ndarray], true: n
     ax.set_ylabel(f"risk: mean 1 − {quality_name} of accepted")
     ax.set_xlim(0, 1)
     ax.set_title(f"{class_name}: risk–coverage (AURC x100 in brackets)", fontsize=10)
-    ax.legend(fontsize=6, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:  # no curve when no case has a defined quality
+        ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
