@@ -56,7 +56,7 @@ def _slug(text: str) -> str:
 
 
 def _fmt(value: float) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.2f}"
 
 
 def markdown_table(

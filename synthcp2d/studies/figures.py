@@ -6,7 +6,6 @@ anomaly tables (methods x metric keys) are formatted here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -67,13 +66,6 @@ def panel_figure(
 
 def metrics_markdown(rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]]) -> str:
     """Markdown table: one row per method, ``columns`` = (metric key, header); two decimals, ``n/a`` if undefined."""
-    header = "| method | " + " | ".join(h for _, h in columns) + " |"
-    rule = "|---|" + "---:|" * len(columns)
-    lines = [header, rule]
-    for method, values in rows.items():
-        cells = []
-        for key, _ in columns:
-            v = values.get(key)
-            cells.append("n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.2f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from synthcp3d.report import markdown_table
+
+    return markdown_table(rows, columns, first="method")
