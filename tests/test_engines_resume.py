@@ -14,6 +14,7 @@ from monai.utils import set_determinism
 
 from synthcp3d.engines.checkpoint import find_latest_checkpoint, load_checkpoint, load_weights, save_weights
 from synthcp3d.engines.gan import GanTrainer
+from synthcp3d.workflows.common import linear_decay_schedule
 from synthcp3d.engines.sampling import make_train_loader
 from synthcp3d.engines.segmentation import SegmenterTrainer
 from synthcp3d.engines.training import run_training
@@ -62,7 +63,9 @@ def _gan_trainer() -> tuple[dict[str, nn.Module], GanTrainer]:
     disc = build_discriminator(2, num_classes=3, image_channels=1, num_d=1, num_layers_d=2, channels=8)
     opt_g, opt_d = make_gan_optimizers(gen, disc, lr_g=1e-3, lr_d=4e-3)
     loader = make_train_loader(_augmented(_pairs(8)), batch_size=4, seed=5)  # epoch length 2
-    trainer = GanTrainer("cpu", loader, gen, disc, opt_g, opt_d, num_classes=3)
+    schedulers = {"scheduler_g": linear_decay_schedule(opt_g, 5, 0.6), "scheduler_d": linear_decay_schedule(opt_d, 5, 0.6)}
+    trainer = GanTrainer("cpu", loader, gen, disc, opt_g, opt_d, num_classes=3, class_mean_weight=1.0,
+                         schedulers=schedulers)
     return {"generator": gen, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}, trainer
 
 

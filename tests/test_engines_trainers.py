@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -13,11 +14,12 @@ from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 
 from synthcp3d.engines.comparator import ComparatorTrainer
-from synthcp3d.engines.gan import GanTrainer
+from synthcp3d.engines.gan import GanTrainer, class_mean_error
 from synthcp3d.engines.mask_vae import MaskVAETrainer
 from synthcp3d.engines.sampling import make_train_loader
 from synthcp3d.engines.segmentation import SegmentationLoss, SegmenterTrainer, create_segmenter_evaluator
 from synthcp3d.engines.training import run_training
+from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import (
     MaskVAE,
     SPADEGenerator,
@@ -26,6 +28,7 @@ from synthcp3d.networks import (
     make_gan_optimizers,
     one_hot_labels,
 )
+from synthcp3d.workflows.common import linear_decay_schedule
 
 LEVELS = torch.tensor([-0.8, 0.0, 0.8])
 
@@ -249,3 +252,51 @@ def test_gan_trainer_bf16_amp_on_cuda(tmp_path: Path) -> None:
     run_training(trainer, 4, tmp_path, checkpoint_every=2, progress=False, log_every=0)
     assert trainer.use_amp and all(torch.isfinite(v) for v in trainer.state.output.values())
     assert all(p.dtype == torch.float32 for p in gen.parameters())  # autocast, not a cast of the weights
+
+
+def test_class_mean_error_matches_a_loop() -> None:
+    """Per (sample, class present, channel) |mean error|, classes absent from a sample and unlabelled voxels skipped."""
+    g = torch.Generator().manual_seed(1)
+    fake, real = torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 3, 5, 6, generator=g)
+    labels = torch.randint(0, 3, (2, 5, 6), generator=g)
+    labels[1][labels[1] == 2] = 0  # class 2 absent from sample 1
+    onehot = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()  # class 3 absent everywhere
+    onehot[0, :, 0, :] = 0  # a row of "ignore" voxels (all-zero one-hot)
+    expected = []
+    for b in range(2):
+        for c in range(4):
+            mask = onehot[b, c] > 0
+            if mask.any():
+                expected.append(np.mean([abs(float(fake[b, k][mask].mean() - real[b, k][mask].mean())) for k in range(3)]))
+    assert class_mean_error(fake, real, onehot).item() == pytest.approx(np.mean(expected), rel=1e-5)
+    assert class_mean_error(fake, real, torch.zeros_like(onehot)).item() == 0.0
+
+
+def test_gan_trainer_reports_its_optional_terms(tmp_path: Path) -> None:
+    set_determinism(0)
+    gen = SPADEGenerator(2, num_classes=3, out_channels=1, channels=(8, 4), spade_hidden_channels=4)
+    disc = build_discriminator(2, num_classes=3, image_channels=1, num_d=1, num_layers_d=1, channels=4)
+    opt_g, opt_d = make_gan_optimizers(gen, disc, lr_g=1e-3, lr_d=4e-3)
+    loader = make_train_loader(Dataset(_scenes(4)), batch_size=2, seed=0)
+    trainer = GanTrainer("cpu", loader, gen, disc, opt_g, opt_d, num_classes=3, reconstruction_weight=10.0,
+                         class_mean_weight=10.0)
+    run_training(trainer, 2, tmp_path, checkpoint_every=0, progress=False)
+    out = trainer.state.output
+    assert {"loss_g_l1", "loss_g_class_mean"} <= set(out) and float(out["loss_g_class_mean"]) > 0
+    total = out["loss_g_adv"] + out["loss_g_fm"] + out["loss_g_l1"] + out["loss_g_class_mean"]
+    assert float(out["loss_g"]) == pytest.approx(float(total), rel=1e-5)
+
+
+def test_linear_decay_schedule_is_spade_s() -> None:
+    """Constant for the first (1 - fraction) of the run, then linear to 0 at the last iteration."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(()))], lr=1.0)
+    sched = linear_decay_schedule(opt, iterations=10, fraction=0.4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25])
+    assert opt.param_groups[0]["lr"] == 0.0
+    with pytest.raises(SynthCPInputError, match="lr_decay_fraction"):
+        linear_decay_schedule(opt, 10, 1.5)

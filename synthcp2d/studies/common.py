@@ -325,9 +325,12 @@ def train_synthesizer(
     lr_g: float = 1e-4,
     lr_d: float = 4e-4,
     feature_matching_weight: float = 10.0,
+    class_mean_weight: float = 0.0,
+    lr_decay_fraction: float = 0.0,
 ) -> dict:
-    """2D SPADE (`GanTrainer`: hinge + feature matching) on ground-truth (label, image) pairs of the training split
-    -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot vectors."""
+    """2D SPADE (`GanTrainer`: hinge + feature matching [+ per-class mean]) on ground-truth (label, image) pairs of
+    the training split -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot vectors.
+    ``lr_decay_fraction``: SPADE's linear LR decay (see `fit_synthesizer`)."""
     from synthcp3d.engines.checkpoint import save_weights
     from synthcp3d.engines.sampling import make_train_loader
 
@@ -339,7 +342,8 @@ def train_synthesizer(
     g = fit_synthesizer(
         study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
         num_classes=study.num_classes, ignore_index=study.ignore_index, lr_g=lr_g, lr_d=lr_d,
-        feature_matching_weight=feature_matching_weight,
+        feature_matching_weight=feature_matching_weight, class_mean_weight=class_mean_weight,
+        lr_decay_fraction=lr_decay_fraction,
     )
     save_weights({"generator": g}, study.models / "generator.pt")
     save_network_spec(study, "generator", generator)

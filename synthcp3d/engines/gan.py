@@ -21,7 +21,26 @@ from synthcp3d.engines.workflow import BaseTrainer, is_ddp
 from synthcp3d.networks.gan_losses import FEATURE_MATCHING_WEIGHT, HingeGANLoss, feature_matching_loss
 from synthcp3d.networks.synthesizer import discriminator_input, one_hot_labels
 
-__all__ = ["GanTrainer"]
+__all__ = ["GanTrainer", "class_mean_error"]
+
+
+def class_mean_error(fake: torch.Tensor, real: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Mean over (sample, class present) of ``|mean_c(fake) - mean_c(real)|``, averaged over image channels.
+
+    Args:
+        fake, real: ``(B, Ci, *S)`` images.
+        onehot: ``(B, C, *S)`` one-hot labels (all-zero voxels belong to no class).
+
+    Returns:
+        a scalar (0 when no class is present).
+    """
+    dims = tuple(range(2, onehot.ndim))
+    weights = onehot.float()
+    counts = weights.sum(dims)  # (B, C)
+    diff = torch.einsum("bk...,bc...->bkc", fake - real, weights)  # (B, Ci, C): summed error per class
+    per_class = (diff / counts.clamp(min=1)[:, None]).abs().mean(1)  # (B, C)
+    present = counts > 0
+    return per_class[present].mean() if present.any() else fake.sum() * 0
 
 
 def _split(outputs: Sequence[Any], batch: int) -> tuple[list[Any], list[Any]]:
@@ -56,6 +75,10 @@ class GanTrainer(BaseTrainer):
         reconstruction_weight: weight of an L1 term ``mean |G(y) - x|`` (0 disables; SPADE has none). A deviation
             from SPADE for where no perceptual network is available offline: it anchors each label's intensity,
             which the adversarial and feature-matching terms alone reach only after long training.
+        class_mean_weight: weight of a per-class intensity term: the mean over (sample, class present in ``y``) of
+            ``|mean of G(y) over the class - mean of x over the class|`` (0 disables; not in SPADE). The voxel-wise
+            L1 is dominated by the largest class, so a small organ's mean intensity can stay biased; this term
+            weighs every class equally and leaves the texture to the adversarial terms.
         schedulers: name -> LR scheduler stepped every iteration.
         image_key, label_key: batch keys.
         kwargs: `BaseTrainer` arguments (``epoch_length``, ``amp``, ``train_handlers``, ...).
@@ -75,6 +98,7 @@ class GanTrainer(BaseTrainer):
         feature_matching_weight: float = FEATURE_MATCHING_WEIGHT,
         perceptual_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         reconstruction_weight: float = 0.0,
+        class_mean_weight: float = 0.0,
         schedulers: Mapping[str, Any] | None = None,
         image_key: str = "image",
         label_key: str = "label",
@@ -97,6 +121,7 @@ class GanTrainer(BaseTrainer):
             perceptual_loss = perceptual_loss.to(self.state.device)
         self.perceptual_loss = perceptual_loss
         self.reconstruction_weight = float(reconstruction_weight)
+        self.class_mean_weight = float(class_mean_weight)
         self.image_key, self.label_key = image_key, label_key
 
     def _iteration(self, engine: GanTrainer, batchdata: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -144,6 +169,10 @@ class GanTrainer(BaseTrainer):
                     loss_l1 = engine.reconstruction_weight * (fake.float() - real).abs().mean()
                     loss_g = loss_g + loss_l1
                     out["loss_g_l1"] = loss_l1.detach()
+                if engine.class_mean_weight > 0:
+                    loss_cm = engine.class_mean_weight * class_mean_error(fake.float(), real, onehot)
+                    loss_g = loss_g + loss_cm
+                    out["loss_g_class_mean"] = loss_cm.detach()
             loss_g.backward()
         engine.g_optimizer.step()
         return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), **out}

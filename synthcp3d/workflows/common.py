@@ -135,22 +135,47 @@ def fit_synthesizer(
     lr_d: float = 4e-4,
     feature_matching_weight: float = 10.0,
     reconstruction_weight: float = 0.0,
+    class_mean_weight: float = 0.0,
+    lr_decay_fraction: float = 0.0,
 ) -> torch.nn.Module:
     """SPADE training shared by every study (2D and 3D): fresh G and D from their factories, TTUR Adam,
-    `GanTrainer` (hinge + feature matching [+ L1 reconstruction]) on the ``loader``'s (label, image) pairs,
-    resumable. Returns G."""
+    `GanTrainer` (hinge + feature matching [+ L1 reconstruction] [+ per-class mean]) on the ``loader``'s (label,
+    image) pairs, resumable. Returns G.
+
+    ``lr_decay_fraction``: SPADE's schedule (``niter`` then ``niter_decay``): both LRs constant, then linearly to 0
+    over this final fraction of the iterations (SPADE's Cityscapes setting: 0.5; 0 keeps them constant). With Adam's
+    beta1 = 0 the weights of a constant-LR run keep jumping at the last step; the decay lets them settle.
+    """
     from synthcp3d.engines.gan import GanTrainer
     from synthcp3d.engines.training import run_training
     from synthcp3d.networks.gan_losses import make_gan_optimizers
 
     g, d = generator().to(study.torch_device), discriminator().to(study.torch_device)
     opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
+    schedulers = {
+        name: linear_decay_schedule(opt, int(iterations), lr_decay_fraction)
+        for name, opt in (("scheduler_g", opt_g), ("scheduler_d", opt_d))
+    } if lr_decay_fraction > 0 else None
     trainer = GanTrainer(
         study.torch_device, loader, g, d, opt_g, opt_d, num_classes=num_classes, ignore_index=ignore_index,
         feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
+        class_mean_weight=class_mean_weight, schedulers=schedulers,
     )
     run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
     return g
+
+
+def linear_decay_schedule(
+    optimizer: torch.optim.Optimizer, iterations: int, fraction: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant LR, then linear to 0 over the last ``fraction`` of ``iterations`` (stepped once per iteration)."""
+    if not 0.0 < fraction <= 1.0:
+        raise SynthCPInputError(f"lr_decay_fraction must be in (0, 1], got {fraction}")
+    decay = max(int(round(fraction * iterations)), 1)
+    start = iterations - decay
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 if step < start else max(iterations - step, 0) / decay
+    )
 
 
 def study_stage(name: str) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:

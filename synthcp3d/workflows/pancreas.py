@@ -712,12 +712,16 @@ def train_synthesizer(
     jitter: int = 4,
     feature_matching_weight: float = 10.0,
     reconstruction_weight: float = 0.0,
+    class_mean_weight: float = 0.0,
+    lr_decay_fraction: float = 0.0,
 ) -> dict:
     """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``,
     and the class-mean painter (its non-learned replacement) on the same crops -> ``models/painter.json``.
 
     The ROI is centred on the ground-truth pancreas with a random shift of up to ``jitter`` voxels per axis (the
-    test-time centre comes from a prediction). ``reconstruction_weight`` adds an L1 term (see `GanTrainer`).
+    test-time centre comes from a prediction). ``reconstruction_weight`` adds an L1 term and
+    ``class_mean_weight`` a per-class mean-intensity term (see `GanTrainer`); ``lr_decay_fraction`` is SPADE's
+    linear LR decay (see `fit_synthesizer`).
     """
     from synthcp3d.scoring.synthesis import ClassMeanPainter
 
@@ -729,7 +733,8 @@ def train_synthesizer(
     g = fit_synthesizer(
         study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
         num_classes=study.num_classes, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
-        reconstruction_weight=reconstruction_weight,
+        reconstruction_weight=reconstruction_weight, class_mean_weight=class_mean_weight,
+        lr_decay_fraction=lr_decay_fraction,
     )
     save_network(study, "generator", g, generator)
     painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
