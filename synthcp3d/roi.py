@@ -3,9 +3,10 @@
 Tumour DSC is a local quantity, so the synthesizer, the comparator and the MC-Dropout baseline look at a fixed-size
 box around the pancreas rather than at the whole abdomen. The crop rule (documented in the bundle README):
 
-1. the centre is the centre of the bounding box of the voxels with label > 0 (pancreas or tumour) of the
-   **predicted** segmentation (at training time of the synthesizer: of the ground truth, there being no
-   prediction);
+1. the centre is the centre of the bounding box of the largest connected component (26-connectivity) of the
+   voxels with label > 0 (pancreas or tumour) of the **predicted** segmentation (at training time of the
+   synthesizer: of the ground truth, there being no prediction), so that a distant false-positive blob does not
+   pull the box off the pancreas;
 2. if that mask is empty the centre falls back to the centre of the volume, and the fallback is reported;
 3. the box has the fixed ``roi_size``; it is shifted (not clipped) to stay inside the volume, so every crop holds
    ``roi_size`` real voxels; only a volume smaller than ``roi_size`` along an axis is padded (image with its
@@ -34,6 +35,7 @@ __all__ = [
     "crop_to_box",
     "paste_from_box",
     "pancreas_roi",
+    "largest_component",
     "tight_box",
     "PancreasROICropd",
 ]
@@ -160,9 +162,26 @@ def paste_from_box(roi: ArrayLike, box: RoiBox, spatial_shape: Sequence[int], fi
     return out
 
 
+def largest_component(mask: ArrayLike) -> np.ndarray:
+    """The largest connected component (full connectivity) of ``mask > 0`` ``(*S)`` as a bool array (empty stays
+    empty; ties: the component met first in C order).
+
+    MONAI's ``get_largest_connected_component_mask`` needs scikit-image (not a dependency here): scipy does it.
+    """
+    from scipy import ndimage
+
+    m = _as_numpy(mask) > 0
+    components, count = ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))
+    if count <= 1:
+        return m
+    sizes = np.bincount(components.ravel())[1:]
+    return components == int(np.argmax(sizes)) + 1
+
+
 def pancreas_roi(mask: ArrayLike, roi_size: Sequence[int]) -> RoiBox:
-    """The crop rule of the module docstring: box of ``roi_size`` around the bbox centre of ``mask > 0`` ``(*S)``."""
-    center, fallback = foreground_center(mask)
+    """The crop rule of the module docstring: box of ``roi_size`` around the bbox centre of the largest connected
+    component of ``mask > 0`` ``(*S)``."""
+    center, fallback = foreground_center(largest_component(mask))
     return roi_box(center, roi_size, tuple(mask.shape), fallback)
 
 
@@ -227,7 +246,7 @@ class PancreasROICropd(Randomizable, MapTransform):
         source = d[self.source_key]
         if source.ndim == len(self.roi_size) + 1:
             source = source[0]
-        center, fallback = foreground_center(source)
+        center, fallback = foreground_center(largest_component(source))
         if self.jitter > 0:
             self.randomize()
             center = tuple(c + s for c, s in zip(center, self._shift))

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from synthcp3d.errors import SynthCPInputError
-from synthcp3d.roi import PancreasROICropd, crop_to_box, foreground_center, pancreas_roi, paste_from_box, roi_box, tight_box
+from synthcp3d.roi import (
+    PancreasROICropd,
+    crop_to_box,
+    foreground_center,
+    largest_component,
+    pancreas_roi,
+    paste_from_box,
+    roi_box,
+    tight_box,
+)
 
 
 def test_center_of_bbox_and_fallback():
@@ -63,3 +72,22 @@ def test_bad_roi_raises():
         roi_box((1.0, 2.0), (4, 4, 4), (8, 8, 8))
     with pytest.raises(SynthCPInputError):
         roi_box((1.0, 2.0, 3.0), (4, 0, 4), (8, 8, 8))
+
+
+def test_roi_centres_on_the_largest_component_not_on_a_false_positive_blob():
+    """A distant 2-voxel blob would move the bounding-box centre by half the distance; the largest component wins."""
+    mask = np.zeros((40, 20, 10), dtype=np.int64)
+    mask[4:12, 8:12, 3:7] = 1  # the "pancreas" (128 voxels), centre (7.5, 9.5, 4.5)
+    mask[6:8, 9:11, 4:6] = 2  # a tumour inside it: same component
+    mask[37:39, 2, 2] = 1  # a false-positive blob far away
+    assert foreground_center(mask)[0][0] == 21.0  # the old rule: a box between the two
+    box = pancreas_roi(mask, (8, 8, 4))
+    assert box.start == (4, 6, 3) and box.stop == (12, 14, 7)
+    cropped = PancreasROICropd(keys="label", source_key="label", roi_size=(8, 8, 4))({"label": mask[None]})
+    assert cropped["roi_box"]["start"] == [4, 6, 3]  # the dict transform follows the same rule
+    comp = largest_component(mask)
+    assert comp.sum() == 128 and not comp[37:39].any()
+    diagonal = np.zeros((3, 3, 3), dtype=bool)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = True  # touching at a corner: one component (26-connectivity)
+    assert largest_component(diagonal).sum() == 2
+    assert not largest_component(np.zeros((4, 4, 4))).any()
