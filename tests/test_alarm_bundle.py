@@ -138,6 +138,27 @@ def test_planted_error_through_real_predictor(bundle: Path, kind: str) -> None:
     assert report.predicted_dsc["synthcp"]["tumour"] == pytest.approx(0.2)
 
 
+class MustNotRun(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the bundle's segmenter ran although a mask was given")
+
+
+def test_real_predictor_judges_a_given_mask(bundle: Path, tmp_path: Path) -> None:
+    """The given mask (another tool's values) reaches the comparator: its planted error lands on the mask's tumour."""
+    alarm = DSCAlarm.from_bundle(bundle, device="cpu", progress=False)
+    alarm.predictor.segmenter = MustNotRun()
+    alarm.predictor.comparator = ErrorWhereTumour()
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[BLOCK] = 5
+    path = save_like(mask, affine_for("lps"), tmp_path / "other_tool.nii.gz")
+    report = alarm((phantom(), affine_for("lps")), mask=path, labels="tumour=5")
+    truth = mask == 5
+    assert np.array_equal(report.segmentation == 2, truth) and "segment" not in report.seconds
+    err = report.error_probability > 0.5
+    assert 2 * (err & truth).sum() / (err.sum() + truth.sum()) > 0.75
+    assert report.judged["labels"] == {"tumour": 5}
+
+
 def test_bundle_files_are_plain_json(bundle: Path) -> None:
     """networks.json and settings.json are written and read as JSON (no Python reprs), by the study's own loaders."""
     from functools import partial

@@ -7,6 +7,7 @@
     alarm = DSCAlarm.from_bundle("bundles/pancreas_ct_synthcp", device="cpu")
     report = alarm("case.nii.gz")                  # or alarm((array_xyz, affine_4x4))
     print(report.predicted_dsc["ensemble"]["tumour"], report.flagged)
+    report = alarm("case.nii.gz", mask="nnunet/case.nii.gz", labels="pancreas=1,tumour=2")  # judge another mask
     for report in alarm.run_batch(paths, out_dir="alarm_out"):
         ...
 
@@ -14,6 +15,9 @@ Each case: load (NIfTI or DICOM series, checked) -> the bundle's preprocessing a
 Spacing, HU window) -> predictor (segment, synthesize, compare, VAE alarm, ensemble) on the working grid ->
 segmentation and error probability resampled back onto the input's own grid and affine (by the affines, so any
 orientation, spacing or obliquity round-trips) -> flag (:data:`~synthcp3d.alarm.report.FLAG_RULE`).
+
+With ``mask=`` the alarm judges that segmentation instead of running the bundle's segmenter
+(:mod:`synthcp3d.alarm.masks`: label values mapped, grid checked and matched); the report says which was judged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthcp3d.alarm.geometry import as_metatensor, resample_to_grid
+from synthcp3d.alarm.geometry import affine_of, as_metatensor, resample_to_grid
 from synthcp3d.alarm.inputs import CaseInput, case_name, discover_inputs
 from synthcp3d.alarm.predictor import STAGES, Prediction, Predictor
 from synthcp3d.alarm.report import AlarmReport, flag_case
@@ -118,6 +123,25 @@ def load_predictor(bundle: str | os.PathLike, device: torch.device) -> Predictor
     return BundlePredictor.from_bundle(bundle, device=device)
 
 
+@dataclass
+class GivenMask:
+    """A segmentation given to judge: its source, label mapping, and class indices ``(X, Y, Z)`` on its own grid."""
+
+    source: str
+    labels: dict[str, int]
+    classes: np.ndarray
+    affine: np.ndarray
+    unclaimed: list[int]
+
+    def describe(self) -> dict[str, Any]:
+        return {"segmentation": "given mask", "mask": self.source, "labels": dict(self.labels)}
+
+    def on_image_grid(self, image_affine: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+        from synthcp3d.alarm.masks import mask_on_image_grid
+
+        return mask_on_image_grid(self.classes, self.affine, image_affine, image_shape)
+
+
 class DSCAlarm:
     """Predicts tumour (and pancreas) DSC for a CT volume and flags the cases whose segmentation needs checking.
 
@@ -178,8 +202,19 @@ class DSCAlarm:
         return cls(predictor, threshold=value, threshold_source=source, **kwargs)
 
     # ------------------------------------------------------------------ one case
-    def __call__(self, source: VolumeInput, case_id: str | None = None) -> AlarmReport:
+    def __call__(
+        self,
+        source: VolumeInput,
+        case_id: str | None = None,
+        mask: str | os.PathLike | tuple[np.ndarray, np.ndarray] | None = None,
+        labels: str | dict[str, int] | None = None,
+    ) -> AlarmReport:
         """Run the alarm on one volume: a path (NIfTI file or DICOM series folder), ``(array, affine)`` or a CTVolume.
+
+        Args:
+            mask: judge this segmentation (a NIfTI label file or ``(array (X, Y, Z), affine)``, on the image's grid
+                or another grid of the same field of view and orientation) instead of the bundle segmenter's.
+            labels: the mask's value of each class, ``"pancreas=1,tumour=2"`` (the default) or a dict.
 
         Returns:
             the report with arrays on the input's own grid. Raises :class:`SynthCPInputError` for unusable input.
@@ -188,6 +223,7 @@ class DSCAlarm:
         start = time.perf_counter()
         with timer("load"), _captured_warnings() as messages:
             array, affine, text = _load_volume(source)
+            given = self._load_given_mask(mask, labels, affine, array.shape) if mask is not None else None
         if case_id is None:
             case_id = case_name(Path(text)) if text != "<array>" else "array"
         report = AlarmReport(case=case_id, source=text, affine=affine, shape=tuple(array.shape))
@@ -196,16 +232,31 @@ class DSCAlarm:
         report.image = array
         report.model = dict(self.predictor.info.get("model", {}))
         report.bundle = dict(self.predictor.info.get("bundle", {}))
+        report.judged = given.describe() if given is not None else {
+            "segmentation": "bundle segmenter", "segmenter": report.model.get("name", "")
+        }
+        if given is not None and given.unclaimed:
+            report.warnings.append(
+                f"mask values {given.unclaimed} are not mapped to a class by --labels {given.labels}: read as background"
+            )
 
         with torch.inference_mode():
             with timer("preprocess"):
                 working_in = self.predictor.preprocess(as_metatensor(array, affine))
-            prediction = self.predictor(working_in, timer=timer)
+            if given is None:
+                prediction = self.predictor(working_in, timer=timer)
+            else:
+                working = resample_to_grid(
+                    given.classes, given.affine, affine_of(working_in), tuple(working_in.shape[1:]), "nearest"
+                )
+                prediction = self.predictor(working_in, timer=timer, segmentation=np.rint(working).astype(np.uint8))
         for stage, value in prediction.seconds.items():
             timer.seconds.setdefault(stage, value)
 
         with timer("postprocess"):
             report.segmentation, report.error_probability = self.to_input_grid(prediction, affine, array.shape)
+            if given is not None:  # the judged mask itself, one nearest step from its own grid (not a round trip)
+                report.segmentation = given.on_image_grid(affine, array.shape)
 
         report.working = prediction
         report.predicted_dsc = {m: dict(v) for m, v in prediction.dsc.items()}
@@ -215,6 +266,18 @@ class DSCAlarm:
         report.seconds = {k: timer.seconds[k] for k in (*STAGES, "total") if k in timer.seconds}
         report.timer = timer
         return report
+
+    def _load_given_mask(
+        self, mask: Any, labels: str | dict[str, int] | None, image_affine: np.ndarray, image_shape: tuple[int, ...]
+    ) -> GivenMask:
+        from synthcp3d.alarm import masks
+
+        values, mask_affine, text = masks.load_mask(mask)
+        masks.check_same_space(mask_affine, values.shape, image_affine, image_shape)
+        names = [n for i, n in sorted(self.predictor.labels.items()) if i != 0]
+        label_map = masks.parse_label_map(labels, names)
+        classes, unclaimed = masks.mask_to_classes(values, label_map, {n: i for i, n in self.predictor.labels.items()})
+        return GivenMask(text, label_map, classes, mask_affine, unclaimed)
 
     @staticmethod
     def to_input_grid(
@@ -241,6 +304,7 @@ class DSCAlarm:
         inputs: Iterable[str | os.PathLike | CaseInput] | str | os.PathLike,
         out_dir: str | os.PathLike | None = None,
         keep_arrays: bool | None = None,
+        labels: str | dict[str, int] | None = None,
     ) -> Iterator[AlarmReport]:
         """Process many cases, yielding one report per case in order; a failing case yields a report with ``error``.
 
@@ -249,6 +313,7 @@ class DSCAlarm:
             out_dir: when given, each case's outputs are written there (:func:`write_case_outputs`) as it finishes.
             keep_arrays: keep the voxel arrays in the yielded reports (default: only when ``out_dir`` is None, so a
                 long batch that writes files does not hold every volume in memory).
+            labels: the label mapping of the cases that come with a mask (:meth:`__call__`).
         """
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
@@ -263,7 +328,7 @@ class DSCAlarm:
             bar.set_postfix_str(case.case_id)
             start = time.perf_counter()
             try:
-                report = self(case.path, case_id=case.case_id)
+                report = self(case.path, case_id=case.case_id, mask=case.mask, labels=labels)
                 if out is not None:
                     with report.timer("write") if report.timer is not None else contextlib.nullcontext():
                         write_case_outputs(report, out)

@@ -134,16 +134,22 @@ class BundlePredictor:
         return self._chain({"image": image})["image"]
 
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor, timer: StageTimer | None = None) -> Prediction:
-        """Segment, synthesize, compare and run the VAE alarm on a preprocessed ``MetaTensor`` ``(1, H, W, D)``."""
+    def __call__(
+        self, image: torch.Tensor, timer: StageTimer | None = None, segmentation: np.ndarray | None = None
+    ) -> Prediction:
+        """Segment (or take ``segmentation`` ``(H, W, D)``, a given mask on this grid), synthesize, compare and run
+        the VAE alarm on a preprocessed ``MetaTensor`` ``(1, H, W, D)``."""
         from synthcp3d.networks.synthesizer import one_hot_labels
         from synthcp3d.roi import paste_from_box
 
         timer = timer or StageTimer(self.device)
         study = self.study
         x = image[0].detach().cpu().numpy().astype(np.float32)
-        with timer("segment"):
-            pred = wf.segment_volume(study, self.segmenter, x)
+        if segmentation is None:
+            with timer("segment"):
+                pred = wf.segment_volume(study, self.segmenter, x)
+        else:
+            pred = np.asarray(segmentation).astype(np.int64)
         with timer("synthesize"):
             x_roi, p_roi, box = wf.roi_tensors(study, x, pred)
             onehot = one_hot_labels(p_roi, study.num_classes)

@@ -21,6 +21,10 @@ EXIT_OK, EXIT_FAILED, EXIT_FLAGGED = 0, 1, 3
 
 EPILOG = """
 inputs: .nii/.nii.gz files, DICOM series folders, folders holding either, or CSV lists (column 'image').
+
+judge another model's segmentation: synthcp alarm CT.nii.gz --mask SEG.nii.gz --labels pancreas=1,tumour=2
+(or a CSV with columns image,mask). The mask may be on another grid of the same field of view (resampled, nearest);
+one that covers another field of view or orientation is refused. The bundle's own segmenter does not run.
 Any orientation and spacing; outputs are written on each input's own grid, in OUT/<case>/:
 segmentation.nii.gz, error_probability.nii.gz, report.json, overview.png (flagged cases), and OUT/summary.csv.
 
@@ -47,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="flag threshold T on the predicted tumour DSC")
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     parser.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any case is flagged")
+    parser.add_argument("--mask", default=None, help="judge this segmentation (NIfTI) of the single INPUT instead")
+    parser.add_argument(
+        "--labels", default=None, help="the mask's value of each class, e.g. pancreas=1,tumour=2 (the default)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cal = parser.add_argument_group("calibrate")
     cal.add_argument("--data", help="held-out labelled cases: MSD Task07 folder or CSV with image,label")
@@ -74,6 +82,8 @@ def _alarm(args: argparse.Namespace) -> int:
         device=args.device,
         fail_on_flag=args.fail_on_flag,
         progress=not args.no_progress,
+        mask=args.mask,
+        labels=args.labels,
     )
 
 
@@ -85,17 +95,30 @@ def run_alarm(
     device: str | None = None,
     fail_on_flag: bool = False,
     progress: bool = True,
+    mask: str | os.PathLike | None = None,
+    labels: str | None = None,
 ) -> int:
     """The body of ``synthcp alarm`` (also callable from a bundle config): returns the exit status.
 
     Writes ``out/<case>/...`` per case and ``out/summary.csv`` (rewritten atomically after every case, so it is
-    always complete so far); prints one ``error:`` line per failed case.
+    always complete so far); prints one ``error:`` line per failed case. ``mask``: a segmentation of the single
+    input to judge (CSV lists give one per case in a ``mask`` column); ``labels``: its value of each class.
     """
+    import dataclasses
+
     from synthcp3d.alarm.api import DSCAlarm, check_writable
     from synthcp3d.alarm.inputs import discover_inputs
+    from synthcp3d.alarm.masks import parse_label_map
     from synthcp3d.alarm.report import write_summary
 
     cases = discover_inputs(list(inputs))
+    if mask is not None:
+        if len(cases) != 1:
+            raise SynthCPInputError(f"--mask goes with exactly one input (got {len(cases)} cases): list pairs in a CSV "
+                                    "with columns image,mask")
+        cases = [dataclasses.replace(cases[0], mask=Path(mask).expanduser())]
+    if labels is not None:
+        parse_label_map(labels)  # refuse a bad --labels before loading the bundle
     out = check_writable(out)
     alarm = DSCAlarm.from_bundle(bundle, device=device, threshold=threshold, progress=progress)
     print(
@@ -103,7 +126,7 @@ def run_alarm(
     )
     reports = []
     summary = out / "summary.csv"
-    for report in alarm.run_batch(cases, out_dir=out):
+    for report in alarm.run_batch(cases, out_dir=out, labels=labels):
         reports.append(report)
         write_summary(reports, summary)
         if not report.ok:

@@ -22,6 +22,7 @@ __all__ = ["CaseInput", "discover_inputs", "case_name", "is_dicom_file", "is_dic
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CSV_PATH_COLUMNS = ("image", "path", "input", "file")
 CSV_CASE_COLUMNS = ("case", "id", "case_id", "name")
+CSV_MASK_COLUMNS = ("mask", "segmentation", "seg")
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,16 @@ class CaseInput:
         case_id: unique, file-system-safe name used for the output files.
         path: the NIfTI file or DICOM series folder (or whatever the user named; loading decides if it is usable).
         kind: ``"nifti"``, ``"dicom"`` or ``"other"`` (a path that is neither; loading reports why).
+        mask: a segmentation of this image to judge (NIfTI), or None (the bundle segments).
     """
 
     case_id: str
     path: Path
     kind: str
+    mask: Path | None = None
+
+
+Entry = tuple[Path, str | None, Path | None]  # (image path, given case name, mask path)
 
 
 def is_nifti_path(path: Path) -> bool:
@@ -82,23 +88,23 @@ def _classify(path: Path) -> str:
     return "other"
 
 
-def _from_folder(folder: Path) -> list[tuple[Path, str | None]]:
+def _from_folder(folder: Path) -> list[Entry]:
     if is_dicom_folder(folder):
-        return [(folder, None)]
-    found: list[tuple[Path, str | None]] = []
+        return [(folder, None, None)]
+    found: list[Entry] = []
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
             continue
         if child.is_file() and is_nifti_path(child):
-            found.append((child, None))
+            found.append((child, None, None))
         elif child.is_dir() and is_dicom_folder(child):
-            found.append((child, None))
+            found.append((child, None, None))
     if not found:
         raise SynthCPInputError(f"folder {folder} holds no .nii/.nii.gz file and no DICOM series folder")
     return found
 
 
-def _from_csv(csv_path: Path) -> list[tuple[Path, str | None]]:
+def _from_csv(csv_path: Path) -> list[Entry]:
     try:
         with open(csv_path, newline="") as handle:
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
@@ -109,6 +115,7 @@ def _from_csv(csv_path: Path) -> list[tuple[Path, str | None]]:
     header = [cell.strip().lower() for cell in rows[0]]
     path_col = next((header.index(c) for c in CSV_PATH_COLUMNS if c in header), None)
     case_col = next((header.index(c) for c in CSV_CASE_COLUMNS if c in header), None)
+    mask_col = next((header.index(c) for c in CSV_MASK_COLUMNS if c in header), None)
     if path_col is None:
         # No header: every row's first cell is a path.
         if len(header) > 1 or not (
@@ -121,19 +128,25 @@ def _from_csv(csv_path: Path) -> list[tuple[Path, str | None]]:
         path_col, body = 0, rows
     else:
         body = rows[1:]
-    entries: list[tuple[Path, str | None]] = []
+    entries: list[Entry] = []
     for row in body:
-        cell = row[path_col].strip() if path_col < len(row) else ""
-        if not cell:
-            continue
-        path = Path(cell).expanduser()
-        if not path.is_absolute():
-            path = csv_path.parent / path
-        case = row[case_col].strip() if case_col is not None and case_col < len(row) and row[case_col].strip() else None
-        entries.append((path, case))
+        cell, case, mask = (_cell(row, col) for col in (path_col, case_col, mask_col))
+        if cell:
+            entries.append((_relative_to(csv_path, cell), case, _relative_to(csv_path, mask) if mask else None))
     if not entries:
         raise SynthCPInputError(f"CSV list {csv_path} lists no case")
     return entries
+
+
+def _cell(row: Sequence[str], col: int | None) -> str | None:
+    """The stripped cell of column ``col`` (None when the column is absent, the row short or the cell empty)."""
+    value = row[col].strip() if col is not None and col < len(row) else ""
+    return value or None
+
+
+def _relative_to(csv_path: Path, cell: str) -> Path:
+    path = Path(cell).expanduser()
+    return path if path.is_absolute() else csv_path.parent / path
 
 
 def discover_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[CaseInput]:
@@ -142,8 +155,8 @@ def discover_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> 
     Args:
         inputs: any mix of ``.nii``/``.nii.gz`` files, DICOM series folders (a folder holding DICOM files),
             folders holding NIfTI files and/or DICOM series folders, and ``.csv`` files listing any of these
-            (a column ``image``/``path``, optionally ``case``; or one path per line; relative paths are taken
-            from the CSV's folder).
+            (a column ``image``/``path``, optionally ``case`` and ``mask`` (a segmentation to judge); or one path
+            per line; relative paths are taken from the CSV's folder).
 
     Returns:
         the cases with unique ids (a repeated name gets ``_2``, ``_3`` ...).
@@ -155,7 +168,7 @@ def discover_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> 
         inputs = [inputs]
     if not inputs:
         raise SynthCPInputError("no input given: name NIfTI files, DICOM series folders, a folder or a CSV list")
-    entries: list[tuple[Path, str | None]] = []
+    entries: list[Entry] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.suffix.lower() == ".csv" and path.is_file():
@@ -163,19 +176,19 @@ def discover_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> 
         elif path.is_dir():
             entries.extend(_from_folder(path))
         else:
-            entries.append((path, None))
+            entries.append((path, None, None))
     return _unique_cases(entries)
 
 
-def _unique_cases(entries: Iterable[tuple[Path, str | None]]) -> list[CaseInput]:
+def _unique_cases(entries: Iterable[Entry]) -> list[CaseInput]:
     cases: list[CaseInput] = []
     used: set[str] = set()
-    for path, given in entries:
+    for path, given, mask in entries:
         base = case_name(Path(given)) if given else case_name(path)
         name, n = base, 1
         while name in used:
             n += 1
             name = f"{base}_{n}"
         used.add(name)
-        cases.append(CaseInput(case_id=name, path=path, kind=_classify(path)))
+        cases.append(CaseInput(case_id=name, path=path, kind=_classify(path), mask=mask))
     return cases

@@ -66,6 +66,12 @@ class Predictor(Protocol):
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     info: dict
 
-    def __call__(self, image: torch.Tensor, timer: StageTimer | None = None) -> Prediction:
-        """Predict on a preprocessed ``MetaTensor`` ``(1, X', Y', Z')``; time stages with ``timer`` when given."""
+    def __call__(
+        self, image: torch.Tensor, timer: StageTimer | None = None, segmentation: np.ndarray | None = None
+    ) -> Prediction:
+        """Predict on a preprocessed ``MetaTensor`` ``(1, X', Y', Z')``; time stages with ``timer`` when given.
+
+        ``segmentation``: class indices ``(X', Y', Z')`` on the working grid to judge instead of segmenting (the
+        alarm passes it only when a mask was given).
+        """
         ...

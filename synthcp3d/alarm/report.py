@@ -48,6 +48,8 @@ class AlarmReport:
         flagged: whether the case needs checking (:data:`FLAG_RULE`).
         threshold: the threshold ``T`` used; ``threshold_source`` says where it came from.
         model, bundle: identity of the networks and bundle (name, version, path).
+        judged: which segmentation was judged: ``{"segmentation": "bundle segmenter", ...}`` or
+            ``{"segmentation": "given mask", "mask": path, "labels": {...}}``.
         seconds: time per stage and ``total``.
         affine, shape, spacing: the input grid (outputs are written on it).
         segmentation: class indices ``(X, Y, Z)`` uint8 on the input grid.
@@ -68,6 +70,7 @@ class AlarmReport:
     threshold_source: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     bundle: dict[str, Any] = field(default_factory=dict)
+    judged: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     affine: np.ndarray | None = None
     shape: tuple[int, ...] | None = None
@@ -100,6 +103,7 @@ class AlarmReport:
             "flag_rule": FLAG_RULE,
             "model": self.model,
             "bundle": self.bundle,
+            "judged": self.judged,
             "seconds": {k: round(float(v), 4) for k, v in self.seconds.items()},
             "input": {
                 "shape": list(self.shape) if self.shape is not None else None,
@@ -134,7 +138,7 @@ def _finite(obj: Any) -> Any:
 SUMMARY_COLUMNS = (
     ["case", "status", "flagged", "threshold"]
     + [f"{cls}_dsc_{method}" for cls in ("tumour", "pancreas") for method in METHODS]
-    + ["seconds", "source", "report", "error"]
+    + ["seconds", "source", "judged", "report", "error"]
 )
 
 
@@ -149,6 +153,7 @@ def summary_rows(reports: Sequence[AlarmReport]) -> list[dict[str, Any]]:
             "threshold": "" if r.threshold is None else f"{r.threshold:.4f}",
             "seconds": f"{r.seconds.get('total', 0.0):.2f}",
             "source": r.source,
+            "judged": r.judged.get("mask", "bundle segmenter") if r.judged else "",
             "report": r.outputs.get("report", ""),
             "error": r.error or "",
         }
