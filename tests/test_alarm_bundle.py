@@ -164,7 +164,7 @@ def test_bundle_files_are_plain_json(bundle: Path) -> None:
     from functools import partial
 
     from synthcp3d.workflows.common import build_network, describe_factory
-    from synthcp3d.workflows.pancreas import load_network, load_study
+    from synthcp3d.workflows.pancreas_model import load_network, load_study
 
     specs = json.loads((bundle / "models" / "networks.json").read_text())
     assert specs["comparator_synthcp"]["norm"] == ["group", {"num_groups": 8}]

@@ -169,6 +169,34 @@ def test_inference_writes_on_input_grid(run_dir):
     assert (out / "alarm" / "summary.csv").read_text().count("\n") == 2
 
 
+def test_trained_models_score_a_case_from_the_folder_alone(run_dir):
+    """The trained-model module without the bundle config (networks built from networks.json) scores a test case as
+    the evaluate stage did (the methods without sampling; MC-Dropout samples, the painter draws noise)."""
+    import csv
+
+    from synthcp3d.workflows.pancreas_model import (
+        load_study,
+        load_trained_models,
+        load_volume,
+        score_case,
+        segment_volume,
+    )
+
+    _, out = run_dir
+    meta = json.loads((out / "prepare" / "cases.json").read_text())
+    with open(out / "evaluate" / "per_case.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    study = load_study(out)
+    models = load_trained_models(study)
+    image = load_volume(meta["cases"][row["case"]]["image"]).astype(np.float32)
+    saved = load_volume(out / "evaluate" / "predictions" / f"{row['case']}_pred.nii.gz")
+    assert (segment_volume(study, models.segmenter, image) == saved).mean() > 0.99
+    scores = score_case(study, models, image, saved)
+    for method in ("Direct Prediction", "VAE alarm", "SynthCP", "SynthCP + VAE alarm", "SynthCP, x̂ = blank"):
+        for k, cls in ((1, "pancreas"), (2, "tumour")):
+            assert scores.quality[method][k] == pytest.approx(float(row[f"{method}|{cls}"]), abs=1e-4), (method, cls)
+
+
 def test_study_runner_skips_finished_stages(run_dir, capsys):
     from synthcp3d.study_cli import run_study
 

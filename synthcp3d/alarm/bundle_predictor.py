@@ -8,14 +8,16 @@ A *trained bundle folder* is the output folder of the study (``synthcp run pancr
 - ``models/segmenter.pt``, ``generator.pt``, ``comparator_synthcp.pt``, ``mask_vae.pt``: the weights;
 - ``models/vae_alarm_regressor.json``: the VAE alarm's DSC regressor.
 
-All of it is read with the study's own loaders (:func:`synthcp3d.workflows.pancreas.load_study`,
-:func:`~synthcp3d.workflows.pancreas.load_network`, :func:`~synthcp3d.workflows.pancreas.load_regressor`).
+All of it is read with the study's own loaders (:func:`synthcp3d.workflows.pancreas_model.load_study`,
+:func:`~synthcp3d.workflows.pancreas_model.load_network`, :func:`~synthcp3d.workflows.pancreas_model.load_regressor`),
+from the trained-model module: the training stages (:mod:`synthcp3d.workflows.pancreas`) are never imported.
 
 Per volume, on the preprocessed (working) grid, with the functions the study's ``evaluate`` stage scores a case with:
 segment (sliding-window AH-Net) -> pancreas ROI (``synthcp3d.roi``: fixed box around the predicted pancreas)
 -> synthesize ``G(ŷ)`` on the ROI -> comparator: predicted DSC per class and the voxel error probability on the ROI
 -> VAE alarm (aspect-keeping tight crop of the predicted mask, the VAE's loss value, linear regressor) -> ensemble =
-mean of SynthCP and VAE alarm. A class absent from the segmentation is predicted DSC 0 by both (as in ``evaluate``). The error probability is only assessed inside the ROI; outside it is written as 0.
+mean of SynthCP and VAE alarm. A class absent from the segmentation is predicted DSC 0 by both (as in ``evaluate``).
+The error probability is only assessed inside the ROI; outside it is written as 0.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.ensemble import mean_ensemble
-from synthcp3d.workflows import pancreas as wf
+from synthcp3d.workflows import pancreas_model as wf
 
 __all__ = ["BundlePredictor", "resolve_trained_folder", "models_dir", "make_untrained_bundle", "REQUIRED"]
 
-#: the networks the alarm uses (names of :data:`synthcp3d.workflows.pancreas.NETWORKS`)
+#: the networks the alarm uses (names of :data:`synthcp3d.workflows.pancreas_model.NETWORKS`)
 REQUIRED = ("segmenter", "generator", "comparator_synthcp", "mask_vae")
 EXPECTED_CLASSES = wf.CLASS_NAMES
 
