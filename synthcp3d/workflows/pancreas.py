@@ -19,7 +19,7 @@ The bundle ``bundles/pancreas_ct_synthcp`` builds a :class:`PancreasStudy` (shar
 - ``inference``: segmentation + predicted DSC for a folder of new volumes.
 
 Crop rule (``synthcp3d.roi``): a fixed ``roi_size`` box centred on the bounding box of the predicted pancreas
-(labels > 0 of ``ŷ``), shifted to stay inside the volume; an empty prediction falls back to the volume centre
+(the largest connected component of labels > 0 of ``ŷ``), shifted to stay inside the volume; an empty prediction falls back to the volume centre
 (counted in the report). Undefined DSC (tumour absent from both ground truth and prediction) is NaN: excluded from
 the metrics and counted. True DSC is computed on the whole (preprocessed) volume; the comparator is trained on the
 DSC inside its ROI (the two differ only by predictions outside the ROI).
@@ -635,7 +635,8 @@ def evaluate(
         f"test cases (seeded split, seed {study.seed}, train fraction {study.train_fraction:.4f}); "
         f"{len(meta['folds'])}-fold cross-validation predictions ({cv_info.get('num_cases', '?')} cases) trained the "
         "comparators and regressors.",
-        f"crop: {list(study.roi_size)} voxels around the bounding-box centre of the predicted pancreas (labels > 0); "
+        f"crop: {list(study.roi_size)} voxels around the bounding-box centre of the largest connected component of "
+        "the predicted pancreas (labels > 0); "
         f"empty prediction -> volume centre: {len(fallbacks)} test case(s){' ' + str(fallbacks) if fallbacks else ''}.",
         f"spacing {list(study.spacing)} mm, HU window {list(study.hu_range)}, patch {list(study.patch_size)}, "
         f"MC-Dropout samples {study.mc_samples}; VAE alarm feature: {getattr(nets.vae_regressor, 'vae_feature', '?')}.",
