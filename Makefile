@@ -5,8 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 DEMO_OUT ?= demo_output
+# The GPU check runs where there is no venv (the GPU machine: python3 with torch, the rest from wheels on PYTHONPATH),
+# so it has its own interpreter and does not depend on `setup`; its --dry-run is part of `make test`.
+GPU_PY ?= python3
+GPU_CHECK_ARGS ?= --out gpu_check_output
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,5 +30,8 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_metrics.py
 
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) gpu_check_output build *.egg-info

@@ -25,7 +25,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ import torch
 from synthcp3d.alarm.api import DSCAlarm
 from synthcp3d.alarm.bundle_predictor import make_untrained_bundle
 from synthcp3d.alarm.predictor import STAGES
+from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.data.volume_io import save_like
 from synthcp3d.study_cli import DEMO_SETTINGS
 
@@ -53,6 +56,35 @@ def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return np.clip(np.rint(vol), -1024, 3071).astype(np.int16)
 
 
+def prepare_case(
+    folder: Path, overrides: Mapping[str, Any], shape: tuple[int, int, int], voxel: tuple[float, float, float]
+) -> tuple[Path, Path]:
+    """An untrained bundle (the full-size settings, with ``overrides``) and a synthetic CT NIfTI of ``shape``
+    ``(X, Y, Z)`` voxels of ``voxel`` mm, both written below ``folder``; returns ``(bundle, ct)``."""
+    bundle = make_untrained_bundle(folder / "bundle", overrides)
+    affine = np.diag([-voxel[0], -voxel[1], voxel[2], 1.0])  # LPS, like most DICOM-derived CT
+    return bundle, save_like(synthetic_ct(tuple(shape)), affine, folder / "ct.nii.gz")
+
+
+def run_alarm(bundle: Path, source: Path, out_dir: Path, device: str, repeats: int = 1) -> StageTimer:
+    """Run the alarm ``repeats`` times on ``source`` (the first warms up) and return the last case's stage timer."""
+    alarm = DSCAlarm.from_bundle(bundle, device=device, progress=False, measure_memory=True)
+    segmenter = alarm.predictor.segmenter
+    if getattr(segmenter, "input_multiple", (0,))[-1] > 32:
+        # AH-Net needs the last size to be a multiple of 32 only (it runs on the bundle's 128x128x64 windows);
+        # synthcp3d.networks.segmenters asks for 2**(psp+3) there too, which refuses the full-size windows.
+        segmenter.input_multiple = (*segmenter.input_multiple[:-1], 32)
+    for report in alarm.run_batch([source] * max(1, repeats), out_dir=out_dir):
+        if not report.ok:
+            raise RuntimeError(f"the alarm failed: {report.error}")
+    return report.timer
+
+
+def total_seconds(timer: StageTimer) -> float:
+    """The alarm's end-to-end seconds: the sum of its stages."""
+    return sum(timer.seconds[s] for s in STAGES if s in timer.seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 100])
@@ -66,27 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_alarm_") as tmp:
         tmp_path = Path(tmp)
         t0 = time.perf_counter()
-        overrides = dict(DEMO) if args.settings == "demo" else {}
-        bundle = make_untrained_bundle(tmp_path / "bundle", overrides)
-        affine = np.diag([-args.voxel[0], -args.voxel[1], args.voxel[2], 1.0])  # LPS, like most DICOM-derived CT
-        source = save_like(synthetic_ct(tuple(args.shape)), affine, tmp_path / "ct.nii.gz")
+        overrides = DEMO if args.settings == "demo" else {}
+        bundle, source = prepare_case(tmp_path, overrides, tuple(args.shape), tuple(args.voxel))
         print(
             f"bundle ({args.settings} networks, untrained) and {tuple(args.shape)} volume ready in "
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
-        alarm = DSCAlarm.from_bundle(bundle, device=args.device, progress=False, measure_memory=True)
-        segmenter = alarm.predictor.segmenter
-        if getattr(segmenter, "input_multiple", (0,))[-1] > 32:
-            # AH-Net needs the last size to be a multiple of 32 only (it runs on the bundle's 128x128x64 windows);
-            # synthcp3d.networks.segmenters asks for 2**(psp+3) there too, which refuses the full-size windows.
-            segmenter.input_multiple = (*segmenter.input_multiple[:-1], 32)
-        paths = [source] * max(1, args.repeats)
-        for report in alarm.run_batch(paths, out_dir=tmp_path / "out"):
-            if not report.ok:
-                print(f"error: {report.error}", file=sys.stderr)
-                return 1
-    timer = report.timer
+        try:
+            timer = run_alarm(bundle, source, tmp_path / "out", args.device, args.repeats)
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     cuda = args.device == "cuda"
     header = f"{'stage':<12}{'seconds':>10}{'peak RSS MiB':>15}" + (f"{'peak GPU MiB':>15}" if cuda else "")
     lines = [header, "-" * len(header)]
@@ -97,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             row += f"{timer.peak_gpu_mb.get(stage, float('nan')):>15.0f}"
         lines.append(row)
-    total = sum(timer.seconds[s] for s in STAGES if s in timer.seconds)
+    total = total_seconds(timer)
     lines.append(
         f"{'total':<12}{total:>10.2f}{max(timer.peak_rss_mb.values(), default=float('nan')):>15.0f}"
         + (f"{max(timer.peak_gpu_mb.values(), default=float('nan')):>15.0f}" if cuda else "")

@@ -21,11 +21,14 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
 
-def _chunk(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def make_chunk(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk ``index`` of the split, from seed ``(seed, index)``: scores ``(size,)`` float32 and errors ``(size,)``
+    bool; about 10% errors, whose logits are 1.5 higher."""
     rng = np.random.default_rng([seed, index])
     error = rng.random(size, dtype=np.float32) < 0.1
     logit = rng.standard_normal(size, dtype=np.float32) + 1.5 * error.astype(np.float32) - 1.0
@@ -33,7 +36,20 @@ def _chunk(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return score.astype(np.float32), error
 
 
-def _sizes(pixels: int, chunk: int) -> list[int]:
+def make_chunk_on(device: str, seed: int, index: int, size: int) -> tuple[Any, Any]:
+    """`make_chunk`'s distribution drawn by torch on ``device`` (so that a GPU benchmark does not wait on numpy):
+    scores ``(size,)`` float32 and errors ``(size,)`` bool tensors. Same distribution, not the same numbers."""
+    import torch
+
+    seed_of_chunk = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    generator = torch.Generator(device=device).manual_seed(seed_of_chunk)
+    error = torch.rand(size, generator=generator, device=device) < 0.1
+    logit = torch.randn(size, generator=generator, device=device) + 1.5 * error.float() - 1.0
+    return torch.sigmoid(logit), error
+
+
+def chunk_sizes(pixels: int, chunk: int) -> list[int]:
+    """The sizes of the chunks that cut ``pixels`` into pieces of at most ``chunk``."""
     return [min(chunk, pixels - start) for start in range(0, pixels, chunk)]
 
 
@@ -49,9 +65,9 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     baseline = _peak_rss_mib()
-    sizes = _sizes(args.pixels, args.chunk)
+    sizes = chunk_sizes(args.pixels, args.chunk)
     if args.worker == "exact":
-        scores, errors = zip(*(_chunk(args.seed, i, n) for i, n in enumerate(tqdm(sizes, desc="generate"))))
+        scores, errors = zip(*(make_chunk(args.seed, i, n) for i, n in enumerate(tqdm(sizes, desc="generate"))))
         input_mib = sum(s.nbytes + e.nbytes for s, e in zip(scores, errors)) / 2**20
         start = time.perf_counter()
         result = pixel_failure_metrics(list(scores), list(errors), reduction=args.reduction)
@@ -60,7 +76,7 @@ def worker(args: argparse.Namespace) -> dict:
         metric = StreamingPixelFailureMetrics(args.reduction, num_bins=args.num_bins, device=args.device)
         seconds, input_mib = 0.0, 0.0
         for i, n in enumerate(tqdm(sizes, desc="stream")):
-            score, error = _chunk(args.seed, i, n)
+            score, error = make_chunk(args.seed, i, n)
             input_mib = max(input_mib, (score.nbytes + error.nbytes) / 2**20)
             start = time.perf_counter()
             metric.update(torch.from_numpy(score).to(args.device), torch.from_numpy(error).to(args.device))
@@ -102,7 +118,7 @@ def main() -> int:
         return 0
 
     print(
-        f"{args.pixels:.3g} pixels in {len(_sizes(args.pixels, args.chunk))} images of <= {args.chunk:.3g}, "
+        f"{args.pixels:.3g} pixels in {len(chunk_sizes(args.pixels, args.chunk))} images of <= {args.chunk:.3g}, "
         f"reduction={args.reduction}, num_bins={args.num_bins}, streaming device={args.device}",
         flush=True,
     )

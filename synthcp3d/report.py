@@ -55,14 +55,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: float | str) -> str:
+    if isinstance(value, str):  # already formatted by the caller
+        return value
     return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.2f}"
 
 
 def markdown_table(
     rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]], first: str = "Method"
 ) -> str:
-    """Markdown table: one row per entry of ``rows``, ``columns`` = ``(key, title)`` pairs (two decimals, ``n/a``)."""
+    """Markdown table: one row per entry of ``rows``, ``columns`` = ``(key, title)`` pairs (numbers with two
+    decimals, ``n/a`` for missing or non-finite ones; strings as they are)."""
     header = f"| {first} | " + " | ".join(title for _, title in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -20,3 +22,9 @@ def assert_backward(module: torch.nn.Module, min_nonzero: float = 0.8) -> None:
 def relative_files(root: Path) -> list[Path]:
     """Every file below ``root``, as sorted paths relative to it."""
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def needs_cuda(test: Callable) -> Callable:
+    """Decorator of a test that needs CUDA: marked ``gpu`` (``pytest -m gpu`` selects it, as ``make gpu-check`` does)
+    and skipped where no CUDA device is available."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))

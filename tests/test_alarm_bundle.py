@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import needs_cuda
 
 from synthcp3d import cli
 from synthcp3d.alarm import DSCAlarm
@@ -229,7 +230,7 @@ def test_bad_bundles(bundle: Path, inputs: Path, tmp_path: Path, capsys) -> None
             DSCAlarm.from_bundle(bundle, device="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_real_bundle_on_cuda(bundle: Path) -> None:
     alarm = DSCAlarm.from_bundle(bundle, device="cuda", progress=False)
     assert isinstance(alarm.predictor, BundlePredictor) and alarm.predictor.device.type == "cuda"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import needs_cuda
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
@@ -241,7 +242,7 @@ def test_segmenter_trainer_and_evaluator() -> None:
     assert not torch.equal(before, net.weight)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_gan_trainer_bf16_amp_on_cuda(tmp_path: Path) -> None:
     set_determinism(0)
     gen = SPADEGenerator(2, num_classes=3, out_channels=1, channels=(16, 8), spade_hidden_channels=8).cuda()

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import needs_cuda
 
 import synthcp3d.metrics.streaming as streaming
 from synthcp3d.errors import SynthCPInputError
@@ -128,7 +129,7 @@ def test_bad_arguments():
         stream.update(np.array([np.nan, 0.2]), np.array([1, 0]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_cpu_and_cuda_agree():
     images = _images(5)
     scores, errors = [s for s, _ in images], [e for _, e in images]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_backward
+from helpers import assert_backward, needs_cuda
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks import ResNetEncoder, SeparateComparator, SiameseComparator, build_comparator, comparator_loss
@@ -150,7 +150,7 @@ def test_pretrained_path_loads_local_weights(tmp_path):
         SiameseComparator(2, 1, 3, pretrained_path=tmp_path / "missing.pt", **TINY)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_joint_comparator_on_cuda():
     net = build_comparator("joint", spatial_dims=3, image_channels=1, num_classes=3, **TINY).cuda()
     image, labels, synth = (t.cuda() for t in inputs(3))

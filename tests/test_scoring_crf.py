@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 import torch
+from helpers import needs_cuda
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring import dense_crf_probs, msp_crf_score, msp_score, run_scorer
@@ -79,7 +80,7 @@ def test_bad_inputs():
         dense_crf_probs(image, probs, backend="nope")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_torch_backend_same_on_cuda():
     image, probs = two_region_scene()
     probs[0, :, 5, 3] = torch.tensor([0.05, 0.9, 0.05])

@@ -39,7 +39,14 @@ from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.ensemble import mean_ensemble
 from synthcp3d.workflows import pancreas_model as wf
 
-__all__ = ["BundlePredictor", "resolve_trained_folder", "models_dir", "make_untrained_bundle", "REQUIRED"]
+__all__ = [
+    "BundlePredictor",
+    "resolve_trained_folder",
+    "models_dir",
+    "make_untrained_bundle",
+    "pancreas_config",
+    "REQUIRED",
+]
 
 #: the networks the alarm uses (names of :data:`synthcp3d.workflows.pancreas_model.NETWORKS`)
 REQUIRED = ("segmenter", "generator", "comparator_synthcp", "mask_vae")
@@ -191,6 +198,24 @@ def _file_id(path: Path) -> dict[str, Any]:
     return {"file": path.name, "bytes": stat.st_size, "modified": int(stat.st_mtime)}
 
 
+def pancreas_config(
+    root: str | os.PathLike, overrides: Mapping[str, Any] | None = None, stage: str | None = None
+) -> ConfigParser:
+    """The pancreas bundle's ``configs/common.yaml`` (then ``configs/<stage>.yaml``) with every path set to ``root``,
+    the device to the CPU, and ``overrides`` on top (e.g. the demo's small sizes).
+
+    The networks are factories: ``parser.get_parsed_content("segmenter")()`` builds a fresh segmenter.
+    """
+    from synthcp3d.study_cli import STUDIES, bundle_dir
+
+    configs = bundle_dir(STUDIES["pancreas"]) / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "common.yaml")] + ([str(configs / f"{stage}.yaml")] if stage else []))
+    paths = {"bundle_root": str(root), "output_dir": str(root), "dataset_dir": str(root), "device": "cpu"}
+    parser.update({**paths, **(overrides or {})})
+    return parser
+
+
 def make_untrained_bundle(out: str | os.PathLike, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
     """Write an *untrained* trained-bundle folder: the bundle's networks with random weights, in its layout.
 
@@ -205,12 +230,7 @@ def make_untrained_bundle(out: str | os.PathLike, overrides: Mapping[str, Any] |
     from synthcp3d.utils.atomic import atomic_save_json
 
     out = Path(out)
-    common = Path(__file__).resolve().parents[2] / "bundles" / "pancreas_ct_synthcp" / "configs" / "common.yaml"
-    parser = ConfigParser()
-    parser.read_config(str(common))
-    parser.update(
-        {"bundle_root": str(out), "output_dir": str(out), "dataset_dir": str(out), "device": "cpu", **(overrides or {})}
-    )
+    parser = pancreas_config(out, overrides)
     study = parser.get_parsed_content("study")
     torch.manual_seed(seed)
     study.models.mkdir(parents=True, exist_ok=True)

@@ -21,13 +21,17 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.arrays import to_numpy
 from synthcp3d.utils.atomic import atomic_path
+
+try:
+    import SimpleITK as sitk
+except ImportError:  # NIfTI needs only nibabel; machines without SimpleITK (the GPU check's) still read and write it
+    sitk = None
 
 __all__ = [
     "CTVolume",
@@ -231,7 +235,13 @@ def _sitk_to_arrays(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return array, affine_from_sitk(image)
 
 
+def _require_sitk(what: str) -> None:
+    if sitk is None:
+        raise SynthCPInputError(f"{what} needs SimpleITK, which is not installed (pip install SimpleITK).")
+
+
 def _read_with_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    _require_sitk(f"reading {path.name}")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -250,6 +260,7 @@ def _itk_reason(err: BaseException) -> str:
 
 def _read_dicom_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A single DICOM file: accepted only when it is a multi-frame volume; one slice is refused."""
+    _require_sitk("reading DICOM")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -285,6 +296,7 @@ def _series_label(folder: Path, series_id: str) -> str:
 
 
 def _read_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    _require_sitk("reading a DICOM folder")
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as err:
@@ -416,6 +428,7 @@ def write_dicom_series(
     Returns:
         the folder.
     """
+    _require_sitk("writing DICOM")
     folder = Path(folder)
     if folder.exists():
         raise SynthCPInputError(f"{folder}: already exists; write_dicom_series writes a new folder.")
