@@ -110,9 +110,10 @@ def test_report_files_and_plots(run_dir):
     for name in ("report.md", "report.csv", "report.json", "per_case.csv"):
         assert (ev / name).is_file(), name
     md = (ev / "report.md").read_text()
-    for method in ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm"):
+    for method in ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm",
+                   "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice"):
         assert f"| {method} |" in md
-    assert len(list(ev.glob("scatter_*_tumour.png"))) == 7  # 5 methods + 2 x̂ ablations
+    assert len(list(ev.glob("scatter_*_tumour.png"))) == 9  # 7 methods + 2 x̂ ablations
     assert (ev / "risk_coverage_tumour.png").is_file() and (ev / "comparison_examples.png").is_file()
     assert len(list((ev / "predictions").glob("*_pred.nii.gz"))) == 3
 
@@ -191,8 +192,10 @@ def test_trained_models_score_a_case_from_the_folder_alone(run_dir):
     image = load_volume(meta["cases"][row["case"]]["image"]).astype(np.float32)
     saved = load_volume(out / "evaluate" / "predictions" / f"{row['case']}_pred.nii.gz")
     assert (segment_volume(study, models.segmenter, image) == saved).mean() > 0.99
+    assert len(models.fold_segmenters) == len(meta["folds"])
     scores = score_case(study, models, image, saved)
-    for method in ("Direct Prediction", "VAE alarm", "SynthCP", "SynthCP + VAE alarm", "SynthCP, x̂ = blank"):
+    for method in ("Direct Prediction", "VAE alarm", "SynthCP", "SynthCP + VAE alarm", "SynthCP, x̂ = blank",
+                   "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice"):
         for k, cls in ((1, "pancreas"), (2, "tumour")):
             assert scores.quality[method][k] == pytest.approx(float(row[f"{method}|{cls}"]), abs=1e-4), (method, cls)
 

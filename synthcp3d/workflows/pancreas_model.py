@@ -56,6 +56,7 @@ __all__ = [
     "load_network",
     "load_regressor",
     "load_painter",
+    "load_fold_segmenters",
     "segmenter_name",
     # one volume
     "segment_volume",
@@ -78,7 +79,10 @@ __all__ = [
 CLASS_NAMES = ("background", "pancreas", "tumour")
 PANCREAS, TUMOUR = 1, 2
 #: Table 2 rows, in order.
-METHODS = ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm")
+METHODS = (
+    "Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm",
+    "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice",
+)
 #: SynthCP's comparator with another x̂ than G(ŷ): does it use the synthesis?
 ABLATIONS = ("SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank")
 #: error maps scored voxel by voxel (+ SynthCP's with x̂ replaced, :data:`ABLATIONS`)
@@ -235,10 +239,13 @@ def save_network(study: PancreasStudy, name: str, net: torch.nn.Module, factory:
     save_network_spec(study, name, factory)
 
 
-def load_network(study: PancreasStudy, name: str, factory: Factory | None = None) -> torch.nn.Module:
+def load_network(
+    study: PancreasStudy, name: str, factory: Factory | None = None, weights: Path | None = None
+) -> torch.nn.Module:
     """Network ``name`` (:data:`NETWORKS`) with its trained weights, in eval mode on the study's device.
 
-    Built with ``factory`` (the bundle config's) or, without it, from ``models/networks.json``.
+    Built with ``factory`` (the bundle config's) or, without it, from ``models/networks.json``; the weights come
+    from ``models/`` or from ``weights`` (e.g. a cross-validation fold's segmenter).
 
     Raises:
         SynthCPInputError: spec or weights absent, a class count other than the study's, weights that do not fit.
@@ -256,7 +263,7 @@ def load_network(study: PancreasStudy, name: str, factory: Factory | None = None
             f"label count differs: network {name!r} has {num_classes} classes, the study's labels are "
             f"{list(study.class_names)}"
         )
-    weights = study.models / filename
+    weights = study.models / filename if weights is None else Path(weights)
     if not weights.is_file():
         raise SynthCPInputError(f"weights {weights} are absent: run the {stage} stage first")
     net = factory() if factory is not None else build_network(spec, name)
@@ -268,6 +275,13 @@ def load_network(study: PancreasStudy, name: str, factory: Factory | None = None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SynthCPInputError(f"weights {weights} do not fit network {name!r} ({first})") from None
     return net.to(study.torch_device).eval()
+
+
+def load_fold_segmenters(study: PancreasStudy, factory: Factory | None = None) -> list[torch.nn.Module]:
+    """The cross-validation folds' segmenters (``crossval/fold_*/segmenter.pt``, in fold order); none when the
+    folder holds no ``crossval`` (e.g. a model exported without it)."""
+    paths = sorted((study.out / "crossval").glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name[5:]))
+    return [load_network(study, "segmenter", factory, weights=path) for path in paths]
 
 
 def load_regressor(study: PancreasStudy, name: str) -> Any:
@@ -477,6 +491,7 @@ class TrainedModels:
         mc_regressor: MC-Dropout feature ``(N, C)`` -> DSC ``(N, C)``.
         vae_regressor: VAE alarm feature ``(N, C)`` -> DSC ``(N, C)``.
         painter: the class-mean painter (``G``'s non-learned replacement).
+        fold_segmenters: the cross-validation folds' segmenters, the other members of the pairwise-Dice ensemble.
     """
 
     segmenter: torch.nn.Module
@@ -487,6 +502,7 @@ class TrainedModels:
     mc_regressor: Any
     vae_regressor: Any
     painter: Any
+    fold_segmenters: list[torch.nn.Module] = field(default_factory=list)
 
 
 def load_trained_models(
@@ -505,6 +521,7 @@ def load_trained_models(
     return TrainedModels(
         nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["comparator_direct"], nets["mask_vae"],
         load_regressor(study, "mc_dropout"), load_regressor(study, "vae_alarm"), load_painter(study),
+        load_fold_segmenters(study, segmenter),
     )
 
 
@@ -531,12 +548,30 @@ class CaseScores:
     painted: np.ndarray
 
 
+def pairwise_dice_quality(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The pairwise-Dice baseline's predicted DSC ``(C,)`` of ``pred`` ``(H, W, D)``: the mean Dice over every pair
+    of ensemble members, the members being the judged segmentation and each fold segmenter's of ``image``.
+
+    Used as the predicted DSC directly, without a fitted map: every training case was seen by all fold models but
+    one, so no pair of members is blind to it and a regressor fitted on the cross-validated cases would learn from
+    inflated agreement. NaN everywhere without fold segmenters.
+    """
+    from synthcp3d.scoring.ensemble import pairwise_agreement
+
+    if not nets.fold_segmenters:
+        return np.full(study.num_classes, np.nan)
+    members = [pred] + [segment_volume(study, net, image) for net in nets.fold_segmenters]
+    tensors = [torch.as_tensor(np.asarray(m, dtype=np.int64))[None] for m in members]
+    return pairwise_agreement(tensors, study.num_classes)[0].numpy()
+
+
 @torch.no_grad()
 def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pred: np.ndarray) -> CaseScores:
     """Every method's predicted DSC and error map for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``).
 
     "Class not predicted -> DSC 0" (:func:`not_predicted_is_zero`) applies to every method. The ablations feed
-    SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``.
+    SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``. The pairwise-Dice
+    baseline is :func:`pairwise_dice_quality` (NaN without fold segmenters).
     """
     from synthcp3d.networks.synthesizer import one_hot_labels
     from synthcp3d.scoring.synthesis import blank_like
@@ -557,12 +592,13 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
         "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
         "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
         "SynthCP": synthcp["quality"][0],
+        "Pairwise Dice (fold ensemble)": torch.as_tensor(pairwise_dice_quality(study, nets, image, pred)),
         **{name: out["quality"][0] for name, out in ablated.items()},
     }
     quality = {m: not_predicted_is_zero(q.float().cpu().numpy(), pred) for m, q in raw.items()}
-    quality["SynthCP + VAE alarm"] = mean_ensemble(
-        torch.as_tensor(quality["SynthCP"]), torch.as_tensor(quality["VAE alarm"])
-    ).numpy()
+    ensembles = {"SynthCP + VAE alarm": "VAE alarm", "SynthCP + pairwise Dice": "Pairwise Dice (fold ensemble)"}
+    for name, other in ensembles.items():
+        quality[name] = mean_ensemble(torch.as_tensor(quality["SynthCP"]), torch.as_tensor(quality[other])).numpy()
     nets.segmenter.eval()
     probs = torch.softmax(_sliding(study, study.patch_size)(x_roi, nets.segmenter).float(), dim=1)
     error_maps = {
