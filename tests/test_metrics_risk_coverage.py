@@ -21,6 +21,12 @@ def _reference_aurc(conf, quality):
     return 100.0 * total
 
 
+def _reference_oracle(quality):
+    """Accept the cases one by one, lowest risk first; rectangle rule with steps of 1/n."""
+    risks = sorted(1.0 - float(q) for q in quality)
+    return 100.0 * sum(sum(risks[: k + 1]) / (k + 1) for k in range(len(risks))) / len(risks)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_random_and_tie_heavy_inputs_match_the_reference(seed):
     rng = np.random.default_rng(seed)
@@ -29,7 +35,7 @@ def test_random_and_tie_heavy_inputs_match_the_reference(seed):
     for pred in (rng.random(n), np.round(rng.random(n), 1), np.full(n, 0.5)):  # continuous, tie-heavy, constant
         out = risk_coverage(pred, true)
         assert out["AURC"] == pytest.approx(_reference_aurc(pred, true), abs=1e-10)
-        assert out["E-AURC"] == pytest.approx(_reference_aurc(pred, true) - _reference_aurc(true, true), abs=1e-10)
+        assert out["E-AURC"] == pytest.approx(_reference_aurc(pred, true) - _reference_oracle(true), abs=1e-10)
         assert out["n"] == n
 
 
@@ -51,3 +57,15 @@ def test_edge_cases():
         risk_coverage([0.5], [50.0])
     with pytest.raises(SynthCPInputError, match="length"):
         risk_coverage([0.5, 0.2], [0.5])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_e_aurc_is_never_negative_when_true_quality_ties(seed):
+    """Many true DSC of exactly 0 (missed tumours) and 1: no ranking may beat the oracle."""
+    rng = np.random.default_rng(seed)
+    true = rng.choice([0.0, 0.0, 0.0, 1.0, 0.5, 0.8], size=30)
+    for pred in (rng.random(30), true + 1e-3 * rng.random(30), np.round(rng.random(30), 1)):
+        assert risk_coverage(pred, true)["E-AURC"] >= -1e-10
+    # three cases, risks 0, 1, 1: the tie-breaking predictor reaches the oracle, 100 * (0 + 1/2 + 2/3) / 3
+    out = risk_coverage([0.9, 0.5, 0.4], [1.0, 0.0, 0.0])
+    assert out["AURC"] == pytest.approx(100 * (0 + 0.5 + 2 / 3) / 3) and out["E-AURC"] == pytest.approx(0.0, abs=1e-10)

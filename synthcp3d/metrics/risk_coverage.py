@@ -7,7 +7,11 @@ first; the risk of an accepted case is ``1 - true quality``. Definitions (``DESI
 - confidence = predicted quality; thresholds only at distinct confidence values, so cases with equal confidence
   are accepted together (ties are never broken by input order);
 - AURC = Σ over those thresholds of (mean risk of the accepted cases) × (coverage increment);
-- E-AURC = AURC − the AURC of the oracle that accepts cases by true risk (the part a perfect ranking removes).
+- E-AURC = AURC − the AURC of the oracle that accepts the cases one at a time by increasing true risk (the part
+  a perfect ranking removes). The oracle is a ranking, not a confidence: cases of equal true risk are still
+  accepted one by one (their order does not matter). Scoring the oracle with grouped ties instead would charge it
+  the group's final mean risk over the whole group and, with many equal true values (tumour DSC 0), put it above
+  a predictor that breaks those ties: a negative E-AURC.
 
 scikit-learn and MONAI have no risk–coverage curve; written here, checked against a direct loop in the tests.
 """
@@ -75,5 +79,6 @@ def risk_coverage(predicted: Any, true: Any) -> dict[str, float]:
     if not p.size:
         return {"AURC": float("nan"), "E-AURC": float("nan"), "n": 0}
     aurc = _aurc(*risk_coverage_curve(p, t))
-    oracle = _aurc(*risk_coverage_curve(t, t))
+    oracle_risk = np.sort(1.0 - t)
+    oracle = float((np.cumsum(oracle_risk) / np.arange(1, t.size + 1)).mean())
     return {"AURC": 100.0 * aurc, "E-AURC": 100.0 * (aurc - oracle), "n": int(p.size)}
