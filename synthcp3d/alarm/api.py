@@ -254,9 +254,11 @@ class DSCAlarm:
             timer.seconds.setdefault(stage, value)
 
         with timer("postprocess"):
-            report.segmentation, report.error_probability = self.to_input_grid(prediction, affine, array.shape)
-            if given is not None:  # the judged mask itself, one nearest step from its own grid (not a round trip)
+            if given is None:
+                report.segmentation, report.error_probability = self.to_input_grid(prediction, affine, array.shape)
+            else:  # the judged mask itself, one nearest step from its own grid (not a round trip through the work grid)
                 report.segmentation = given.on_image_grid(affine, array.shape)
+                report.error_probability = self.error_to_input_grid(prediction, affine, array.shape)
 
         report.working = prediction
         report.predicted_dsc = {m: dict(v) for m, v in prediction.dsc.items()}
@@ -289,14 +291,15 @@ class DSCAlarm:
             segmentation ``(X, Y, Z)`` uint8 and error probability ``(X, Y, Z)`` float32 in [0, 1].
         """
         seg = resample_to_grid(np.asarray(prediction.segmentation), prediction.affine, affine, tuple(shape), "nearest")
+        return np.rint(seg).astype(np.uint8), DSCAlarm.error_to_input_grid(prediction, affine, shape)
+
+    @staticmethod
+    def error_to_input_grid(prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The working-grid error probability resampled (trilinear) onto the input grid: ``(X, Y, Z)`` in [0, 1]."""
         err = resample_to_grid(
-            np.asarray(prediction.error_probability, dtype=np.float32),
-            prediction.affine,
-            affine,
-            tuple(shape),
-            "bilinear",
+            np.asarray(prediction.error_probability, dtype=np.float32), prediction.affine, affine, tuple(shape), "bilinear"
         )
-        return np.rint(seg).astype(np.uint8), np.clip(err, 0.0, 1.0).astype(np.float32)
+        return np.clip(err, 0.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ batches
     def run_batch(

@@ -51,13 +51,10 @@ def parse_label_map(text: str | Mapping[str, int] | None, class_names: Sequence[
         name = aliases.get(name.lower(), name.lower())
         if name not in class_names:
             raise SynthCPInputError(f"--labels: unknown class {name!r}; the bundle judges {', '.join(class_names)}")
-        try:
-            number = int(str(value))
-        except ValueError:
-            number = 0
-        if number < 1 or str(number) != str(value).strip():
+        text_value = str(value).strip()
+        if not text_value.isdigit() or int(text_value) < 1:
             raise SynthCPInputError(f"--labels: the value of {name} must be a positive integer, got {value!r}")
-        out[name] = number
+        out[name] = int(text_value)
     if not out:
         raise SynthCPInputError("--labels names no class: give e.g. pancreas=1,tumour=2")
     if len(set(out.values())) != len(out):
