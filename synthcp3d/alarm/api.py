@@ -237,7 +237,8 @@ class DSCAlarm:
         }
         if given is not None and given.unclaimed:
             report.warnings.append(
-                f"mask values {given.unclaimed} are not mapped to a class by --labels {given.labels}: read as background"
+                f"mask values {given.unclaimed} are not mapped to a class by --labels {given.labels}: "
+                "read as background"
             )
 
         with torch.inference_mode():
@@ -297,7 +298,11 @@ class DSCAlarm:
     def error_to_input_grid(prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The working-grid error probability resampled (trilinear) onto the input grid: ``(X, Y, Z)`` in [0, 1]."""
         err = resample_to_grid(
-            np.asarray(prediction.error_probability, dtype=np.float32), prediction.affine, affine, tuple(shape), "bilinear"
+            np.asarray(prediction.error_probability, dtype=np.float32),
+            prediction.affine,
+            affine,
+            tuple(shape),
+            "bilinear",
         )
         return np.clip(err, 0.0, 1.0).astype(np.float32)
 

@@ -26,7 +26,9 @@ DEFAULT_LABELS = {"pancreas": 1, "tumour": 2}
 MaskInput = str | os.PathLike | tuple[np.ndarray, np.ndarray]
 
 
-def parse_label_map(text: str | Mapping[str, int] | None, class_names: Sequence[str] = ("pancreas", "tumour")) -> dict[str, int]:
+def parse_label_map(
+    text: str | Mapping[str, int] | None, class_names: Sequence[str] = ("pancreas", "tumour")
+) -> dict[str, int]:
     """``"pancreas=1,tumour=2"`` (or a mapping, or None for :data:`DEFAULT_LABELS`) -> ``{class name: mask value}``.
 
     Raises:
@@ -130,7 +132,9 @@ def check_same_space(
         )
 
 
-def mask_to_classes(values: np.ndarray, labels: Mapping[str, int], class_index: Mapping[str, int]) -> tuple[np.ndarray, list[int]]:
+def mask_to_classes(
+    values: np.ndarray, labels: Mapping[str, int], class_index: Mapping[str, int]
+) -> tuple[np.ndarray, list[int]]:
     """Mask values -> the bundle's class indices ``(X, Y, Z)`` uint8; every other value becomes background.
 
     Returns:
