@@ -126,8 +126,9 @@ class PancreasStudy(StudyBase):
         train_fraction: share of the labelled cases used for training (paper: 200 / 281).
         max_cases: use only the first N labelled cases (None: all) — for quick checks.
         mc_samples: MC-Dropout passes (paper: 50).
-        sw_roi_size: window of whole-volume inference (default ``patch_size``; AH-Net is fully convolutional, so
-            a larger window of valid size is faster on CPU).
+        sw_roi_size: window of whole-volume inference (default ``patch_size``). The networks are fully
+            convolutional, but a segmenter with instance norm (the demo's UNet) normalises over the window: a window
+            far larger than the training patches shifts those statistics and costs it tumour DSC.
         sw_batch_size, sw_overlap: sliding-window inference settings.
         cache_rate: share of training volumes cached in memory (MONAI ``CacheDataset``).
     """
