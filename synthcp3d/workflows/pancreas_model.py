@@ -383,6 +383,14 @@ def mc_features(
     return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy(), entropy[0]
 
 
+def _load_nifti(path: str | Path) -> Any:
+    """A NIfTI file as a channel-first MetaTensor ``(1, X, Y, Z)`` with its affine. The reader is named: a default
+    ``LoadImage`` instantiates every reader, and the DICOM one logs a warning each time (once per case here)."""
+    from monai.transforms import LoadImage
+
+    return LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(str(path))
+
+
 def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any) -> np.ndarray:
     """A label map on the working (preprocessed) grid resampled, nearest, onto ``reference``'s grid.
 
@@ -395,10 +403,10 @@ def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any)
         ``(X, Y, Z)`` uint8 labels on the reference's own grid (orientation, spacing, extent).
     """
     from monai.data import MetaTensor
-    from monai.transforms import LoadImage, ResampleToMatch
+    from monai.transforms import ResampleToMatch
 
     if not isinstance(reference, MetaTensor):
-        reference = LoadImage(image_only=True, ensure_channel_first=True)(str(reference))
+        reference = _load_nifti(reference)
     source = MetaTensor(torch.as_tensor(pred[None].astype(np.float32)), affine=torch.as_tensor(working_affine))
     native = ResampleToMatch(mode="nearest", padding_mode="zeros")(source, img_dst=reference)
     return np.asarray(native[0]).round().astype(np.uint8)
@@ -410,9 +418,7 @@ def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndar
     The prediction is resampled onto the ground truth's grid (not the reverse), so resampling never deletes a
     ground-truth voxel: a tumour smaller than a working voxel still counts, and is missed.
     """
-    from monai.transforms import LoadImage
-
-    label = LoadImage(image_only=True, ensure_channel_first=True)(case["source_label"])
+    label = _load_nifti(case["source_label"])
     native = to_native_grid(pred, _nib_load(case["image"]).affine, label)
     true = per_class_quality(
         torch.as_tensor(native[None].astype(np.int64)), torch.as_tensor(np.asarray(label[0]).astype(np.int64)[None]),
