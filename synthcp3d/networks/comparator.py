@@ -16,6 +16,10 @@ The paper's siamese branches meet only at feature level, so a voxel-level mismat
 gland-bright in ``x̂``) must be rediscovered from two separately encoded images; with little training data the
 comparator can learn to ignore ``x̂`` instead (measured: see the pancreas bundle README). The channel makes the
 comparison explicit; the x̂ ablations (painter, blank) still measure whether it is used.
+
+``label_input=False`` (a diagnostic, not in the paper) withholds ``ŷ`` from both branches: the comparator then
+knows the segmentation only through ``x̂ = G(ŷ)``, so it must compare ``x`` with ``x̂`` to judge it. Trained beside
+the paper's ``F(x, x̂, ŷ)`` it separates "x̂ carries no usable information" from "x̂ is redundant given ŷ".
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class SiameseComparator(nn.Module):
         quality_hidden: hidden width of the quality MLP.
         pretrained_path: optional local ResNet state dict for the encoder(s) (never downloaded).
         difference_input: add ``|x - x̂|`` as an input channel of both branches (see the module docstring).
+        label_input: give ``ŷ`` to the branches (paper); False = judge ``ŷ`` through ``x̂`` alone (requires
+            ``use_synthesis``; see the module docstring).
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class SiameseComparator(nn.Module):
         quality_hidden: int = 256,
         pretrained_path: str | Path | None = None,
         difference_input: bool = False,
+        label_input: bool = True,
     ) -> None:
         super().__init__()
         heads = tuple(heads)
@@ -90,6 +97,9 @@ class SiameseComparator(nn.Module):
         self.heads, self.use_synthesis, self.shared_encoder = heads, use_synthesis, shared_encoder
         self.seg_input, self.ignore_index = seg_input, ignore_index
         self.difference_input = bool(difference_input) and use_synthesis
+        if not label_input and not use_synthesis:
+            raise ValueError("label_input=False needs use_synthesis=True: the comparator would see no segmentation")
+        self.label_input = bool(label_input)
 
         seg_channels = num_classes
         self.squeeze: nn.Module | None = None
@@ -99,10 +109,9 @@ class SiameseComparator(nn.Module):
         self.seg_channels = seg_channels
 
         def encoder() -> ResNetEncoder:
-            extra = image_channels if self.difference_input else 0
+            in_channels = image_channels * (2 if self.difference_input else 1) + seg_channels * self.label_input
             enc = ResNetEncoder(
-                spatial_dims, image_channels + seg_channels + extra, encoder_layers, encoder_channels, encoder_block,
-                conv1_stride, norm=norm,
+                spatial_dims, in_channels, encoder_layers, encoder_channels, encoder_block, conv1_stride, norm=norm
             )
             if pretrained_path is not None:
                 load_encoder_weights(enc, pretrained_path)
@@ -169,6 +178,8 @@ class SiameseComparator(nn.Module):
             )
         spatial = image.shape[2:]
         seg = self._seg_channels(segmentation, spatial).to(image.dtype)
+        if not self.label_input:
+            seg = seg[:, :0]  # withheld (the shape is still checked above)
         if not self.use_synthesis:
             feats = self.encoder(torch.cat([image, seg], dim=1))
         else:
