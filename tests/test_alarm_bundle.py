@@ -160,6 +160,46 @@ def test_real_predictor_judges_a_given_mask(bundle: Path, tmp_path: Path) -> Non
     assert report.judged["labels"] == {"tumour": 5}
 
 
+class Bright(torch.nn.Module):
+    """A stand-in fold segmenter: tumour where the preprocessed image is bright (the planted block), else
+    background; with ``empty`` background everywhere."""
+
+    def __init__(self, empty: bool = False) -> None:
+        super().__init__()
+        self.empty = empty
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tumour = torch.full_like(x, -10.0) if self.empty else 10.0 * (x - 0.5)
+        return torch.cat([torch.zeros_like(x), torch.full_like(x, -10.0), tumour], dim=1)
+
+
+def test_pairwise_dice_with_and_without_fold_models(bundle: Path, tmp_path: Path) -> None:
+    """Fold models found in crossval/ join the judged mask in the pairwise-Dice ensemble; without them its
+    predictions are None (not SynthCP's under another name)."""
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[BLOCK] = 2
+    path = save_like(mask, affine_for("lps"), tmp_path / "mask.nii.gz")
+    alone = DSCAlarm.from_bundle(bundle, device="cpu", progress=False)((phantom(), affine_for("lps")), mask=path)
+    assert alone.predicted_dsc["pairwise_dice"] == {"pancreas": None, "tumour": None}
+    assert alone.predicted_dsc["synthcp_pairwise"] == {"pancreas": None, "tumour": None}
+    assert "pairwise" not in alone.seconds
+
+    with_folds = _copy_bundle(bundle, tmp_path / "with_folds")
+    for i in range(2):
+        (with_folds / "crossval" / f"fold_{i}").mkdir(parents=True)
+        shutil.copy(bundle / "models" / "segmenter.pt", with_folds / "crossval" / f"fold_{i}" / "segmenter.pt")
+    alarm = DSCAlarm.from_bundle(with_folds, device="cpu", progress=False)
+    assert len(alarm.predictor.fold_segmenters) == 2 and alarm.predictor.info["model"]["fold_segmenters"] == 2
+    alarm.predictor.fold_segmenters = [Bright(), Bright(empty=True)]
+    report = alarm((phantom(), affine_for("lps")), mask=path)
+    # members: the mask M, A = the bright block (≈ M), B = empty: (Dice(M, A) + 0 + 0) / 3 for the tumour
+    assert report.predicted_dsc["pairwise_dice"]["tumour"] == pytest.approx(1 / 3, abs=0.03)
+    assert report.predicted_dsc["pairwise_dice"]["pancreas"] == 0.0  # not predicted -> 0, as for every method
+    synthcp, pairwise = (report.predicted_dsc[m]["tumour"] for m in ("synthcp", "pairwise_dice"))
+    assert report.predicted_dsc["synthcp_pairwise"]["tumour"] == pytest.approx((synthcp + pairwise) / 2, abs=1e-6)
+    assert report.seconds["pairwise"] > 0
+
+
 def test_bundle_files_are_plain_json(bundle: Path) -> None:
     """networks.json and settings.json are written and read as JSON (no Python reprs), by the study's own loaders."""
     from functools import partial

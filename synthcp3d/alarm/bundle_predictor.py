@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,9 @@ class BundlePredictor:
     """The trained networks of a pancreas bundle as a :class:`~synthcp3d.alarm.predictor.Predictor`.
 
     Use :meth:`from_bundle`. Attributes ``labels``, ``info``, ``device``, ``study`` (the study settings as a
-    ``PancreasStudy``), and the networks ``segmenter``, ``generator``, ``comparator``, ``vae``, ``vae_regressor``.
+    ``PancreasStudy``), and the networks ``segmenter``, ``generator``, ``comparator``, ``vae``, ``vae_regressor``
+    and ``fold_segmenters`` (the cross-validation folds' segmenters when the folder has them: the other members of
+    the pairwise-Dice ensemble; without them its predictions are None).
     """
 
     def __init__(
@@ -102,11 +104,13 @@ class BundlePredictor:
         vae: torch.nn.Module,
         vae_regressor: Any,
         info: dict[str, Any],
+        fold_segmenters: Sequence[torch.nn.Module] = (),
     ) -> None:
         self.study = study
         self.device = torch.device(study.device)
         self.segmenter, self.generator, self.comparator, self.vae = segmenter, generator, comparator, vae
         self.vae_regressor = vae_regressor
+        self.fold_segmenters = list(fold_segmenters)
         self.labels = {i: n for i, n in enumerate(study.class_names)}
         self.info = info
         self._chain = study.preprocessing(label_key=None, load=False)
@@ -124,17 +128,20 @@ class BundlePredictor:
             )
         nets = {name: wf.load_network(study, name) for name in REQUIRED}
         regressor = wf.load_regressor(study, "vae_alarm")
+        folds = wf.load_fold_segmenters(study)
         info = {
             "model": {
                 "name": f"SynthCP + VAE alarm ({wf.segmenter_name(study)} segmenter, 3D SPADE, siamese comparator, "
                 "mask VAE)",
                 "settings": study.settings_name,
                 "weights": {n: _file_id(study.models / wf.NETWORKS[n][0]) for n in REQUIRED},
+                "fold_segmenters": len(folds),
             },
             "bundle": {**_bundle_version(), "path": str(folder.resolve())},
         }
         return cls(
-            study, nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["mask_vae"], regressor, info
+            study, nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["mask_vae"], regressor, info,
+            folds,
         )
 
     # ---------------------------------------------------------------- inference
@@ -148,7 +155,6 @@ class BundlePredictor:
     ) -> Prediction:
         """Segment (or take ``segmentation`` ``(H, W, D)``, a given mask on this grid), synthesize, compare and run
         the VAE alarm on a preprocessed ``MetaTensor`` ``(1, H, W, D)``."""
-        from synthcp3d.networks.synthesizer import one_hot_labels
         from synthcp3d.roi import paste_from_box
 
         timer = timer or StageTimer(self.device)
@@ -159,25 +165,24 @@ class BundlePredictor:
                 pred = wf.segment_volume(study, self.segmenter, x)
         else:
             pred = np.asarray(segmentation).astype(np.int64)
-        with timer("synthesize"):
-            x_roi, p_roi, box = wf.roi_tensors(study, x, pred)
-            onehot = one_hot_labels(p_roi, study.num_classes)
-            synth = self.generator(onehot)
-        with timer("compare"):
-            out = self.comparator(x_roi, onehot, synth)
-            q_syn = wf.not_predicted_is_zero(out["quality"][0].float().cpu().numpy(), pred)
-            err_roi = torch.sigmoid(out["error_logits"][0, 0].float()).cpu().numpy()
+        judged = wf.synthesize_and_compare(study, self.generator, self.comparator, x, pred, timer=timer)
         with timer("vae"):
             q_vae = wf.vae_alarm_dsc(study, self.vae, self.vae_regressor, pred)
-        q_ens = mean_ensemble(torch.as_tensor(q_syn), torch.as_tensor(q_vae)).numpy()
+        q_pair = wf.pairwise_dice_quality(study, self.fold_segmenters, x, pred, timer=timer)
+        q_syn = judged.quality
         shape = x.shape
-        error = paste_from_box(err_roi.astype(np.float32), box, shape, fill=0.0)
-        synthesized = paste_from_box(synth[0, 0].float().cpu().numpy(), box, shape, fill=-1.0)
+        error = paste_from_box(judged.error.cpu().numpy().astype(np.float32), judged.box, shape, fill=0.0)
+        synthesized = paste_from_box(judged.synthesis[0, 0].float().cpu().numpy(), judged.box, shape, fill=-1.0)
         names = {1: "pancreas", 2: "tumour"}
-        dsc = {
-            method: {name: _finite_or_none(q[i]) for i, name in names.items()}
-            for method, q in (("synthcp", q_syn), ("vae_alarm", q_vae), ("ensemble", q_ens))
+        sources = {
+            "synthcp": q_syn,
+            "vae_alarm": q_vae,
+            "ensemble": mean_ensemble(torch.as_tensor(q_syn), torch.as_tensor(q_vae)).numpy(),
+            "pairwise_dice": q_pair,  # NaN without fold segmenters, and so is its ensemble:
+            "synthcp_pairwise": mean_ensemble(torch.as_tensor(q_syn), torch.as_tensor(q_pair)).numpy()
+            if self.fold_segmenters else q_pair,
         }
+        dsc = {method: {name: _finite_or_none(q[i]) for i, name in names.items()} for method, q in sources.items()}
         return Prediction(
             segmentation=pred.astype(np.uint8),
             error_probability=error,

@@ -20,10 +20,12 @@ from synthcp3d.alarm.timing import StageTimer
 
 __all__ = ["Prediction", "Predictor", "METHODS", "STAGES"]
 
-#: Predicted-DSC sources, in report order. ``ensemble`` is the mean of the other two (the paper's Table 2 best row).
-METHODS = ("synthcp", "vae_alarm", "ensemble")
+#: Predicted-DSC sources, in report order. ``ensemble`` is the mean of SynthCP and the VAE alarm (the paper's Table 2
+#: best row, and the flag's source); ``pairwise_dice`` the fold ensemble's mean pairwise Dice (Zenk et al. 2025; None
+#: without fold models) and ``synthcp_pairwise`` its mean with SynthCP.
+METHODS = ("synthcp", "vae_alarm", "ensemble", "pairwise_dice", "synthcp_pairwise")
 #: Stages timed in every report, in order.
-STAGES = ("load", "preprocess", "segment", "synthesize", "compare", "vae", "postprocess", "write")
+STAGES = ("load", "preprocess", "segment", "synthesize", "compare", "vae", "pairwise", "postprocess", "write")
 
 
 @dataclass

@@ -43,8 +43,9 @@ class AlarmReport:
     Attributes:
         case: case id (output file names).
         source: the input path (or ``"<array>"``).
-        predicted_dsc: ``{method: {"pancreas": float|None, "tumour": float|None}}`` for ``synthcp``,
-            ``vae_alarm`` and ``ensemble``.
+        predicted_dsc: ``{method: {"pancreas": float|None, "tumour": float|None}}`` for each of
+            :data:`~synthcp3d.alarm.predictor.METHODS` (``pairwise_dice`` and ``synthcp_pairwise`` are None without
+            fold models in the bundle).
         flagged: whether the case needs checking (:data:`FLAG_RULE`).
         threshold: the threshold ``T`` used; ``threshold_source`` says where it came from.
         model, bundle: identity of the networks and bundle (name, version, path).

@@ -4,7 +4,8 @@ What a trained output folder of ``bundles/pancreas_ct_synthcp`` holds and how it
 code: the study settings (:class:`PancreasStudy`, ``models/settings.json``), the networks (``models/networks.json``
 + weights) and regressors, and the per-volume functions shared by the ``evaluate`` and ``inference`` stages
 (:mod:`synthcp3d.workflows.pancreas`) and the DSC alarm (:mod:`synthcp3d.alarm`): :func:`segment_volume`,
-:func:`roi_tensors`, :func:`vae_alarm_dsc`, :func:`score_case` (every method on one case).
+:func:`roi_tensors`, :func:`synthesize_and_compare` (SynthCP on one segmentation), :func:`vae_alarm_dsc`,
+:func:`pairwise_dice_quality`, :func:`score_case` (every method on one case).
 
 A trained output folder is self-describing: ``models/settings.json`` (the study settings a trained model depends on:
 preprocessing, geometry, class names; written by ``prepare``), ``models/networks.json`` (how each network is built,
@@ -14,6 +15,7 @@ plain JSON) and the weights. :func:`load_study` and :func:`load_trained_models` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +74,9 @@ __all__ = [
     "TrainedModels",
     "load_trained_models",
     "CaseScores",
+    "Comparison",
+    "synthesize_and_compare",
+    "pairwise_dice_quality",
     "score_case",
     "score_synthesis",
 ]
@@ -106,6 +111,8 @@ MODEL_SETTINGS = (
     "sw_overlap", "class_names", "settings_name",
 )
 Factory = Callable[..., torch.nn.Module]
+#: ``timer(stage) -> context manager`` timing a named stage (the alarm's ``StageTimer`` is one)
+Timer = Callable[[str], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -555,21 +562,73 @@ class CaseScores:
     painted: np.ndarray
 
 
-def pairwise_dice_quality(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def pairwise_dice_quality(
+    study: PancreasStudy, fold_segmenters: Sequence[torch.nn.Module], image: np.ndarray, pred: np.ndarray,
+    timer: Timer | None = None,
+) -> np.ndarray:
     """The pairwise-Dice baseline's predicted DSC ``(C,)`` of ``pred`` ``(H, W, D)``: the mean Dice over every pair
     of ensemble members, the members being the judged segmentation and each fold segmenter's of ``image``.
 
     Used as the predicted DSC directly, without a fitted map: every training case was seen by all fold models but
     one, so no pair of members is blind to it and a regressor fitted on the cross-validated cases would learn from
-    inflated agreement. NaN everywhere without fold segmenters.
+    inflated agreement. NaN everywhere without fold segmenters. ``timer``: see :func:`synthesize_and_compare`.
     """
     from synthcp3d.scoring.ensemble import pairwise_agreement
 
-    if not nets.fold_segmenters:
+    if not fold_segmenters:
         return np.full(study.num_classes, np.nan)
-    members = [pred] + [segment_volume(study, net, image) for net in nets.fold_segmenters]
-    tensors = [torch.as_tensor(np.asarray(m, dtype=np.int64))[None] for m in members]
-    return pairwise_agreement(tensors, study.num_classes)[0].numpy()
+    with (timer or _untimed)("pairwise"):
+        members = [pred] + [segment_volume(study, net, image) for net in fold_segmenters]
+        tensors = [torch.as_tensor(np.asarray(m, dtype=np.int64))[None] for m in members]
+        return not_predicted_is_zero(pairwise_agreement(tensors, study.num_classes)[0].numpy(), pred)
+
+
+@dataclass
+class Comparison:
+    """SynthCP on one segmentation: its ROI, ``x̂ = G(ŷ)`` and the comparator's outputs.
+
+    Attributes:
+        x_roi: the image on the ROI ``(1, 1, *roi)``; pred_roi: the segmentation ``(1, *roi)``; onehot: ``(1, C,
+        *roi)``; box: the ROI in the volume; synthesis: ``G(ŷ)`` ``(1, 1, *roi)``; quality: predicted DSC ``(C,)``
+        ("class not predicted -> 0" applied); error: error probability ``(*roi)``; outputs: the comparator's raw dict.
+    """
+
+    x_roi: torch.Tensor
+    pred_roi: torch.Tensor
+    onehot: torch.Tensor
+    box: RoiBox
+    synthesis: torch.Tensor
+    quality: np.ndarray
+    error: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+
+
+def _untimed(_stage: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def synthesize_and_compare(
+    study: PancreasStudy, generator: torch.nn.Module, comparator: torch.nn.Module, image: np.ndarray,
+    pred: np.ndarray, timer: Timer | None = None,
+) -> Comparison:
+    """SynthCP's judgement of ``pred`` ``(H, W, D)`` of ``image`` ``(H, W, D)``: crop the ROI, synthesize, compare.
+
+    The one implementation the evaluate stage (:func:`score_case`) and the DSC alarm share. ``timer``: a callable
+    ``timer(stage) -> context manager`` (e.g. the alarm's ``StageTimer``) timing ``"synthesize"`` and ``"compare"``.
+    """
+    from synthcp3d.networks.synthesizer import one_hot_labels
+
+    timer = timer or _untimed
+    with timer("synthesize"):
+        x_roi, p_roi, box = roi_tensors(study, image, pred)
+        onehot = one_hot_labels(p_roi, study.num_classes)
+        synth = generator(onehot)
+    with timer("compare"):
+        out = comparator(x_roi, onehot, synth)
+        quality = not_predicted_is_zero(out["quality"][0].float().cpu().numpy(), pred)
+        error = torch.sigmoid(out["error_logits"][0, 0].float())
+    return Comparison(x_roi, p_roi, onehot, box, synth, quality, error, out)
 
 
 @torch.no_grad()
@@ -580,13 +639,10 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
     SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``. The pairwise-Dice
     baseline is :func:`pairwise_dice_quality` (NaN without fold segmenters).
     """
-    from synthcp3d.networks.synthesizer import one_hot_labels
     from synthcp3d.scoring.synthesis import blank_like
 
-    x_roi, p_roi, box = roi_tensors(study, image, pred)
-    onehot = one_hot_labels(p_roi, study.num_classes)
-    synth = nets.generator(onehot)
-    synthcp = nets.synthcp(x_roi, onehot, synth)
+    judged = synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
+    x_roi, p_roi, onehot = judged.x_roi, judged.pred_roi, judged.onehot
     direct = nets.direct(x_roi, onehot)
     mc_feat, entropy = mc_features(study, nets.segmenter, x_roi, p_roi)
     painted = nets.painter(p_roi, seed=int(study.seed)).to(x_roi.device)
@@ -598,8 +654,10 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
         "Direct Prediction": direct["quality"][0],
         "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
         "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
-        "SynthCP": synthcp["quality"][0],
-        "Pairwise Dice (fold ensemble)": torch.as_tensor(pairwise_dice_quality(study, nets, image, pred)),
+        "SynthCP": torch.as_tensor(judged.quality),
+        "Pairwise Dice (fold ensemble)": torch.as_tensor(
+            pairwise_dice_quality(study, nets.fold_segmenters, image, pred)
+        ),
         **{name: out["quality"][0] for name, out in ablated.items()},
     }
     quality = {m: not_predicted_is_zero(q.float().cpu().numpy(), pred) for m, q in raw.items()}
@@ -609,7 +667,7 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
     nets.segmenter.eval()
     probs = torch.softmax(_sliding(study, study.patch_size)(x_roi, nets.segmenter).float(), dim=1)
     error_maps = {
-        "SynthCP": torch.sigmoid(synthcp["error_logits"][0, 0].float()),
+        "SynthCP": judged.error,
         "Direct Prediction": torch.sigmoid(direct["error_logits"][0, 0].float()),
         "MC-Dropout entropy": entropy.float(),
         "MSP (1 - max softmax)": 1.0 - probs.max(1).values[0],
@@ -618,9 +676,9 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
     return CaseScores(
         quality={m: quality[m] for m in (*METHODS, *ABLATIONS)},
         error_maps={m: v.cpu().numpy() for m, v in error_maps.items()},
-        box=box,
+        box=judged.box,
         pred_roi=p_roi[0].cpu().numpy(),
-        synthesis=synth[0, 0].float().cpu().numpy(),
+        synthesis=judged.synthesis[0, 0].float().cpu().numpy(),
         image_roi=x_roi[0, 0].cpu().numpy(),
         painted=painted[0, 0].cpu().numpy(),
     )
