@@ -9,13 +9,15 @@ ignore value in the error map. Everything is batched and runs on whichever devic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
 from synthcp3d.errors import SynthCPInputError
 
-__all__ = ["per_class_quality", "error_map", "as_label_map"]
+__all__ = ["per_class_quality", "error_map", "as_label_map", "not_predicted_is_zero"]
 
 
 def as_label_map(labels: torch.Tensor) -> torch.Tensor:
@@ -92,3 +94,18 @@ def error_map(pred: torch.Tensor, label: torch.Tensor, ignore_index: int | None 
             raise ValueError("ignore_index must lie in 2..255 to stay distinct from the 0/1 error values")
         error[label == ignore_index] = ignore_index
     return error
+
+
+def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray, keep: Sequence[int] = ()) -> np.ndarray:
+    """Predicted quality ``(C,)`` with 0 for every class absent from the segmentation ``pred`` (any shape).
+
+    Exact wherever the true quality is defined (a class in the ground truth but not in the prediction scores 0);
+    applied to every method of a table alike, so no method gets the rule's free points alone. ``keep``: classes left
+    as predicted (e.g. the background of a CT, always present).
+    """
+    quality = np.array(quality, dtype=np.float64, copy=True)
+    present = np.bincount(np.asarray(pred).ravel().astype(np.int64), minlength=quality.shape[0])[: quality.shape[0]] > 0
+    absent = ~present
+    absent[list(keep)] = False
+    quality[absent] = 0.0
+    return quality

@@ -41,7 +41,8 @@ TINY = {
     "train_baselines": {"iterations": 2, "batch_size": 2},
 }
 PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
-IMAGE = ["MC-Dropout", "VAE alarm", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
+IMAGE = ["MC-Dropout", "VAE alarm", "Pairwise IoU (fold ensemble)", "Direct Prediction", "SynthCP-separate",
+         "SynthCP-joint"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_every_stage_ran_and_table_printed(study_run):
         assert f"## {run} — pixel level, reduction `per_image`" in report
     for method in PIXEL:
         assert f"| {method} |" in report
-    assert "| VAE alarm |" in report
+    assert "| VAE alarm |" in report and "| Pairwise IoU (fold ensemble) |" in report
     assert (out / "evaluate" / "fig5.png").stat().st_size > 1000
     pixel = json.loads((out / "evaluate" / "report.json").read_text())["pixel"]
     assert set(pixel["fcn8_judged_by_deeplabv2"]["pooled"]) == {

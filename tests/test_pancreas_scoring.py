@@ -67,3 +67,15 @@ def test_class_ratio_sampling_centres_patches_on_the_tumour():
     patches = chain({"image": image, "label": label})
     with_tumour = np.mean([bool((p["label"] == 2).any()) for p in patches])
     assert 0.4 < with_tumour < 0.75  # half the centres on tumour voxels (+ a few neighbours); uniform gives ~0.03
+
+
+def test_generic_not_predicted_is_zero_keeps_only_the_named_classes():
+    """2D: every class may be absent, road (0) included; NaN (no prediction) of an absent class becomes 0 too."""
+    from synthcp3d.targets import not_predicted_is_zero as generic
+
+    pred = np.array([[1, 1], [3, 3]])  # classes 1 and 3 of 5
+    q = np.array([0.7, 0.8, np.nan, 0.6, np.nan])
+    out = generic(q, pred)
+    assert out.tolist()[:2] == [0.0, 0.8] and out[3] == 0.6 and out[2] == 0.0 and out[4] == 0.0
+    assert generic(q, pred, keep=(0,))[0] == 0.7
+    assert np.isnan(q[2])  # the input is not modified

@@ -83,7 +83,9 @@ IGNORE = CITYSCAPES_IGNORE_INDEX
 MODE_NAMES = {"direct": "Direct Prediction", "separate": "SynthCP-separate", "joint": "SynthCP-joint"}
 #: Table 1 rows, in order (comparator rows only for the trained modes).
 PIXEL_METHODS = ("MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint")
-IMAGE_METHODS = ("MC-Dropout", "VAE alarm", "Direct Prediction", "SynthCP-separate", "SynthCP-joint")
+IMAGE_METHODS = (
+    "MC-Dropout", "VAE alarm", "Pairwise IoU (fold ensemble)", "Direct Prediction", "SynthCP-separate", "SynthCP-joint",
+)
 PIXEL_COLUMNS = (
     ("FPR95", "FPR95 ↓"),
     ("AUPR_Error", "AUPR-Error ↑"),
@@ -493,6 +495,7 @@ class _Judges:
     confidnet: torch.nn.Module
     mc_regressor: Any
     vae_regressor: Any
+    fold_segmenters: list[torch.nn.Module]  # the cross-validation folds' (pairwise-IoU ensemble); may be empty
 
 
 def _load_judges(
@@ -526,7 +529,9 @@ def _load_judges(
     vr = LinearQualityRegressor.from_state_dict(
         json.loads(require_file(study.models / f"vae_alarm_{name}.json", "train_baselines").read_text())
     )
-    return _Judges(seg, comps, head, mc, vr)
+    folds = sorted(study.cv_dir(name).glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    fold_nets = [load_net(segmenters[name], path, "segmenter", dev) for path in folds]
+    return _Judges(seg, comps, head, mc, vr, fold_nets)
 
 
 def _evaluate_segmenter(
@@ -544,6 +549,8 @@ def _evaluate_segmenter(
     from synthcp3d.metrics import StreamingPixelFailureMetrics
     from synthcp3d.networks.synthesizer import one_hot_labels
     from synthcp3d.scoring import run_scorer
+    from synthcp3d.scoring.ensemble import pairwise_agreement
+    from synthcp3d.targets import not_predicted_is_zero
 
     dev = study.torch_device
     methods = (["MSP", "MC-Dropout", "TCP"] if baselines else []) + list(judges.comparators)
@@ -552,7 +559,11 @@ def _evaluate_segmenter(
         for m in methods
         for r in REDUCTIONS
     }
-    image_preds: dict[str, list[np.ndarray]] = {m: [] for m in IMAGE_METHODS if m in judges.comparators or baselines}
+    pairwise = "Pairwise IoU (fold ensemble)"
+    image_preds: dict[str, list[np.ndarray]] = {
+        m: [] for m in IMAGE_METHODS
+        if m in judges.comparators or (baselines and (m != pairwise or judges.fold_segmenters))
+    }
     true_rows, fig_rows = [], []
     for item in tqdm(val, desc=f"evaluate {out.name}", disable=not study.progress, unit="image"):
         case = load_cached(item["cache"])
@@ -584,6 +595,10 @@ def _evaluate_segmenter(
             image_preds["MC-Dropout"].append(mc.quality[0].cpu().numpy())
             vae_q = judges.vae_regressor.predict(_vae_feature(vae, pred[0], study)[None])
             image_preds["VAE alarm"].append(np.asarray(vae_q, dtype=np.float64)[0])
+        if pairwise in image_preds:  # Zenk et al. 2025: mean pairwise IoU of the judged mask and the fold models'
+            members = [pred] + [segment(net, x)[0].argmax(1) for net in judges.fold_segmenters]
+            agreement = pairwise_agreement(members, study.num_classes, "iou")[0].cpu().numpy()
+            image_preds[pairwise].append(not_predicted_is_zero(agreement, pred.cpu().numpy()))
         for row, comparator in judges.comparators.items():
             # the registry names Direct Prediction's network "direct_comparator", SynthCP's "comparator"
             scorer, key = ("direct", "direct_comparator") if row == "Direct Prediction" else ("synthcp", "comparator")

@@ -31,6 +31,7 @@ from monai.transforms import Compose, Resize
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, tight_box
 from synthcp3d.scoring.ensemble import mean_ensemble
+from synthcp3d import targets
 from synthcp3d.targets import per_class_quality
 from synthcp3d.transforms import HU_RANGE, ct_preprocessing
 from synthcp3d.utils.atomic import atomic_save_json
@@ -471,15 +472,9 @@ def vae_feature(vae: torch.nn.Module, onehot: torch.Tensor, feature: str = "loss
 
 
 def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Predicted DSC ``(C,)`` with 0 for every class absent from the segmentation ``pred``.
-
-    Exact wherever the true DSC is defined (a class in the ground truth but not in the prediction has DSC 0), and
-    applied to every method alike, so no method gets the rule's free points alone.
-    """
-    quality = np.array(quality, dtype=np.float64, copy=True)
-    present = np.bincount(np.asarray(pred).ravel().astype(np.int64), minlength=quality.shape[0]) > 0
-    quality[1:][~present[1 : quality.shape[0]]] = 0.0
-    return quality
+    """Predicted DSC ``(C,)`` with 0 for every class but the background absent from ``pred`` (see
+    `synthcp3d.targets.not_predicted_is_zero`), the rule every pancreas method gets."""
+    return targets.not_predicted_is_zero(quality, pred, keep=(0,))
 
 
 @torch.no_grad()
