@@ -265,7 +265,8 @@ def stage_command(bundle: Path, stage: str, overrides: Mapping[str, Any]) -> lis
            "--meta_file", str(bundle / "configs" / "metadata.json"),
            "--logging_file", str(bundle / "configs" / "logging.conf")]
     for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        # Python literals: MONAI's command line (fire) reads JSON's false / null as the strings "false" / "null"
+        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
     return cmd
 
 
