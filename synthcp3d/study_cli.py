@@ -5,6 +5,10 @@ process, or with ``--subprocess`` as ``python -m monai.bundle run ...``, the exa
 A stage writes ``<out>/<stage>/done.json`` atomically as its last act; stages whose marker exists are skipped, so an
 interrupted run resumes where it stopped (``--force`` reruns the chosen stages). ``--demo`` first generates the
 synthetic data set of the study into ``<out>/data`` (if absent) and uses the small settings of :data:`DEMO_SETTINGS`.
+
+``--nproc N`` (N > 1) runs each training stage on N processes: ``torchrun --standalone --nproc_per_node=N -m
+monai.bundle run`` with the bundle's ``configs/multi_gpu_train.yaml`` merged last (one process per GPU, NCCL; with
+``--device cpu``, gloo on the CPU); the other stages run as without it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Study:
     bundle: str
     stages: tuple[str, ...]
     report_stage: str
+    training_stages: tuple[str, ...] = ()  # the stages that train networks (run on every process with --nproc N)
     demo_data: Mapping[str, Any] = field(default_factory=dict)
     # the demo data set: "module:function" writing it under OUT/data (called with ``demo_data``), the file whose
     # presence means it is there, and the folder (relative to OUT/data) given to the bundle as ``dataset_dir``
@@ -61,6 +66,7 @@ STUDIES: dict[str, Study] = {
             "inference",
         ),
         report_stage="evaluate",
+        training_stages=("train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm"),
         # 80 real-size phantoms at a coarser native grid (96 x 96 x 40 voxels over a 224-256 x 224-256 x 110-130 mm
         # field of view: 2.3-2.7 mm in-plane, 2.8-3.2 mm slices), 26 of them in the test split
         demo_data={"cases": 80, "test_cases": 2, "seed": 0, "shape": (96, 96, 40)},
@@ -77,6 +83,7 @@ STUDIES: dict[str, Study] = {
             "evaluate",
         ),
         report_stage="evaluate",
+        training_stages=("train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_baselines"),
         demo_data={"cases": 24, "val_cases": 8, "seed": 0, "size": (256, 128)},
         demo_maker="synthcp2d.data.synthetic_cityscapes:make_cityscapes_dataset",
         demo_ready="cityscapes/synthcp_synthetic.json",
@@ -87,6 +94,7 @@ STUDIES: dict[str, Study] = {
         bundle="streethazards_anomaly_synthcp",
         stages=("prepare", "train_segmenter", "train_synthesizer", "train_autoencoder", "evaluate"),
         report_stage="evaluate",
+        training_stages=("train_segmenter", "train_synthesizer", "train_autoencoder"),
         demo_data={"cases": 24, "val_cases": 2, "test_cases": 10, "seed": 0, "size": (256, 128)},
         demo_maker="synthcp2d.data.synthetic_streethazards:make_streethazards_dataset",
         demo_ready="streethazards/synthcp_synthetic.json",
@@ -225,6 +233,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rerun the chosen stages even if they are complete")
     parser.add_argument("--subprocess", action="store_true", help="run each stage as `python -m monai.bundle run`")
     parser.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="processes per training stage (default 1): N > 1 runs each under `torchrun --standalone "
+        "--nproc_per_node=N` with the bundle's configs/multi_gpu_train.yaml, one per GPU (--device cpu: gloo on the "
+        "CPU); batch_size stays the global batch, split over the processes",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="extra bundle override, e.g. --set num_folds=4 --set train_comparator.iterations=500 (VALUE is YAML)",
     )
@@ -258,22 +272,33 @@ def stage_overrides(
     return merged
 
 
-def stage_command(bundle: Path, stage: str, overrides: Mapping[str, Any]) -> list[str]:
-    """The ``python -m monai.bundle run`` command line of one stage."""
+def stage_command(bundle: Path, stage: str, overrides: Mapping[str, Any], nproc: int = 1) -> list[str]:
+    """The ``python -m monai.bundle run`` command line of one stage; with ``nproc`` > 1 under ``torchrun``
+    (``python -m torch.distributed.run``) with ``configs/multi_gpu_train.yaml`` merged last."""
     configs = [str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / f"{stage}.yaml")]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+    launcher = [sys.executable]
+    if nproc > 1:
+        configs.append(str(bundle / "configs" / "multi_gpu_train.yaml"))
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
            "--meta_file", str(bundle / "configs" / "metadata.json"),
            "--logging_file", str(bundle / "configs" / "logging.conf")]
     for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        # Python literals: MONAI's command line (fire) reads JSON's false / null as the strings "false" / "null"
+        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
     return cmd
 
 
-def _run_stage(bundle: Path, stage: str, overrides: Mapping[str, Any], use_subprocess: bool) -> None:
-    cmd = stage_command(bundle, stage, overrides)
+def _run_stage(
+    bundle: Path, stage: str, overrides: Mapping[str, Any], use_subprocess: bool, nproc: int = 1
+) -> None:
+    cmd = stage_command(bundle, stage, overrides, nproc)
     print(f"[{stage}] " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
-    if use_subprocess:
-        result = subprocess.run(cmd, check=False)
+    if use_subprocess or nproc > 1:
+        env = None
+        if nproc > 1 and not str(overrides.get("device", "")).startswith("cuda"):
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU: ignite puts rank r on cuda:r otherwise
+        result = subprocess.run(cmd, check=False, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"stage {stage} failed (exit status {result.returncode})")
         return
@@ -312,6 +337,22 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_nproc(nproc: int, device: str) -> None:
+    """``nproc`` processes on ``device`` (resolved): one GPU each under NCCL, or any number on the CPU (gloo)."""
+    if not isinstance(nproc, int) or nproc < 1:
+        raise SynthCPInputError(f"--nproc must be a whole number >= 1, got {nproc!r}")
+    if nproc == 1 or not device.startswith("cuda"):
+        return
+    import torch
+
+    if device != "cuda":
+        raise SynthCPInputError(f"--nproc {nproc} uses GPUs 0..{nproc - 1}: give --device cuda (choose the GPUs with "
+                                f"CUDA_VISIBLE_DEVICES), not {device}")
+    if torch.cuda.device_count() < nproc:
+        raise SynthCPInputError(f"--nproc {nproc} needs {nproc} GPUs (one per process); {torch.cuda.device_count()} "
+                                "visible (--device cpu trains on the CPU with gloo)")
+
+
 def _prepare_demo_data(study: Study, out: Path, seed: int | None = None) -> Path:
     import importlib
 
@@ -339,11 +380,15 @@ def run_study(
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int | None = None,
     profile: str | None = None,
+    nproc: int = 1,
 ) -> dict[str, float]:
     """Run (or resume) the stages of a study; return the wall time in seconds of each stage that ran.
 
+    ``nproc`` > 1 runs each training stage (`Study.training_stages`) on that many processes under ``torchrun``.
+
     Raises:
-        SynthCPInputError: unknown stage, no data folder, CUDA asked for but absent, unknown demo profile.
+        SynthCPInputError: unknown stage, no data folder, CUDA asked for but absent, unknown demo profile, ``nproc``
+            below 1 or above the GPU count.
     """
     if profile is not None:
         known = sorted(DEMO_PROFILES.get(study_name, {}))
@@ -351,6 +396,8 @@ def run_study(
             raise SynthCPInputError(
                 f"--profile {profile!r} needs --demo and one of the {study_name} demo profiles: {known or 'none'}"
             )
+    device = _resolve_device(device)
+    _check_nproc(nproc, device)
     study = STUDIES[study_name]
     bundle = bundle_dir(study)
     out = Path(out).resolve()
@@ -365,7 +412,7 @@ def run_study(
     data = Path(data).resolve()
     if not data.exists():
         raise SynthCPInputError(f"data folder {data} does not exist")
-    base = {"dataset_dir": str(data), "output_dir": str(out), "device": _resolve_device(device), "bundle_root": str(bundle)}
+    base = {"dataset_dir": str(data), "output_dir": str(out), "device": device, "bundle_root": str(bundle)}
     if seed is not None:
         base["seed"] = int(seed)
     extra = extra or {}
@@ -381,7 +428,7 @@ def run_study(
         if force:
             overrides["force"] = True
         start = time.perf_counter()
-        _run_stage(bundle, stage, overrides, use_subprocess)
+        _run_stage(bundle, stage, overrides, use_subprocess, nproc if stage in study.training_stages else 1)
         timings[stage] = time.perf_counter() - start
         if not marker.is_file():
             raise RuntimeError(f"stage {stage} ended without writing its completion marker {marker}")
@@ -395,6 +442,7 @@ def main(args: argparse.Namespace) -> int:
     timings = run_study(
         args.study, args.out, data=args.data, demo=args.demo, device=args.device, stages=stages, force=args.force,
         use_subprocess=args.subprocess, extra=_parse_overrides(args.set), seed=args.seed, profile=args.profile,
+        nproc=args.nproc,
     )
     study = STUDIES[args.study]
     report = Path(args.out).resolve() / study.report_stage / "report.md"

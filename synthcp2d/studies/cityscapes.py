@@ -63,7 +63,14 @@ from synthcp2d.studies.figures import metrics_markdown, panel_figure, to_display
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.targets import per_class_quality
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
-from synthcp3d.workflows.common import nanmean, require_file, save_network_spec, study_stage, write_csv_rows
+from synthcp3d.workflows.common import (
+    nanmean,
+    on_main_process,
+    require_file,
+    save_network_spec,
+    study_stage,
+    write_csv_rows,
+)
 
 __all__ = [
     "CityscapesStudy",
@@ -201,7 +208,7 @@ def prepare(study: CityscapesStudy) -> dict:
     return info
 
 
-@study_stage("train_segmenter")
+@study_stage("train_segmenter", training=True)
 def train_segmenter(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -236,7 +243,7 @@ def _mc_feature(study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, p
     return mean_entropy_per_class(entropy, pred, study.num_classes)[0].cpu().numpy()
 
 
-@study_stage("crossval")
+@study_stage("crossval", training=True)
 def crossval(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -250,8 +257,7 @@ def crossval(
     ``crossval/<name>/cases.json`` (per case: fold, prediction path, true per-class IoU, MC-Dropout feature) and the
     MC-Dropout regressor fitted on them -> ``models/mc_dropout_<name>.json``. Finished folds are skipped.
     """
-    from synthcp3d.engines.crossval import load_prediction, run_crossval
-    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+    from synthcp3d.engines.crossval import run_crossval
 
     meta = study.cases()
     info: dict[str, Any] = {"num_folds": len(meta["folds"]), "iterations": int(iterations), "cv_mean_iou": {}}
@@ -291,28 +297,38 @@ def crossval(
             pred_format="png",
             progress=study.progress,
         )
-        cache = {r["case"]: r["cache"] for r in meta["train"]}
-        records = {}
-        for entry in manifest:
-            case = entry["case"]
-            pred_path = str(out / entry["pred"])
-            label = torch.as_tensor(load_cached(cache[case])["label"][0].astype(np.int64))
-            pred = torch.as_tensor(load_prediction(pred_path).astype(np.int64))
-            records[case] = {
-                "fold": entry["fold"],
-                "cache": cache[case],
-                "pred": pred_path,
-                "true_iou": _true_iou(pred, label, study.num_classes).tolist(),
-                "mc_feature": json.loads((feature_dir / f"{case}.json").read_text()),
-            }
-        atomic_save_json(records, out / "cases.json")
-        true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
-        feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
-        regressor, unfit = _fit_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
-        atomic_save_json(regressor.state_dict(), study.models / f"mc_dropout_{name}.json")
-        info.setdefault("mc_dropout_unfit_classes", {})[name] = unfit
-        info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
+        on_main_process(_cv_summary, study, name, manifest, info)
     return info
+
+
+def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: dict[str, Any]) -> None:
+    """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json`` and its MC-Dropout regressor ->
+    ``models/mc_dropout_<name>.json``; its figures added to the stage's ``info``."""
+    from synthcp3d.engines.crossval import load_prediction
+    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+
+    out, feature_dir = study.cv_dir(name), study.cv_dir(name) / "mc_features"
+    cache = {r["case"]: r["cache"] for r in study.cases()["train"]}
+    records = {}
+    for entry in manifest:
+        case = entry["case"]
+        pred_path = str(out / entry["pred"])
+        label = torch.as_tensor(load_cached(cache[case])["label"][0].astype(np.int64))
+        pred = torch.as_tensor(load_prediction(pred_path).astype(np.int64))
+        records[case] = {
+            "fold": entry["fold"],
+            "cache": cache[case],
+            "pred": pred_path,
+            "true_iou": _true_iou(pred, label, study.num_classes).tolist(),
+            "mc_feature": json.loads((feature_dir / f"{case}.json").read_text()),
+        }
+    atomic_save_json(records, out / "cases.json")
+    true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
+    feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
+    regressor, unfit = _fit_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
+    atomic_save_json(regressor.state_dict(), study.models / f"mc_dropout_{name}.json")
+    info.setdefault("mc_dropout_unfit_classes", {})[name] = unfit
+    info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
 
 
 def _fit_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -> tuple[Any, list[int]]:
@@ -333,7 +349,7 @@ def _cv_records(study: CityscapesStudy, name: str) -> dict[str, dict]:
     return json.loads(require_file(study.cv_dir(name) / "cases.json", "crossval").read_text())
 
 
-@study_stage("train_comparator")
+@study_stage("train_comparator", training=True)
 def train_comparator(
     study: CityscapesStudy,
     comparators: Mapping[str, Factory],
@@ -362,7 +378,7 @@ def train_comparator(
             if weights.is_file() and not study.force:
                 continue
             set_determinism(seed=int(study.seed) + 200)
-            net = comparators[mode]().to(study.torch_device)
+            net = study.prepare_network(comparators[mode]())
             loader = make_train_loader(
                 case_dataset(records, with_pred=True),
                 batch_size,
@@ -402,7 +418,7 @@ def _feature_channels(segmenter: torch.nn.Module, study: CityscapesStudy) -> int
         return int(segmenter.forward_features(torch.zeros(1, 3, h, w, device=study.torch_device))[1].shape[1])
 
 
-@study_stage("train_baselines")
+@study_stage("train_baselines", training=True)
 def train_baselines(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -420,11 +436,10 @@ def train_baselines(
     from monai.utils import set_determinism
 
     from synthcp3d.engines.checkpoint import save_weights
-    from synthcp3d.engines.crossval import load_prediction
+    from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.mask_vae import MaskVAETrainer
     from synthcp3d.engines.sampling import make_train_loader
     from synthcp3d.engines.training import run_training
-    from synthcp3d.scoring.regression import LinearQualityRegressor
 
     out = study.stage_dir("train_baselines")
     train = study.cases()["train"]
@@ -455,13 +470,23 @@ def train_baselines(
         }
         for r in train
     ]
-    vae = mask_vae().to(dev)
+    vae = study.prepare_network(mask_vae())
     loader = make_train_loader(Dataset(masks), batch_size, seed=int(study.seed) + 300, num_workers=study.num_workers)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr * 10)
     trainer = MaskVAETrainer(dev, loader, vae, optimizer, num_classes=study.num_classes + 1, beta=vae_beta)
     run_training(trainer, int(iterations), out / "checkpoints_vae", **study.train_kwargs(iterations))
     save_weights({"vae": vae}, study.models / "mask_vae.pt")
     save_network_spec(study, "mask_vae", mask_vae)
+    on_main_process(_fit_vae_regressors, study, unwrap(vae))
+    return {"iterations": int(iterations), "num_train": len(train)}
+
+
+def _fit_vae_regressors(study: CityscapesStudy, vae: torch.nn.Module) -> None:
+    """Per segmenter: reconstruction Dice of its CV predictions -> IoU, a per-class linear regressor ->
+    ``models/vae_alarm_<name>.json``."""
+    from synthcp3d.engines.crossval import load_prediction
+    from synthcp3d.scoring.regression import LinearQualityRegressor
+
     for name in study.segmenters:
         records = _cv_records(study, name)
         feats = np.stack(
@@ -475,7 +500,6 @@ def train_baselines(
             LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats, true
         )
         atomic_save_json(regressor.state_dict(), study.models / f"vae_alarm_{name}.json")
-    return {"iterations": int(iterations), "num_train": len(train)}
 
 
 @torch.no_grad()

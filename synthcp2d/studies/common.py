@@ -190,8 +190,10 @@ def fit_segmenter(
     lr: float,
     seed: int,
 ) -> torch.nn.Module:
-    """Train one segmenter (Dice + CE, `SegmenterTrainer`) on cached cases; resumable; weights saved atomically."""
+    """Train one segmenter (Dice + CE, `SegmenterTrainer`) on cached cases; resumable; weights saved atomically.
+    Returns it unwrapped, in eval mode (distributed runs: every rank holds the same weights)."""
     from synthcp3d.engines.checkpoint import save_weights
+    from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.sampling import make_train_loader
     from synthcp3d.engines.segmentation import SegmenterTrainer
     from synthcp3d.engines.training import run_training
@@ -199,13 +201,13 @@ def fit_segmenter(
     if weights.is_file() and not study.force:
         return load_net(factory, weights, "segmenter", study.torch_device)
     set_determinism(seed=seed)
-    net = factory().to(study.torch_device)
+    net = study.prepare_network(factory())
     loader = make_train_loader(case_dataset(records), batch_size, seed=seed, num_workers=study.num_workers)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
     trainer = SegmenterTrainer(study.torch_device, loader, net, optimizer, ignore_index=study.ignore_index)
     run_training(trainer, int(iterations), out_dir, **study.train_kwargs(iterations))
     save_weights({"segmenter": net}, weights)
-    return net.eval()
+    return unwrap(net).eval()
 
 
 def _fit_supervised(
@@ -222,7 +224,8 @@ def _fit_supervised(
     seed: int,
 ) -> None:
     """MONAI ``SupervisedTrainer`` on cached cases, ``prepare_batch`` making ``(input, target)``; only ``trainable``'s
-    parameters are optimised and checkpointed (resumable through `run_training`)."""
+    parameters (a part of ``model``, or ``model`` itself) are optimised and checkpointed (resumable through
+    `run_training`); ``model`` runs wrapped by `StudyBase.prepare_network`."""
     from monai.engines import SupervisedTrainer
 
     from synthcp3d.engines.sampling import make_train_loader
@@ -234,7 +237,7 @@ def _fit_supervised(
         device=study.torch_device,
         max_epochs=1,
         train_data_loader=loader,
-        network=model,
+        network=study.prepare_network(model),
         optimizer=optimizer,
         loss_function=loss_function,
         prepare_batch=prepare_batch,
@@ -315,7 +318,7 @@ def fit_confidnet(
 
 
 # ---- stages shared by the 2D studies ------------------------------------------------------------------------------
-@study_stage("train_synthesizer")
+@study_stage("train_synthesizer", training=True)
 def train_synthesizer(
     study: StreetStudy,
     generator: Factory,
@@ -350,7 +353,7 @@ def train_synthesizer(
     return {"num_train": len(train), "iterations": int(iterations)}
 
 
-@study_stage("train_autoencoder")
+@study_stage("train_autoencoder", training=True)
 def train_autoencoder(
     study: StreetStudy, autoencoder: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-3
 ) -> dict:

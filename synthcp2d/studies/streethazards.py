@@ -137,7 +137,7 @@ def prepare(study: StreetHazardsStudy) -> dict:
     return {"num_train": len(record["train"]), "num_test": len(record["test"]), "image_sizes": summary["image_sizes"]}
 
 
-@study_stage("train_segmenter")
+@study_stage("train_segmenter", training=True)
 def train_segmenter(
     study: StreetHazardsStudy, segmenter: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-4
 ) -> dict:

@@ -16,7 +16,8 @@ On-disk layout written by `run_crossval` (all files atomic; paths inside JSON ar
       manifest.json               [{"case", "fold", "image", "label", "pred", "prob"}, ...] (``prob`` may be null)
 
 `load_manifest` returns the manifest with absolute paths; `load_prediction` / `load_probabilities` read the files.
-A rerun skips finished folds (``fold.json`` present) and already written predictions.
+A rerun skips finished folds (``fold.json`` present) and already written predictions. In a distributed run (world
+size > 1) every rank trains each fold; rank 0 alone predicts and writes, the others waiting at a barrier.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import ignite.distributed as idist
 import numpy as np
 from sklearn.model_selection import KFold
 from tqdm.auto import tqdm
@@ -278,9 +280,10 @@ def run_crossval(
         out_dir: output folder (layout in the module docstring).
         train_fold_fn: ``(train_cases, fold_dir) -> model``: trains on ``train_cases`` and returns whatever
             ``predict_fn`` needs (a network, a weights path). It is called again for an unfinished fold after a
-            crash, so it should resume itself (e.g. `run_training` with checkpoints under ``fold_dir``).
+            crash, so it should resume itself (e.g. `run_training` with checkpoints under ``fold_dir``). Distributed:
+            called on every rank.
         predict_fn: ``(model, case) -> {"pred": label map (*S) or (1, *S), "prob": optional (C, *S),
-            "affine": optional 4x4 for NIfTI}``.
+            "affine": optional 4x4 for NIfTI}``. Distributed: called on rank 0 only.
         seed, group_key, contiguous: how `make_folds` splits (``group_key`` names the cases' group entry).
         folds: explicit folds (lists of case ids) instead of `make_folds`.
         pred_format: ``"npy"``, ``"nii.gz"`` (3D) or ``"png"`` (2D, < 256 classes).
@@ -312,6 +315,7 @@ def run_crossval(
     train = [[c for c in ids if c not in set(f)] for f in folds]
 
     split = {"k": k, "seed": seed, "contiguous": contiguous, "group_key": group_key, "folds": folds, "train": train}
+    main = idist.get_rank() == 0  # distributed: rank 0 alone predicts and writes
     split_path = out_dir / "folds.json"
     if split_path.is_file():
         saved = _read_json(split_path)
@@ -319,7 +323,7 @@ def run_crossval(
             raise SynthCPInputError(
                 f"{split_path} holds a different fold split; use another out_dir or delete it to start over"
             )
-    else:
+    elif main:
         atomic_save_json(split, split_path)
 
     pred_dir = out_dir / "predictions"
@@ -335,6 +339,20 @@ def run_crossval(
     def prob_path(case: str) -> Path:
         return pred_dir / f"{case}_prob.npz"
 
+    def predict_fold(model: Any, fold: int, held_out: Sequence[str]) -> None:
+        todo = [
+            c for c in held_out if not pred_path(c).is_file() or (prob_format != "none" and not prob_path(c).is_file())
+        ]
+        for case in tqdm(todo, desc=f"fold {fold + 1}/{k} predict", disable=not progress):
+            out = predict_fn(model, dict(by_id[case]))
+            if "pred" not in out:
+                raise ValueError("predict_fn must return a dict with 'pred'")
+            if prob_format != "none":
+                if out.get("prob") is None:
+                    raise ValueError(f"prob_format={prob_format!r} but predict_fn returned no 'prob' for {case}")
+                save_probabilities(out["prob"], prob_path(case), prob_format, top_k)
+            save_prediction(out["pred"], pred_path(case), out.get("affine"))
+
     for i, (held_out, train_ids) in enumerate(zip(folds, train)):
         fold_dir = out_dir / f"fold_{i}"
         done = fold_dir / "fold.json"
@@ -344,20 +362,11 @@ def run_crossval(
         fold_dir.mkdir(parents=True, exist_ok=True)
         logger.info(f"fold {i + 1}/{k}: training on {len(train_ids)} cases in {fold_dir}")
         model = train_fold_fn([by_id[c] for c in train_ids], fold_dir)
-        todo = [
-            c for c in held_out if not pred_path(c).is_file() or (prob_format != "none" and not prob_path(c).is_file())
-        ]
-        for case in tqdm(todo, desc=f"fold {i + 1}/{k} predict", disable=not progress):
-            out = predict_fn(model, dict(by_id[case]))
-            if "pred" not in out:
-                raise ValueError("predict_fn must return a dict with 'pred'")
-            if prob_format != "none":
-                if out.get("prob") is None:
-                    raise ValueError(f"prob_format={prob_format!r} but predict_fn returned no 'prob' for {case}")
-                save_probabilities(out["prob"], prob_path(case), prob_format, top_k)
-            save_prediction(out["pred"], pred_path(case), out.get("affine"))
-        atomic_save_json({"fold": i, "train": train_ids, "held_out": held_out, "predictions": held_out}, done)
-        logger.info(f"fold {i + 1}/{k}: wrote {len(held_out)} predictions to {pred_dir}")
+        if main:
+            predict_fold(model, i, held_out)
+            atomic_save_json({"fold": i, "train": train_ids, "held_out": held_out, "predictions": held_out}, done)
+            logger.info(f"fold {i + 1}/{k}: wrote {len(held_out)} predictions to {pred_dir}")
+        idist.barrier()
 
     fold_of = {c: i for i, f in enumerate(folds) for c in f}
     manifest = []
@@ -371,8 +380,9 @@ def run_crossval(
             "prob": prob_path(case).relative_to(out_dir).as_posix() if prob_format != "none" else None,
         }
         manifest.append(entry)
-    atomic_save_json(manifest, out_dir / "manifest.json")
-    logger.info(f"cross-validation manifest: {out_dir / 'manifest.json'} ({len(manifest)} cases)")
+    if main:
+        atomic_save_json(manifest, out_dir / "manifest.json")
+        logger.info(f"cross-validation manifest: {out_dir / 'manifest.json'} ({len(manifest)} cases)")
     return manifest
 
 

@@ -28,6 +28,8 @@ from monai.data import list_data_collate
 from monai.transforms import Randomizable
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from synthcp3d.errors import SynthCPInputError
+
 __all__ = ["ResumableSampler", "ReproducibleDataset", "attach_resumable_sampler", "make_train_loader", "sample_seed"]
 
 logger = logging.getLogger(__name__)
@@ -136,11 +138,16 @@ def make_train_loader(
 
     Args:
         dataset: map-style dataset of MONAI-style dicts (``"image"``, ``"label"``, ...).
-        batch_size: global batch size (divided by the world size under ``torchrun`` / ``idist.Parallel``).
+        batch_size: global batch size (divided by the world size under ``torchrun`` / ``idist.Parallel``: a multiple
+            of it, so that a step of N processes sees the samples of a 1-process step).
         seed: seeds the order and, with ``reproducible_augmentation``, every sample's random transforms.
         reproducible_augmentation: wrap ``dataset`` in `ReproducibleDataset` (seed each sample's augmentation).
         kwargs: more ``DataLoader`` arguments (default ``collate_fn``: MONAI ``list_data_collate``).
     """
+    world_size = idist.get_world_size()
+    if batch_size % world_size:
+        raise SynthCPInputError(f"batch_size {batch_size} (the global batch) is not a multiple of the {world_size} "
+                                "processes that share it")
     if reproducible_augmentation and not isinstance(dataset, ReproducibleDataset):
         dataset = ReproducibleDataset(dataset)
     sampler = ResumableSampler(

@@ -4,6 +4,13 @@ network specs, CSV rows.
 A study's settings dataclass derives from :class:`StudyBase`; a stage function is decorated with :func:`study_stage`
 (or starts with ``if study.is_done(stage): return {}`` and ends with ``return study.mark_done(stage, info, started)``),
 which writes ``<output_dir>/<stage>/done.json`` atomically as the stage's last act (the marker ``synthcp run`` checks).
+
+Distributed runs (``torchrun`` with a bundle's ``configs/multi_gpu_train.yaml``, or ``synthcp run --nproc N``): a
+training stage runs on every rank, building its networks identically and wrapping them with
+:meth:`StudyBase.prepare_network` (DDP broadcasts rank 0's weights); its loaders split each global batch over the
+ranks (`make_train_loader`). Rank 0 alone writes files (weights, specs, JSON, predictions, the done marker); work
+that is not training (predicting, fitting regressors) runs on rank 0 with :func:`on_main_process` while the other
+ranks wait. Any other stage (prepare, evaluate, inference) runs on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 
@@ -32,6 +40,7 @@ __all__ = [
     "DONE",
     "StudyBase",
     "study_stage",
+    "on_main_process",
     "to_json",
     "describe_factory",
     "save_network_spec",
@@ -83,8 +92,24 @@ class StudyBase:
         return self.out / "models"
 
     @property
+    def distributed(self) -> bool:
+        """Whether this process is one of several training together (world size > 1, e.g. under ``torchrun``)."""
+        return idist.get_world_size() > 1
+
+    @property
     def torch_device(self) -> torch.device:
-        return torch.device(self.device)
+        """``device``; in a distributed run the process group's device instead (``cuda:LOCAL_RANK`` under NCCL, the
+        CPU under gloo without CUDA): the one `prepare_network` (``idist.auto_model``) puts the networks on."""
+        return idist.device() if self.distributed else torch.device(self.device)
+
+    def prepare_network(self, network: torch.nn.Module) -> torch.nn.Module:
+        """A network about to be trained, on ``torch_device``; in a distributed run wrapped in DDP
+        (`synthcp3d.engines.distributed.prepare_network`). Build it identically on every rank."""
+        if not self.distributed:
+            return network.to(self.torch_device)
+        from synthcp3d.engines.distributed import prepare_network
+
+        return prepare_network(network)
 
     def stage_dir(self, stage: str) -> Path:
         path = self.out / stage
@@ -140,17 +165,18 @@ def fit_synthesizer(
 ) -> torch.nn.Module:
     """SPADE training shared by every study (2D and 3D): fresh G and D from their factories, TTUR Adam,
     `GanTrainer` (hinge + feature matching [+ L1 reconstruction] [+ per-class mean]) on the ``loader``'s (label,
-    image) pairs, resumable. Returns G.
+    image) pairs, resumable; distributed when the study is (`StudyBase.prepare_network`). Returns G (unwrapped).
 
     ``lr_decay_fraction``: SPADE's schedule (``niter`` then ``niter_decay``): both LRs constant, then linearly to 0
     over this final fraction of the iterations (SPADE's Cityscapes setting: 0.5; 0 keeps them constant). With Adam's
     beta1 = 0 the weights of a constant-LR run keep jumping at the last step; the decay lets them settle.
     """
+    from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.gan import GanTrainer
     from synthcp3d.engines.training import run_training
     from synthcp3d.networks.gan_losses import make_gan_optimizers
 
-    g, d = generator().to(study.torch_device), discriminator().to(study.torch_device)
+    g, d = study.prepare_network(generator()), study.prepare_network(discriminator())
     opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
     schedulers = {
         name: linear_decay_schedule(opt, int(iterations), lr_decay_fraction)
@@ -162,7 +188,7 @@ def fit_synthesizer(
         class_mean_weight=class_mean_weight, schedulers=schedulers,
     )
     run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
-    return g
+    return unwrap(g)
 
 
 def linear_decay_schedule(
@@ -178,22 +204,41 @@ def linear_decay_schedule(
     )
 
 
-def study_stage(name: str) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:
+def study_stage(
+    name: str, training: bool = False
+) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:
     """Decorate ``fn(study, ...) -> info`` into a stage: skipped (returns ``{}``) when ``<name>/done.json`` exists
-    and ``study.force`` is off, otherwise run and timed, its ``info`` recorded in the marker written last."""
+    and ``study.force`` is off, otherwise run and timed, its ``info`` recorded in the marker written last.
+
+    In a distributed run a ``training`` stage runs on every rank (it trains with `StudyBase.prepare_network` and
+    writes on rank 0 only); any other stage runs on rank 0 alone. Rank 0 writes the marker while the others wait,
+    and returns the record (the other ranks ``{}``). The decorated function's ``training`` attribute says which.
+    """
 
     def decorate(fn: Callable[..., Mapping[str, Any] | None]) -> Callable[..., dict]:
         @functools.wraps(fn)
         def run(study: StudyBase, *args: Any, **kwargs: Any) -> dict:
+            idist.get_world_size()  # ignite adopts a torchrun process group at its first call, a collective: all ranks
             if study.is_done(name):
                 return {}
             started = time.perf_counter()
-            info = fn(study, *args, **kwargs) or {}
-            return study.mark_done(name, info, started)
+            if training:
+                info = fn(study, *args, **kwargs) or {}
+                return on_main_process(study.mark_done, name, info, started) or {}
+            return on_main_process(lambda: study.mark_done(name, fn(study, *args, **kwargs) or {}, started)) or {}
 
+        run.training = training  # type: ignore[attr-defined]
         return run
 
     return decorate
+
+
+def on_main_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on rank 0 only, the other ranks waiting at a barrier until it is done (so that they
+    can read what it wrote); its result on rank 0, ``None`` elsewhere. Outside a distributed run: just the call."""
+    result = fn(*args, **kwargs) if idist.get_rank() == 0 else None
+    idist.barrier()
+    return result
 
 
 def to_json(value: Any, strict: bool = False) -> Any:
@@ -242,7 +287,10 @@ def describe_factory(factory: Any) -> dict:
 
 
 def save_network_spec(study: StudyBase, name: str, factory: Any) -> None:
-    """Record how ``models/<name>.pt`` is built in ``models/networks.json`` (so weights can be reloaded elsewhere)."""
+    """Record how ``models/<name>.pt`` is built in ``models/networks.json`` (so weights can be reloaded elsewhere);
+    on rank 0 only, as `save_weights`."""
+    if idist.get_rank() != 0:
+        return
     path = study.models / "networks.json"
     specs = json.loads(path.read_text()) if path.is_file() else {}
     specs[name] = describe_factory(factory)

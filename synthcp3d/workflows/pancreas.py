@@ -55,6 +55,7 @@ from synthcp3d.workflows.common import (
     DONE,
     fit_synthesizer,
     nanmean,
+    on_main_process,
     require_file,
     save_network_spec,
     study_stage,
@@ -258,16 +259,19 @@ def _fit_segmenter(
     seed: int,
     recipe: SegmenterRecipe | Mapping | None = None,
 ) -> torch.nn.Module:
-    """Train one segmenter on ``case_ids`` (resumable from ``out_dir`` checkpoints); save weights atomically."""
+    """Train one segmenter on ``case_ids`` (resumable from ``out_dir`` checkpoints); save weights atomically.
+    Returns it unwrapped (distributed runs: every rank holds the same weights)."""
     from synthcp3d.engines.checkpoint import load_weights, save_weights
+    from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.segmentation import SegmenterTrainer
 
     recipe = recipe if isinstance(recipe, SegmenterRecipe) else SegmenterRecipe(**dict(recipe or {}))
     set_determinism(seed=seed)
-    net = segmenter().to(study.torch_device)
     if weights_path.is_file() and not study.force:
+        net = segmenter().to(study.torch_device)
         load_weights({"segmenter": net}, weights_path)
         return net
+    net = study.prepare_network(segmenter())
     loader = _segmenter_loader(study, case_ids, batch_size, num_samples, seed, recipe.crop_ratios)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     scheduler = (
@@ -280,10 +284,10 @@ def _fit_segmenter(
     )
     _train(study, trainer, iterations, out_dir)
     save_weights({"segmenter": net}, weights_path)
-    return net
+    return unwrap(net)
 
 
-@study_stage("train_segmenter")
+@study_stage("train_segmenter", training=True)
 def train_segmenter(
     study: PancreasStudy,
     segmenter: Factory,
@@ -313,7 +317,7 @@ def _case_record(study: PancreasStudy, net: torch.nn.Module, case: Mapping, pred
     return {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
 
 
-@study_stage("crossval")
+@study_stage("crossval", training=True)
 def crossval(
     study: PancreasStudy,
     segmenter: Factory,
@@ -329,17 +333,12 @@ def crossval(
     (per case: fold, paths, true DSC per class (NaN = undefined), ROI box, MC-Dropout feature), and fits the
     MC-Dropout quality regressor on them -> ``models/mc_dropout_regressor.json``. Finished folds are skipped.
     """
-    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
-
     meta = study.cases()
-    folds, cases = meta["folds"], meta["cases"]
+    folds = meta["folds"]
     out = study.stage_dir("crossval")
-    records: dict[str, dict] = {}
     for i, held_out in enumerate(folds):
         fold_dir = out / f"fold_{i}"
-        fold_file = fold_dir / "cases.json"
-        if fold_file.is_file() and not study.force:
-            records.update(json.loads(fold_file.read_text()))
+        if (fold_dir / "cases.json").is_file() and not study.force:
             continue
         train_ids = [c for j, f in enumerate(folds) if j != i for c in f]
         logger.info(f"crossval fold {i + 1}/{len(folds)}: train on {len(train_ids)}, predict {len(held_out)}")
@@ -347,18 +346,39 @@ def crossval(
             study, segmenter, train_ids, fold_dir / "checkpoints", fold_dir / "segmenter.pt",
             iterations, batch_size, num_samples, lr, seed=int(study.seed) + 1 + i, recipe=recipe,
         )
-        fold_records = {}
-        for case_id in tqdm(held_out, desc=f"fold {i} predict", disable=not study.progress):
-            case = cases[case_id]
-            pred = segment_volume(study, net, load_volume(case["image"]).astype(np.float32))
-            pred_path = save_label_map(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
-            record = _case_record(study, net, case, pred)
-            fold_records[case_id] = {
-                "fold": i, "image": case["image"], "label": case["label"], "pred": str(pred_path),
-                "train_cases": len(train_ids), **record,
-            }
-        atomic_save_json(fold_records, fold_file)  # the fold's completion marker
-        records.update(fold_records)
+        on_main_process(_predict_fold, study, net, i, held_out, len(train_ids))
+    return on_main_process(_crossval_summary, study, iterations)
+
+
+def _predict_fold(
+    study: PancreasStudy, net: torch.nn.Module, fold: int, held_out: Sequence[str], num_train: int
+) -> None:
+    """Fold ``fold``'s segmenter predicts its held-out cases -> ``crossval/predictions``, then
+    ``crossval/fold_{fold}/cases.json`` (the fold's completion marker)."""
+    cases = study.cases()["cases"]
+    out = study.stage_dir("crossval")
+    fold_records = {}
+    for case_id in tqdm(held_out, desc=f"fold {fold} predict", disable=not study.progress):
+        case = cases[case_id]
+        pred = segment_volume(study, net, load_volume(case["image"]).astype(np.float32))
+        pred_path = save_label_map(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
+        record = _case_record(study, net, case, pred)
+        fold_records[case_id] = {
+            "fold": fold, "image": case["image"], "label": case["label"], "pred": str(pred_path),
+            "train_cases": num_train, **record,
+        }
+    atomic_save_json(fold_records, out / f"fold_{fold}" / "cases.json")
+
+
+def _crossval_summary(study: PancreasStudy, iterations: int) -> dict:
+    """Every fold's records -> ``crossval/cases.json``, the MC-Dropout regressor fitted on them, the stage's info."""
+    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+
+    out = study.stage_dir("crossval")
+    folds = study.cases()["folds"]
+    records: dict[str, dict] = {}
+    for i in range(len(folds)):
+        records.update(json.loads((out / f"fold_{i}" / "cases.json").read_text()))
     ordered = {c: records[c] for c in sorted(records)}
     atomic_save_json(ordered, out / "cases.json")
     true = np.array([r["true_dsc"] for r in ordered.values()], dtype=np.float64)
@@ -394,7 +414,7 @@ def _roi_pair_dataset(
     return CacheDataset(items, transform, cache_rate=study.cache_rate, progress=False)
 
 
-@study_stage("train_synthesizer")
+@study_stage("train_synthesizer", training=True)
 def train_synthesizer(
     study: PancreasStudy,
     generator: Factory,
@@ -417,8 +437,6 @@ def train_synthesizer(
     ``class_mean_weight`` a per-class mean-intensity term (see `GanTrainer`); ``lr_decay_fraction`` is SPADE's
     linear LR decay (see `fit_synthesizer`).
     """
-    from synthcp3d.scoring.synthesis import ClassMeanPainter
-
     _set_seed(study, 100)
     meta = study.cases()
     items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
@@ -431,6 +449,13 @@ def train_synthesizer(
         lr_decay_fraction=lr_decay_fraction,
     )
     save_network(study, "generator", g, generator)
+    return on_main_process(_fit_painter, study, g, dataset, iterations)
+
+
+def _fit_painter(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, iterations: int) -> dict:
+    """The class-mean painter on the synthesizer's training crops -> ``models/painter.json``; the stage's info."""
+    from synthcp3d.scoring.synthesis import ClassMeanPainter
+
     painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
     atomic_save_json(painter.state_dict(), study.models / "painter.json")
     return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
@@ -454,7 +479,7 @@ def _synthesis_l1(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, n:
 # ================================================================================================================
 # comparators (SynthCP + Direct Prediction)
 # ================================================================================================================
-@study_stage("train_comparator")
+@study_stage("train_comparator", training=True)
 def train_comparator(
     study: PancreasStudy,
     comparator: Factory,
@@ -484,7 +509,7 @@ def train_comparator(
         if (study.models / NETWORKS[name][0]).is_file() and not study.force:
             continue
         _set_seed(study, 200)
-        net = factory().to(study.torch_device)
+        net = study.prepare_network(factory())
         loader = _loader(study, dataset, batch_size, int(study.seed) + 200)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
         trainer = ComparatorTrainer(
@@ -504,7 +529,7 @@ def _cv_records(study: PancreasStudy) -> dict[str, dict]:
 # ================================================================================================================
 # VAE alarm
 # ================================================================================================================
-@study_stage("train_vae_alarm")
+@study_stage("train_vae_alarm", training=True)
 def train_vae_alarm(
     study: PancreasStudy,
     mask_vae: Factory,
@@ -520,8 +545,8 @@ def train_vae_alarm(
 
     Writes ``models/mask_vae.pt`` and ``models/vae_alarm_regressor.json``.
     """
+    from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.mask_vae import MaskVAETrainer
-    from synthcp3d.scoring.regression import LinearQualityRegressor
 
     if feature not in ("loss", "dice"):
         raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
@@ -533,11 +558,18 @@ def train_vae_alarm(
         masks.append({"label": onehot.argmax(1).cpu()})  # (1, *vae_shape)
     dataset = Dataset(masks, RandFlipd("label", prob=0.5, spatial_axis=2))
     loader = _loader(study, dataset, batch_size, int(study.seed) + 300)
-    vae = mask_vae().to(study.torch_device)
+    vae = study.prepare_network(mask_vae())
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     trainer = MaskVAETrainer(study.torch_device, loader, vae, optimizer, num_classes=study.num_classes, beta=beta)
     _train(study, trainer, iterations, study.stage_dir("train_vae_alarm") / "checkpoints")
     save_network(study, "mask_vae", vae, mask_vae)
+    return on_main_process(_fit_vae_regressor, study, unwrap(vae), iterations, feature)
+
+
+def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: int, feature: str) -> dict:
+    """The VAE's ``feature`` of every CV prediction regressed onto its true DSC -> ``models/vae_alarm_regressor.json``
+    (+ ``train_vae_alarm/cv_features.json``); the stage's info."""
+    from synthcp3d.scoring.regression import LinearQualityRegressor
 
     records = _cv_records(study)
     feats, true = [], []
