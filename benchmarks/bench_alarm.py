@@ -37,10 +37,10 @@ from synthcp3d.alarm.bundle_predictor import make_untrained_bundle
 from synthcp3d.alarm.predictor import STAGES
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.data.volume_io import save_like
-from synthcp3d.study_cli import DEMO_SETTINGS
+from synthcp3d.study_cli import STUDIES
 
 # ``--settings demo``: the small settings of the CPU demo (``synthcp run pancreas --demo``), exactly as it trains.
-DEMO = DEMO_SETTINGS["pancreas"]["common"]
+DEMO = STUDIES["pancreas"].demo_settings["common"]
 
 
 def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -87,7 +87,7 @@ class Sizes:
     """How big each part runs: full size (a GPU) or tiny (the dry run on the CPU)."""
 
     name: str
-    demo: bool  # the bundle settings: full size (configs/*.yaml) or the CPU demo's (study_cli.DEMO_SETTINGS)
+    demo: bool  # the bundle settings: full size (configs/*.yaml) or the CPU demo's (the bundle's configs/study.yaml)
     extra: Mapping[str, Mapping[str, Any]]  # more settings over those: "common" or stage -> settings
     warmup_steps: int
     timed_steps: int

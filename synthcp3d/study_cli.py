@@ -4,7 +4,9 @@ Each stage is one bundle config merged onto ``configs/common.yaml`` and run with
 process, or with ``--subprocess`` as ``python -m monai.bundle run ...``, the exact command printed for each stage).
 A stage writes ``<out>/<stage>/done.json`` atomically as its last act; stages whose marker exists are skipped, so an
 interrupted run resumes where it stopped (``--force`` reruns the chosen stages). ``--demo`` first generates the
-synthetic data set of the study into ``<out>/data`` (if absent) and uses the small settings of :data:`DEMO_SETTINGS`.
+synthetic data set of the study into ``<out>/data`` (if absent) and uses its small settings. What a study is (stages,
+training stages, demo data and settings) lives in its bundle's ``configs/study.yaml``; the bundles folder is scanned
+for them (:data:`STUDIES`), so no study is registered in Python.
 
 ``--nproc N`` (N > 1) runs each training stage on N processes: ``torchrun --standalone --nproc_per_node=N -m
 monai.bundle run`` with the bundle's ``configs/multi_gpu_train.yaml`` merged last (one process per GPU, NCCL; with
@@ -28,7 +30,10 @@ from typing import Any
 
 from synthcp3d.errors import SynthCPInputError
 
-__all__ = ["Study", "STUDIES", "DEMO_SETTINGS", "DEMO_PROFILES", "add_arguments", "main", "run_study", "stage_command", "bundle_dir"]
+__all__ = [
+    "Study", "STUDIES", "read_study", "discover_studies", "bundles_root", "bundle_dir", "add_arguments", "main",
+    "run_study", "stage_command",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,175 +42,79 @@ DONE_MARKER = "done.json"
 
 @dataclass(frozen=True)
 class Study:
-    """A study = a bundle folder and its stages in order (stage name = config file stem = output sub-folder)."""
+    """A study = a bundle folder and how ``synthcp run`` runs it, read from the bundle's ``configs/study.yaml``.
 
+    Attributes:
+        name: the study's name on the command line.
+        bundle: the bundle folder's name (``bundles/<bundle>``).
+        stages: in order; a stage = ``configs/<stage>.yaml`` merged onto ``configs/common.yaml`` = ``<out>/<stage>``.
+        report_stage: the stage whose report ``synthcp run`` prints at the end.
+        training_stages: the stages that train networks (run on every process with ``--nproc N``).
+        data_help: what ``--data`` must point at.
+        demo_data: the demo data set: ``maker`` ("module:function" writing it under ``OUT/data``, called with
+            ``settings``), ``ready`` (the file whose presence means it is there), ``dataset`` (the folder, relative to
+            ``OUT/data``, given to the bundle as ``dataset_dir``).
+        demo_settings: the demo's overrides: ``common`` and one mapping per stage name.
+        demo_profiles: larger demo profiles (``--profile NAME``), each merged over ``demo_settings``.
+    """
+
+    name: str
     bundle: str
     stages: tuple[str, ...]
     report_stage: str
-    training_stages: tuple[str, ...] = ()  # the stages that train networks (run on every process with --nproc N)
+    training_stages: tuple[str, ...] = ()
+    data_help: str = ""
     demo_data: Mapping[str, Any] = field(default_factory=dict)
-    # the demo data set: "module:function" writing it under OUT/data (called with ``demo_data``), the file whose
-    # presence means it is there, and the folder (relative to OUT/data) given to the bundle as ``dataset_dir``
-    demo_maker: str = "synthcp3d.data.phantom:make_pancreas_dataset"
-    demo_ready: str = "Task07_Pancreas/dataset.json"
-    demo_dataset: str = ""
-    data_help: str = "the MSD Task07_Pancreas folder or its parent"
+    demo_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    demo_profiles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
 
-STUDIES: dict[str, Study] = {
-    "pancreas": Study(
-        bundle="pancreas_ct_synthcp",
-        stages=(
-            "prepare",
-            "train_segmenter",
-            "crossval",
-            "train_synthesizer",
-            "train_comparator",
-            "train_vae_alarm",
-            "evaluate",
-            "inference",
-        ),
-        report_stage="evaluate",
-        training_stages=("train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm"),
-        # 80 real-size phantoms at a coarser native grid (96 x 96 x 40 voxels over a 224-256 x 224-256 x 110-130 mm
-        # field of view: 2.3-2.7 mm in-plane, 2.8-3.2 mm slices), 26 of them in the test split
-        demo_data={"cases": 80, "test_cases": 2, "seed": 0, "shape": (96, 96, 40)},
-    ),
-    "cityscapes": Study(
-        bundle="cityscapes_failure_synthcp",
-        stages=(
-            "prepare",
-            "train_segmenter",
-            "crossval",
-            "train_synthesizer",
-            "train_comparator",
-            "train_baselines",
-            "evaluate",
-        ),
-        report_stage="evaluate",
-        training_stages=("train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_baselines"),
-        demo_data={"cases": 24, "val_cases": 8, "seed": 0, "size": (256, 128)},
-        demo_maker="synthcp2d.data.synthetic_cityscapes:make_cityscapes_dataset",
-        demo_ready="cityscapes/synthcp_synthetic.json",
-        demo_dataset="cityscapes",
-        data_help="the Cityscapes folder holding leftImg8bit/ and gtFine/",
-    ),
-    "streethazards": Study(
-        bundle="streethazards_anomaly_synthcp",
-        stages=("prepare", "train_segmenter", "train_synthesizer", "train_autoencoder", "evaluate"),
-        report_stage="evaluate",
-        training_stages=("train_segmenter", "train_synthesizer", "train_autoencoder"),
-        demo_data={"cases": 24, "val_cases": 2, "test_cases": 10, "seed": 0, "size": (256, 128)},
-        demo_maker="synthcp2d.data.synthetic_streethazards:make_streethazards_dataset",
-        demo_ready="streethazards/synthcp_synthetic.json",
-        demo_dataset="streethazards",
-        data_help="the StreetHazards folder holding train/ and test/",
-    ),
-}
-
-# Small settings of the CPU demo (bundle config overrides; per-stage ones under the stage's name). The same
-# pipeline as the full-size run, only smaller: coarser voxels, smaller patches/ROI, a slim AH-Net, fewer
-# iterations and folds. Measured on 2 CPU cores: see the bundle README.
-DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "pancreas": {
-        # 2.5 x 2.5 x 3 mm working grid; the segmenter is a full-resolution MONAI UNet (AH-Net at demo size learns the
-        # tumour more slowly and costs 1.5x more per step: see the bundle README); 32^3 patches, half of them centred
-        # on tumour voxels; the comparator sees |x - x̂|.
-        "common": {
-            "spacing": [2.5, 2.5, 3.0],
-            "train_fraction": 0.675,  # 54 training / 26 test cases of 80
-            "patch_size": [32, 32, 32],
-            # whole-volume inference in 32^3 windows, the training patch (sw_roi_size null): the UNet's instance norm
-            # takes its statistics over the window, and a 96x96x48 window shifted them (cross-validated tumour DSC
-            # on 28 held-out cases per seed, seeds 0-2: 0.23 / 0.42 / 0.21 with 96x96x48, 0.36 / 0.43 / 0.42 with
-            # 32^3, in 35 % less time)
-            "sw_overlap": 0.0,
-            "roi_size": [64, 48, 32],
-            "vae_shape": [32, 32, 32],
-            "num_folds": 2,
-            "segmenter_name": "unet",
-            "unet_features": [16, 16, 32, 64, 128, 16],
-            "generator_channels": [32, 16, 8],
-            "generator_spade_hidden": 16,
-            "discriminator_num_d": 2,
-            "discriminator_layers": 1,
-            "discriminator_channels": 16,
-            "settings_name": "demo",
-            "comparator_channels": [16, 32, 64, 128],
-            "mc_samples": 5,
-        },
-        "train_segmenter": {"iterations": 300, "batch_size": 2, "num_samples": 1, "lr": 1e-3},
-        "crossval": {"iterations": 300, "batch_size": 2, "num_samples": 1, "lr": 1e-3},
-        "train_synthesizer": {"iterations": 100, "lr_g": 1e-3, "lr_d": 2e-3},
-        "train_comparator": {"iterations": 150, "lr": 1e-3},
-        "train_vae_alarm": {"iterations": 150, "lr": 1e-3},
-    },
-    "cityscapes": {
-        "common": {
-            "image_size": [128, 64],
-            "num_folds": 2,
-            "settings_name": "demo",
-            "segmenter_layers": [1, 1, 1, 1],
-            "segmenter_channels": [16, 32, 64, 64],
-            "fcn_width": 32,
-            "generator_channels": [64, 32, 16],
-            "generator_spade_hidden": 16,
-            "discriminator_layers": 2,
-            "discriminator_channels": 16,
-            "comparator_channels": [16, 32, 64, 64],
-            "confidnet_hidden": [32, 16],
-            "vae_shape": [32, 64],
-            "vae_channels": [8, 16, 32],
-            "vae_latent": 16,
-            "mc_samples": 5,
-        },
-        "train_segmenter": {"iterations": 100, "batch_size": 4},
-        "crossval": {"iterations": 60, "batch_size": 4},
-        "train_synthesizer": {"iterations": 100, "batch_size": 4},
-        "train_comparator": {"iterations": 60, "batch_size": 4},
-        "train_baselines": {"iterations": 60, "batch_size": 4},
-    },
-    "streethazards": {
-        "common": {
-            "image_size": [128, 64],
-            "settings_name": "demo",
-            "segmenter_layers": [1, 1, 1, 1],
-            "segmenter_channels": [16, 32, 64, 64],
-            "generator_channels": [64, 32, 16],
-            "generator_spade_hidden": 16,
-            "discriminator_layers": 2,
-            "discriminator_channels": 16,
-            "autoencoder_channels": [16, 32, 64],
-            "autoencoder_strides": [2, 2, 2],
-            "mc_samples": 5,
-        },
-        "train_segmenter": {"iterations": 200, "batch_size": 4},
-        "train_synthesizer": {"iterations": 100, "batch_size": 4},
-        "train_autoencoder": {"iterations": 100, "batch_size": 4},
-    },
-}
+def bundles_root() -> Path:
+    """The folder holding the bundles: ``bundles/`` of the source tree, or ``$SYNTHCP_BUNDLES``."""
+    return Path(os.environ.get("SYNTHCP_BUNDLES", Path(__file__).resolve().parents[1] / "bundles"))
 
 
-#: larger demo profiles (``--demo --profile NAME``): overrides merged over :data:`DEMO_SETTINGS`, same data
-DEMO_PROFILES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    "pancreas": {
-        # the study profile: long enough for the segmenter to find tumours (≈ 25 min on 2 CPU cores)
-        "study": {
-            "common": {"settings_name": "demo-study"},
-            "train_segmenter": {"iterations": 1200},
-            "crossval": {"iterations": 1200},
-            "train_synthesizer": {"iterations": 300},
-            "train_comparator": {"iterations": 400},
-            "train_vae_alarm": {"iterations": 300},
-        },
-    },
-}
+def read_study(bundle: Path) -> Study:
+    """The :class:`Study` described by ``bundle/configs/study.yaml``.
+
+    Raises:
+        SynthCPInputError: the file is missing or unreadable, a key is missing, or a stage has no config file.
+    """
+    import yaml
+
+    path = bundle / "configs" / "study.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text())
+        demo = spec.get("demo") or {}
+        study = Study(
+            name=str(spec["name"]), bundle=bundle.name, stages=tuple(spec["stages"]),
+            report_stage=str(spec["report_stage"]), training_stages=tuple(spec.get("training_stages") or ()),
+            data_help=str(spec.get("data_help", "")), demo_data=demo.get("data") or {},
+            demo_settings=demo.get("settings") or {}, demo_profiles=demo.get("profiles") or {},
+        )
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+        raise SynthCPInputError(f"{path}: not a readable study description ({type(e).__name__}: {e})") from None
+    missing = [s for s in study.stages if not (bundle / "configs" / f"{s}.yaml").is_file()]
+    wrong = [s for s in (study.report_stage, *study.training_stages) if s not in study.stages]
+    if missing or wrong:
+        raise SynthCPInputError(f"{path}: stage(s) without configs/<stage>.yaml: {missing}; not among the stages: {wrong}")
+    return study
+
+
+def discover_studies(root: Path | None = None) -> dict[str, Study]:
+    """Every bundle under ``root`` (default :func:`bundles_root`) that has a ``configs/study.yaml``, by study name."""
+    root = bundles_root() if root is None else root
+    found = [read_study(p.parents[1]) for p in sorted(root.glob("*/configs/study.yaml"))]
+    return {s.name: s for s in found}
+
+
+#: the studies of the bundles folder (``synthcp run`` choices)
+STUDIES: dict[str, Study] = discover_studies()
 
 
 def bundle_dir(study: Study) -> Path:
-    """The bundle folder: ``bundles/<name>`` of the source tree (or ``$SYNTHCP_BUNDLES/<name>``)."""
-    root = Path(os.environ.get("SYNTHCP_BUNDLES", Path(__file__).resolve().parents[1] / "bundles"))
-    path = root / study.bundle
+    """The bundle folder of ``study`` under :func:`bundles_root`."""
+    path = bundles_root() / study.bundle
     if not (path / "configs" / "common.yaml").is_file():
         raise SynthCPInputError(f"bundle folder {path} not found (set SYNTHCP_BUNDLES to the folder holding {study.bundle})")
     return path
@@ -222,8 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
         "--profile", default=None,
-        help="with --demo: a larger demo profile (pancreas: 'study', about 25 min on 2 CPU cores, long enough for "
-        "the segmenter to find tumours)",
+        help="with --demo: a larger demo profile of the bundle's configs/study.yaml ("
+        + "; ".join(f"{n}: {', '.join(s.demo_profiles)}" for n, s in sorted(STUDIES.items()) if s.demo_profiles)
+        + "; the pancreas 'study' profile takes about 25-35 min on 2 CPU cores)",
     )
     parser.add_argument(
         "--seed", type=int, default=None,
@@ -263,8 +173,9 @@ def stage_overrides(
 ) -> dict[str, Any]:
     """All overrides of one stage: base (paths, device) < demo common < demo stage < profile common < profile stage
     < --set common < --set stage."""
-    settings = DEMO_SETTINGS.get(study_name, {}) if demo else {}
-    chosen = DEMO_PROFILES.get(study_name, {}).get(profile, {}) if (demo and profile) else {}
+    study = STUDIES[study_name]
+    settings = study.demo_settings if demo else {}
+    chosen = study.demo_profiles.get(profile, {}) if (demo and profile) else {}
     merged: dict[str, Any] = dict(base)
     for source in (settings.get("common", {}), settings.get(stage, {}), chosen.get("common", {}), chosen.get(stage, {}),
                    extra.get("common", {}), extra.get(stage, {})):
@@ -357,15 +268,18 @@ def _prepare_demo_data(study: Study, out: Path, seed: int | None = None) -> Path
     import importlib
 
     data = out / "data"
-    if (data / study.demo_ready).is_file():
-        print(f"demo data: using {data / study.demo_dataset}", flush=True)
-        return data / study.demo_dataset
-    module, _, name = study.demo_maker.partition(":")
-    settings = {**dict(study.demo_data), **({} if seed is None else {"seed": int(seed)})}
+    spec = study.demo_data
+    dataset = data / str(spec.get("dataset", ""))
+    if (data / spec["ready"]).is_file():
+        print(f"demo data: using {dataset}", flush=True)
+        return dataset
+    module, _, name = spec["maker"].partition(":")
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("settings") or {}).items()}
+    settings.update({} if seed is None else {"seed": int(seed)})
     print(f"demo data: generating {settings.get('cases')} synthetic training cases (seed {settings.get('seed')}) "
           f"into {data}", flush=True)
     getattr(importlib.import_module(module), name)(data, **settings)
-    return data / study.demo_dataset
+    return dataset
 
 
 def run_study(
@@ -391,7 +305,7 @@ def run_study(
             below 1 or above the GPU count.
     """
     if profile is not None:
-        known = sorted(DEMO_PROFILES.get(study_name, {}))
+        known = sorted(STUDIES[study_name].demo_profiles)
         if not demo or profile not in known:
             raise SynthCPInputError(
                 f"--profile {profile!r} needs --demo and one of the {study_name} demo profiles: {known or 'none'}"

@@ -24,3 +24,16 @@ def test_the_alarm_does_not_import_the_training_stages() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen == {"after_alarm": False, "after_stages": True}
+
+
+def test_the_study_runner_registers_no_study_in_python() -> None:
+    """``synthcp run`` finds the studies in the bundles' configs/study.yaml: importing it pulls in no 2D study."""
+    probe = (
+        "import json, sys\n"
+        "from synthcp3d.study_cli import STUDIES\n"
+        "print(json.dumps({'studies': sorted(STUDIES), 'twod': any(m.startswith('synthcp2d') for m in sys.modules)}))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"studies": ["cityscapes", "pancreas", "streethazards"], "twod": False}

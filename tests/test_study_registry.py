@@ -1,0 +1,63 @@
+"""Studies are described by their bundles (configs/study.yaml), found by scanning the bundles folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.study_cli import STUDIES, bundle_dir, discover_studies, read_study, stage_overrides
+
+
+def _copy(name: str, root: Path) -> Path:
+    return Path(shutil.copytree(bundle_dir(STUDIES[name]), root / STUDIES[name].bundle))
+
+
+def test_every_stage_of_every_study_has_its_config() -> None:
+    for study in STUDIES.values():
+        configs = bundle_dir(study) / "configs"
+        assert study.stages and all((configs / f"{s}.yaml").is_file() for s in study.stages), study.name
+        assert set(study.training_stages) <= set(study.stages) and study.report_stage in study.stages
+
+
+def test_a_copied_bundle_is_found_under_synthcp_bundles(tmp_path: Path, monkeypatch) -> None:
+    _copy("streethazards", tmp_path)
+    monkeypatch.setenv("SYNTHCP_BUNDLES", str(tmp_path))
+    found = discover_studies()
+    assert list(found) == ["streethazards"] and found["streethazards"] == STUDIES["streethazards"]
+
+
+def test_demo_overrides_merge_in_order() -> None:
+    """base < demo common < demo stage < profile < --set: the study profile's iterations win over the demo's."""
+    base = {"output_dir": "/o", "iterations": 7}
+    demo = stage_overrides("pancreas", "train_segmenter", base, demo=True, extra={})
+    assert demo["iterations"] == STUDIES["pancreas"].demo_settings["train_segmenter"]["iterations"]
+    assert demo["spacing"] == STUDIES["pancreas"].demo_settings["common"]["spacing"] and demo["output_dir"] == "/o"
+    profile = stage_overrides("pancreas", "train_segmenter", base, demo=True, extra={}, profile="study")
+    assert profile["iterations"] == STUDIES["pancreas"].demo_profiles["study"]["train_segmenter"]["iterations"]
+    chosen = stage_overrides("pancreas", "train_segmenter", base, demo=True, profile="study",
+                             extra={"train_segmenter": {"iterations": 3}})
+    assert chosen["iterations"] == 3
+    assert stage_overrides("pancreas", "train_segmenter", base, demo=False, extra={}) == base
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda spec: spec.pop("stages"), "not a readable study description"),
+        (lambda spec: spec["stages"].append("no_such_stage"), "no_such_stage"),
+        (lambda spec: spec.update(report_stage="elsewhere"), "elsewhere"),
+    ],
+)
+def test_a_broken_study_description_is_refused_in_one_line(tmp_path: Path, edit, message) -> None:
+    bundle = _copy("streethazards", tmp_path)
+    path = bundle / "configs" / "study.yaml"
+    spec = yaml.safe_load(path.read_text())
+    edit(spec)
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SynthCPInputError, match=message) as info:
+        read_study(bundle)
+    assert "\n" not in str(info.value)
