@@ -53,7 +53,8 @@ class Study:
         data_help: what ``--data`` must point at.
         demo_data: the demo data set: ``maker`` ("module:function" writing it under ``OUT/data``, called with
             ``settings``), ``ready`` (the file whose presence means it is there), ``dataset`` (the folder, relative to
-            ``OUT/data``, given to the bundle as ``dataset_dir``).
+            ``OUT/data``, given to the bundle as ``dataset_dir``), ``checker`` ("module:function" checking a data
+            set folder: ``synthcp data check``).
         demo_settings: the demo's overrides: ``common`` and one mapping per stage name.
         demo_profiles: larger demo profiles (``--profile NAME``), each merged over ``demo_settings``.
     """

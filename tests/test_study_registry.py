@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def test_every_stage_of_every_study_has_its_config() -> None:
         configs = bundle_dir(study) / "configs"
         assert study.stages and all((configs / f"{s}.yaml").is_file() for s in study.stages), study.name
         assert set(study.training_stages) <= set(study.stages) and study.report_stage in study.stages
+        for role in ("maker", "checker"):  # the data set functions `synthcp run --demo` and `synthcp data` import
+            module, _, name = study.demo_data[role].partition(":")
+            assert callable(getattr(importlib.import_module(module), name)), (study.name, role)
 
 
 def test_a_copied_bundle_is_found_under_synthcp_bundles(tmp_path: Path, monkeypatch) -> None:

@@ -3,19 +3,30 @@
     synthcp data make {pancreas,cityscapes,streethazards} --out DIR --cases N --seed S [--test-cases M]
     synthcp data check {pancreas,cityscapes,streethazards} DIR [--deep] [--json]
 
-The 2D generators and readers live in ``synthcp2d.data`` and are imported only when their data set is asked for.
+The data sets are the studies' (:data:`synthcp3d.study_cli.STUDIES`): each bundle's ``configs/study.yaml`` names its
+generator (``demo.data.maker``) and folder check (``demo.data.checker``), imported only when asked for. The
+pancreas phantom has its own options (``--test-cases``, ``--shape``, ``--deep``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.study_cli import STUDIES
 
-DATASETS = ("pancreas", "cityscapes", "streethazards")
+DATASETS = tuple(sorted(STUDIES))
+
+
+def _study_function(dataset: str, role: str) -> Callable[..., Any]:
+    """The ``demo.data.<role>`` function ("module:function") of the study ``dataset``."""
+    module, _, name = str(STUDIES[dataset].demo_data[role]).partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,15 +92,9 @@ def _make(args: argparse.Namespace) -> int:
             raise SynthCPInputError(f"{flag} applies to the pancreas data set only, not {args.dataset}.")
     if args.cases < 1 or args.seed < 0:
         raise SynthCPInputError(f"--cases must be >= 1 and --seed >= 0, got {args.cases} and {args.seed}.")
-    if args.dataset == "cityscapes":
-        from synthcp2d.data.cityscapes import check_cityscapes_folder as check
-        from synthcp2d.data.synthetic_cityscapes import make_cityscapes_dataset as make
-    else:
-        from synthcp2d.data.streethazards import check_streethazards_folder as check
-        from synthcp2d.data.synthetic_streethazards import make_streethazards_dataset as make
-    root = make(args.out, args.cases, args.seed, progress=progress)
+    root = _study_function(args.dataset, "maker")(args.out, args.cases, args.seed, progress=progress)
     print(f"wrote a synthetic {args.dataset} data set ({args.cases} cases, seed {args.seed}) to {root}")
-    _print_summary(check(root))
+    _print_summary(_study_function(args.dataset, "checker")(root))
     return 0
 
 
@@ -101,11 +106,7 @@ def _check(args: argparse.Namespace) -> int:
     else:
         if args.deep:
             raise SynthCPInputError(f"--deep applies to the pancreas data set only, not {args.dataset}.")
-        if args.dataset == "cityscapes":
-            from synthcp2d.data.cityscapes import check_cityscapes_folder as check
-        else:
-            from synthcp2d.data.streethazards import check_streethazards_folder as check
-        summary = check(args.root)
+        summary = _study_function(args.dataset, "checker")(args.root)
     _print_summary(summary, args.json)
     return 0
 
