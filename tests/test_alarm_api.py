@@ -375,3 +375,23 @@ def test_bad_arrays_refused_like_files(alarm: DSCAlarm) -> None:
         alarm((nan, affine_for("ras")))
     with pytest.raises(SynthCPInputError, match="4D"):
         alarm((np.zeros((8, 8, 8, 2), np.float32), np.eye(4)))
+
+
+class TwoOpinions(PlantedPredictor):
+    """The paper's ensemble says "bad" (0.3), SynthCP + pairwise Dice says "good" (0.9)."""
+
+    def __call__(self, image: torch.Tensor, timer=None) -> Prediction:
+        prediction = super().__call__(image, timer)
+        prediction.dsc["synthcp_pairwise"] = {"pancreas": 0.9, "tumour": 0.9}
+        return prediction
+
+
+def test_the_flag_reads_the_chosen_method() -> None:
+    source = (phantom(), affine_for("ras"))
+    default = DSCAlarm(TwoOpinions(), threshold=0.5, progress=False)(source)
+    chosen = DSCAlarm(TwoOpinions(), threshold=0.5, progress=False, flag_method="synthcp_pairwise")(source)
+    assert default.flagged and default.flag_method == "ensemble" and default.to_dict()["flag_rule"] == FLAG_RULE
+    assert not chosen.flagged and chosen.to_dict()["flag_method"] == "synthcp_pairwise"
+    assert "pairwise Dice" in chosen.to_dict()["flag_rule"]
+    with pytest.raises(SynthCPInputError, match="unknown flag method"):
+        DSCAlarm(TwoOpinions(), flag_method="vote")

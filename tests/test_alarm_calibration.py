@@ -170,3 +170,20 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     data = read_calibration(tmp_path)
     assert data["threshold"] == result.threshold and data["path"] == str(path)
     assert data["sensitivity"]["trials"] == 4
+
+
+def test_a_calibration_belongs_to_its_flag_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrated for SynthCP: the alarm then flags on SynthCP; asking for another method needs its own threshold."""
+    monkeypatch.setattr(api, "load_predictor", lambda bundle, device: BrightnessPredictor())
+    data, _ = labelled_set(tmp_path / "data")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    args = ["alarm", "calibrate", "--bundle", str(bundle), "--data", str(data), "--max-miss", "0.2", "--no-progress",
+            "--flag-method", "synthcp"]
+    assert cli.main(args) == 0
+    assert json.loads((bundle / CALIBRATION_FILE).read_text())["flag_method"] == "synthcp"
+    assert DSCAlarm.from_bundle(bundle, device="cpu", progress=False).flag_method == "synthcp"
+    with pytest.raises(SynthCPInputError, match="calibrated for flag method 'synthcp'"):
+        DSCAlarm.from_bundle(bundle, device="cpu", flag_method="ensemble")
+    other = DSCAlarm.from_bundle(bundle, device="cpu", flag_method="ensemble", threshold=0.4)
+    assert (other.flag_method, other.threshold, other.threshold_source) == ("ensemble", 0.4, "user")

@@ -14,7 +14,7 @@
 Each case: load (NIfTI or DICOM series, checked) -> the bundle's preprocessing as in training (Orientation RAS,
 Spacing, HU window) -> predictor (segment, synthesize, compare, VAE alarm, ensemble) on the working grid ->
 segmentation and error probability resampled back onto the input's own grid and affine (by the affines, so any
-orientation, spacing or obliquity round-trips) -> flag (:data:`~synthcp3d.alarm.report.FLAG_RULE`).
+orientation, spacing or obliquity round-trips) -> flag (:func:`~synthcp3d.alarm.report.flag_rule`).
 
 With ``mask=`` the alarm judges that segmentation instead of running the bundle's segmenter
 (:mod:`synthcp3d.alarm.masks`: label values mapped, grid checked and matched); the report says which was judged.
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from synthcp3d.alarm.geometry import affine_of, as_metatensor, resample_to_grid
 from synthcp3d.alarm.inputs import CaseInput, case_name, discover_inputs
 from synthcp3d.alarm.predictor import STAGES, Prediction, Predictor
-from synthcp3d.alarm.report import AlarmReport, flag_case
+from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD, AlarmReport, check_flag_method, flag_case
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
 
@@ -147,8 +147,10 @@ class DSCAlarm:
 
     Args:
         predictor: the networks (:class:`~synthcp3d.alarm.predictor.Predictor`), e.g. from a trained bundle.
-        threshold: flag threshold ``T`` on the ensemble's predicted tumour DSC.
+        threshold: flag threshold ``T`` on the predicted tumour DSC of ``flag_method``.
         threshold_source: where ``threshold`` came from (written into every report).
+        flag_method: which predicted DSC the flag reads (:data:`~synthcp3d.alarm.predictor.METHODS`; default the
+            paper's SynthCP + VAE alarm ensemble).
         progress: show a progress bar in :meth:`run_batch`.
         measure_memory: record the peak memory of every stage in ``report.timer`` (for the benchmark).
     """
@@ -160,12 +162,14 @@ class DSCAlarm:
         threshold_source: str = "default",
         progress: bool = True,
         measure_memory: bool = False,
+        flag_method: str = DEFAULT_FLAG_METHOD,
     ) -> None:
         self.predictor = predictor
         self.device = torch.device(getattr(predictor, "device", "cpu"))
         self.measure_memory = measure_memory
         self.threshold = float(threshold)
         self.threshold_source = threshold_source
+        self.flag_method = check_flag_method(flag_method)
         self.progress = progress
 
     @classmethod
@@ -174,6 +178,7 @@ class DSCAlarm:
         path: str | os.PathLike,
         device: str | torch.device | None = None,
         threshold: float | None = None,
+        flag_method: str | None = None,
         **kwargs: Any,
     ) -> DSCAlarm:
         """Load a trained pancreas bundle folder.
@@ -183,6 +188,8 @@ class DSCAlarm:
             device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
             threshold: overrides the bundle's calibrated threshold (``models/alarm_calibration.json``, written by
                 ``synthcp alarm calibrate``); without either, :data:`DEFAULT_THRESHOLD`.
+            flag_method: the predicted DSC the flag reads; default: the one the bundle was calibrated for, else
+                the ensemble. A calibrated threshold is kept only for its own method.
             kwargs: passed to :class:`DSCAlarm`.
 
         Raises:
@@ -190,16 +197,26 @@ class DSCAlarm:
         """
         from synthcp3d.alarm.calibration import read_calibration
 
+        method = None if flag_method is None else check_flag_method(flag_method)
         predictor = load_predictor(path, resolve_device(device))
         if threshold is not None:
             value, source = float(threshold), "user"
         else:
             calibration = read_calibration(path)
             if calibration is not None:
+                calibrated = calibration.get("flag_method", DEFAULT_FLAG_METHOD)  # older files: the ensemble's
+                if method is not None and method != calibrated:
+                    raise SynthCPInputError(
+                        f"the bundle's threshold was calibrated for flag method {calibrated!r}, not {method!r}: give "
+                        f"a threshold, or calibrate with --flag-method {method}"
+                    )
+                method = calibrated
                 value, source = float(calibration["threshold"]), f"calibration ({calibration['path']})"
             else:
                 value, source = DEFAULT_THRESHOLD, "default"
-        return cls(predictor, threshold=value, threshold_source=source, **kwargs)
+        return cls(
+            predictor, threshold=value, threshold_source=source, flag_method=method or DEFAULT_FLAG_METHOD, **kwargs
+        )
 
     # ------------------------------------------------------------------ one case
     def __call__(
@@ -264,7 +281,8 @@ class DSCAlarm:
         report.working = prediction
         report.predicted_dsc = {m: dict(v) for m, v in prediction.dsc.items()}
         report.threshold, report.threshold_source = self.threshold, self.threshold_source
-        report.flagged = flag_case(report.predicted_dsc, self.threshold)
+        report.flag_method = self.flag_method
+        report.flagged = flag_case(report.predicted_dsc, self.threshold, self.flag_method)
         timer.seconds["total"] = time.perf_counter() - start
         report.seconds = {k: timer.seconds[k] for k in (*STAGES, "total") if k in timer.seconds}
         report.timer = timer
@@ -349,6 +367,7 @@ class DSCAlarm:
             if not report.ok:
                 report.seconds = {"total": time.perf_counter() - start}
                 report.threshold, report.threshold_source = self.threshold, self.threshold_source
+                report.flag_method = self.flag_method
             if not keep:
                 report.segmentation = report.error_probability = report.image = None
                 report.working = None

@@ -300,7 +300,7 @@ def calibrate_alarm(
             metric="dice",
         )
         true.append(float(quality[0, tumour_label]))
-        value = report.predicted_dsc.get("ensemble", {}).get("tumour")
+        value = report.predicted_dsc.get(alarm.flag_method, {}).get("tumour")
         predicted.append(float("nan") if value is None else float(value))
     result = choose_threshold(predicted, true, target_dsc, max_miss, confidence)
     for row, case in zip(result.cases, cases):

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from synthcp3d.alarm.predictor import METHODS
+from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD
 from synthcp3d.errors import SynthCPInputError
 
 __all__ = ["add_arguments", "main", "run_alarm", "EXIT_OK", "EXIT_FAILED", "EXIT_FLAGGED"]
@@ -28,8 +30,10 @@ one that covers another field of view or orientation is refused. The bundle's ow
 Any orientation and spacing; outputs are written on each input's own grid, in OUT/<case>/:
 segmentation.nii.gz, error_probability.nii.gz, report.json, overview.png (flagged cases), and OUT/summary.csv.
 
-flag rule: a case is flagged when the ensemble's predicted tumour DSC (mean of SynthCP and the VAE alarm) is
-below T, or cannot be computed. T: --threshold, else the bundle's calibration (synthcp alarm calibrate), else 0.5.
+flag rule: a case is flagged when the predicted tumour DSC of --flag-method is below T, or cannot be computed.
+Method: --flag-method, else the one the bundle was calibrated for, else ensemble (mean of SynthCP and the VAE
+alarm, the paper's); pairwise_dice and synthcp_pairwise need the bundle's cross-validation fold models.
+T: --threshold, else the bundle's calibration (synthcp alarm calibrate, per method), else 0.5.
 
 calibrate: synthcp alarm calibrate --bundle DIR --data DIR --target-dsc 0.5 --max-miss 0.1
 chooses T on a held-out labelled set (MSD folder or CSV image,label) so that at most --max-miss of truly bad cases
@@ -50,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="alarm_output", help="output folder (default: %(default)s)")
     parser.add_argument("--threshold", type=float, default=None, help="flag threshold T on the predicted tumour DSC")
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+    parser.add_argument(
+        "--flag-method", choices=METHODS, default=None,
+        help="the predicted tumour DSC the flag reads (default: the calibrated one, else ensemble = SynthCP + VAE alarm)",
+    )
     parser.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any case is flagged")
     parser.add_argument("--mask", default=None, help="judge this segmentation (NIfTI) of the single INPUT instead")
     parser.add_argument(
@@ -84,6 +92,7 @@ def _alarm(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         mask=args.mask,
         labels=args.labels,
+        flag_method=args.flag_method,
     )
 
 
@@ -97,12 +106,14 @@ def run_alarm(
     progress: bool = True,
     mask: str | os.PathLike | None = None,
     labels: str | None = None,
+    flag_method: str | None = None,
 ) -> int:
     """The body of ``synthcp alarm`` (also callable from a bundle config): returns the exit status.
 
     Writes ``out/<case>/...`` per case and ``out/summary.csv`` (rewritten atomically after every case, so it is
     always complete so far); prints one ``error:`` line per failed case. ``mask``: a segmentation of the single
-    input to judge (CSV lists give one per case in a ``mask`` column); ``labels``: its value of each class.
+    input to judge (CSV lists give one per case in a ``mask`` column); ``labels``: its value of each class;
+    ``flag_method``: the predicted DSC the flag reads (see `DSCAlarm.from_bundle`).
     """
     import dataclasses
 
@@ -120,9 +131,10 @@ def run_alarm(
     if labels is not None:
         parse_label_map(labels)  # refuse a bad --labels before loading the bundle
     out = check_writable(out)
-    alarm = DSCAlarm.from_bundle(bundle, device=device, threshold=threshold, progress=progress)
+    alarm = DSCAlarm.from_bundle(bundle, device=device, threshold=threshold, progress=progress, flag_method=flag_method)
     print(
-        f"DSC alarm: {len(cases)} case(s), threshold {alarm.threshold:.4f} ({alarm.threshold_source}), writing to {out}"
+        f"DSC alarm: {len(cases)} case(s), flag on {alarm.flag_method} < {alarm.threshold:.4f} "
+        f"({alarm.threshold_source}), writing to {out}"
     )
     reports = []
     summary = out / "summary.csv"
@@ -154,7 +166,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise SynthCPInputError("'synthcp alarm calibrate' needs --data: a held-out labelled MSD folder or CSV")
     cases = load_labelled_cases(args.data)
     # The alarm's own threshold is irrelevant here: calibration only uses the predicted DSCs.
-    alarm = DSCAlarm.from_bundle(args.bundle, device=args.device, threshold=0.5, progress=not args.no_progress)
+    alarm = DSCAlarm.from_bundle(
+        args.bundle, device=args.device, threshold=0.5, progress=not args.no_progress,
+        flag_method=args.flag_method or DEFAULT_FLAG_METHOD,
+    )
     result = calibrate_alarm(alarm, cases, args.target_dsc, args.max_miss, args.confidence)
     print(result.summary())
     if args.dry_run:
@@ -163,7 +178,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     path = write_calibration(
         result,
         args.bundle,
-        extra={"data": str(Path(args.data).resolve()), "bundle": alarm.predictor.info.get("bundle", {})},
+        extra={"data": str(Path(args.data).resolve()), "bundle": alarm.predictor.info.get("bundle", {}),
+               "flag_method": alarm.flag_method},
     )
     print(f"stored the threshold in {path}")
     return EXIT_OK

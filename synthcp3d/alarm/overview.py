@@ -75,7 +75,7 @@ def save_overview(report: AlarmReport, path: str | os.PathLike, count: int = 3) 
                 ax.imshow(show(np.clip(seg, 0, 2)), cmap=labels, vmin=0, vmax=2, interpolation="nearest")
             ax.set_axis_off()
             ax.set_title(f"{titles[col]} (z={z})" if col == 0 else titles[col], fontsize=9)
-    tumour = report.predicted_dsc.get("ensemble", {}).get("tumour")
+    tumour = report.predicted_dsc.get(report.flag_method, {}).get("tumour")
     tumour_text = "n/a" if tumour is None else f"{tumour:.2f}"
     fig.suptitle(
         f"{report.case}: predicted tumour DSC {tumour_text} < threshold {report.threshold:.2f} -> check this case",

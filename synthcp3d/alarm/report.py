@@ -15,19 +15,44 @@ from typing import Any
 import numpy as np
 
 from synthcp3d.alarm.predictor import METHODS, Prediction
+from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_save_text
 
-__all__ = ["AlarmReport", "FLAG_RULE", "flag_case", "summary_rows", "write_summary", "SUMMARY_COLUMNS"]
+__all__ = [
+    "AlarmReport", "FLAG_RULE", "DEFAULT_FLAG_METHOD", "flag_rule", "check_flag_method", "flag_case", "summary_rows",
+    "write_summary", "SUMMARY_COLUMNS",
+]
 
-FLAG_RULE = (
-    "flagged when the ensemble's predicted tumour DSC (mean of SynthCP and the VAE alarm) is below the threshold, "
-    "or when that prediction could not be made"
-)
+#: the predicted DSC the flag reads by default: the paper's ensemble (its Table 2 best row)
+DEFAULT_FLAG_METHOD = "ensemble"
+_DESCRIBED = {
+    "synthcp": "SynthCP's predicted tumour DSC",
+    "vae_alarm": "the VAE alarm's predicted tumour DSC",
+    "ensemble": "the ensemble's predicted tumour DSC (mean of SynthCP and the VAE alarm)",
+    "pairwise_dice": "the fold ensemble's pairwise tumour Dice",
+    "synthcp_pairwise": "the mean of SynthCP's predicted tumour DSC and the fold ensemble's pairwise Dice",
+}
 
 
-def flag_case(dsc: dict[str, dict[str, float | None]], threshold: float) -> bool:
-    """Apply :data:`FLAG_RULE`: ``ensemble`` tumour DSC ``< threshold``; a missing/NaN prediction flags the case."""
-    value = dsc.get("ensemble", {}).get("tumour")
+def check_flag_method(method: str) -> str:
+    """``method`` if the flag can read it (one of :data:`~synthcp3d.alarm.predictor.METHODS`), else a one-line error."""
+    if method not in METHODS:
+        raise SynthCPInputError(f"unknown flag method {method!r}: choose one of {', '.join(METHODS)}")
+    return method
+
+
+def flag_rule(method: str = DEFAULT_FLAG_METHOD) -> str:
+    """The flag rule in words, for reports."""
+    return (f"flagged when {_DESCRIBED[check_flag_method(method)]} is below the threshold, or when that prediction "
+            "could not be made")
+
+
+FLAG_RULE = flag_rule()
+
+
+def flag_case(dsc: dict[str, dict[str, float | None]], threshold: float, method: str = DEFAULT_FLAG_METHOD) -> bool:
+    """Apply :func:`flag_rule`: ``method``'s tumour DSC ``< threshold``; a missing/NaN prediction flags the case."""
+    value = dsc.get(method, {}).get("tumour")
     if value is None or not math.isfinite(value):
         return True
     return bool(value < threshold)
@@ -46,7 +71,8 @@ class AlarmReport:
         predicted_dsc: ``{method: {"pancreas": float|None, "tumour": float|None}}`` for each of
             :data:`~synthcp3d.alarm.predictor.METHODS` (``pairwise_dice`` and ``synthcp_pairwise`` are None without
             fold models in the bundle).
-        flagged: whether the case needs checking (:data:`FLAG_RULE`).
+        flagged: whether the case needs checking (:func:`flag_rule` of ``flag_method``).
+        flag_method: the predicted DSC the flag read (:data:`DEFAULT_FLAG_METHOD` unless chosen).
         threshold: the threshold ``T`` used; ``threshold_source`` says where it came from.
         model, bundle: identity of the networks and bundle (name, version, path).
         judged: which segmentation was judged: ``{"segmentation": "bundle segmenter", ...}`` or
@@ -69,6 +95,7 @@ class AlarmReport:
     flagged: bool | None = None
     threshold: float | None = None
     threshold_source: str = ""
+    flag_method: str = DEFAULT_FLAG_METHOD
     model: dict[str, Any] = field(default_factory=dict)
     bundle: dict[str, Any] = field(default_factory=dict)
     judged: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +128,8 @@ class AlarmReport:
             "flagged": self.flagged,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
-            "flag_rule": FLAG_RULE,
+            "flag_method": self.flag_method,
+            "flag_rule": flag_rule(self.flag_method),
             "model": self.model,
             "bundle": self.bundle,
             "judged": self.judged,
