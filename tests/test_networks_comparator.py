@@ -80,6 +80,22 @@ def test_label_input_false_judges_through_the_synthesis_alone(difference_input):
         build_comparator("direct", label_input=False, **kwargs)
 
 
+def test_difference_margin_keeps_the_difference_near_the_foreground_only():
+    """|x - x̂| survives within the margin of the segmented foreground and is zero beyond it (3D, one-hot)."""
+    net = build_comparator("joint", spatial_dims=3, image_channels=1, num_classes=3, difference_input=True,
+                           difference_margin=2, **TINY)
+    image, synthesis = torch.zeros(1, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
+    labels = torch.zeros(1, 16, 16, 16, dtype=torch.long)
+    labels[0, 6:9, 6:9, 6:9] = 2
+    onehot = torch.nn.functional.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float()
+    diff = net._difference(image, synthesis, onehot)[0, 0]
+    assert diff[4:11, 4:11, 4:11].eq(1).all() and diff.sum() == 7**3  # the 3^3 block grown by 2 voxels per side
+    full = build_comparator("joint", spatial_dims=3, image_channels=1, num_classes=3, difference_input=True, **TINY)
+    assert full._difference(image, synthesis, onehot).eq(1).all()
+    with pytest.raises(ValueError, match="difference_margin"):
+        build_comparator("joint", spatial_dims=3, image_channels=1, num_classes=3, difference_margin=-1, **TINY)
+
+
 def test_modes_give_expected_keys():
     image, labels, synth = inputs(2)
     direct = build_comparator("direct", spatial_dims=2, image_channels=1, num_classes=3, **TINY)
