@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from synthcp2d.data import make_streethazards_dataset
@@ -141,3 +142,17 @@ def test_stage_runs_with_monai_bundle_command(study_run, tmp_path):
     done = json.loads((tmp_path / "prepare" / "done.json").read_text())
     assert done["num_train"] == 4 and done["num_test"] == 4
     assert done["settings"]["image_size"] == [64, 32]
+
+
+@pytest.mark.parametrize("method", ["AE", "Max-logit", "MSP", "SynthCP (t=0.999)"])
+def test_pooled_scores_keep_their_ranking_inside_the_histogram_range(method):
+    """Scores beyond 1 (an overshooting auto-encoder's l1 error, a large -max logit) are squashed strictly
+    increasingly into the histogram's range, never clamped into its end bin."""
+    from synthcp2d.studies.streethazards import _pooled_range, _pooled_score
+
+    low, high = _pooled_range(method)
+    raw = {"AE": torch.tensor([0.0, 0.4, 1.0, 1.5, 3.0, 40.0]), "Max-logit": torch.tensor([-30.0, -5.0, 0.0, 7.0, 60.0])}
+    score = raw.get(method, torch.linspace(low, high, 7))
+    squashed = _pooled_score(method, score)
+    assert (squashed >= low).all() and (squashed <= high).all()
+    assert (squashed.diff() > 0).all()  # strictly increasing: the ranking survives

@@ -170,8 +170,16 @@ def _pooled_range(method: str) -> tuple[float, float]:
 
 
 def _pooled_score(method: str, score: torch.Tensor) -> torch.Tensor:
-    # -max logit is unbounded: a strictly increasing squash into (0, 1) keeps the ranking the metrics depend on
-    return torch.sigmoid(score / 10.0) if method == "Max-logit" else score
+    """The score as the pooled histograms bin it, inside :func:`_pooled_range` (a score outside would be clamped
+    into an end bin, its ranking lost). Unbounded scores get a strictly increasing squash into (0, 1), which keeps the
+    ranking the metrics depend on: -max logit (any real) by a sigmoid, the auto-encoder's l1 error (>= 0, above 1
+    when the reconstruction overshoots the [-1, 1] image range) by s / (1 + s). The rest are bounded already: MSP,
+    entropy / log C, MC-Dropout's normalised entropy in [0, 1]; SynthCP's 1 - cos in [0, 2]."""
+    if method == "Max-logit":
+        return torch.sigmoid(score / 10.0)
+    if method == "AE":
+        return score / (1.0 + score)
+    return score
 
 
 @study_stage("evaluate")
