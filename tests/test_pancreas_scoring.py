@@ -79,3 +79,4 @@ def test_generic_not_predicted_is_zero_keeps_only_the_named_classes():
     assert out.tolist()[:2] == [0.0, 0.8] and out[3] == 0.6 and out[2] == 0.0 and out[4] == 0.0
     assert generic(q, pred, keep=(0,))[0] == 0.7
     assert np.isnan(q[2])  # the input is not modified
+

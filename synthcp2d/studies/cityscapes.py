@@ -15,8 +15,8 @@ The bundle ``bundles/cityscapes_failure_synthcp`` builds a :class:`CityscapesStu
 - ``train_comparator``: per segmenter, the comparator in every mode of ``comparator_modes`` (``joint``, ``separate``,
   and ``direct`` = Direct Prediction) on that segmenter's CV predictions -> ``models/comparator_<name>_<mode>.pt``;
 - ``train_baselines``: TCP (ConfidNet head on each frozen segmenter) and the VAE alarm (mask VAE on ground-truth
-  label maps + a per-class linear regressor from reconstruction Dice to IoU fitted on each segmenter's CV
-  predictions);
+  label maps, ignore pixels filled with the nearest label, + a per-class linear regressor from the VAE loss to IoU
+  fitted on each segmenter's CV predictions);
 - ``evaluate``: on the val split, per segmenter: image-level (MAE, STD, P.C., S.C. of per-class IoU) and pixel-level
   (FPR95, AUPR-Error, AUPR-Success, AUROC; streamed, both reductions) tables; the cross-model row (comparators
   trained on ``cross_model[0]``'s CV predictions judging ``cross_model[1]``'s masks); per-image scores; Fig. 5.
@@ -404,12 +404,25 @@ def train_comparator(
 
 
 def _vae_input(label: torch.Tensor, study: CityscapesStudy) -> torch.Tensor:
-    """Label map ``(B, H, W)`` -> one-hot ``(B, C + 1, *vae_shape)`` (nearest resize; the extra channel is "ignore")."""
+    """Label map ``(B, H, W)`` -> one-hot ``(B, C, *vae_shape)`` (nearest resize).
+
+    A ground-truth map's ignore pixels take the class of the nearest labelled pixel: the VAE then learns the shape
+    prior of complete label maps, as the predicted masks it scores are complete (an "ignore" channel would be a
+    class that never appears in them).
+    """
+    from scipy.ndimage import distance_transform_edt
+
     from synthcp3d.networks.synthesizer import one_hot_labels
 
-    small = F.interpolate(label[:, None].float(), size=study.vae_shape, mode="nearest").long()
-    small = torch.where(small == IGNORE, torch.full_like(small, study.num_classes), small)
-    return one_hot_labels(small, study.num_classes + 1)
+    small = F.interpolate(label[:, None].float(), size=study.vae_shape, mode="nearest").long()[:, 0]
+    ignored = (small == IGNORE).cpu().numpy()
+    filled = small.cpu().numpy()
+    for b in range(filled.shape[0]):
+        if ignored[b].any() and not ignored[b].all():
+            nearest = distance_transform_edt(ignored[b], return_distances=False, return_indices=True)
+            filled[b] = filled[b][tuple(nearest)]
+    filled[filled == IGNORE] = 0  # an image without a single labelled pixel
+    return one_hot_labels(torch.as_tensor(filled, device=label.device), study.num_classes)
 
 
 def _feature_channels(segmenter: torch.nn.Module, study: CityscapesStudy) -> int:
@@ -430,7 +443,7 @@ def train_baselines(
     vae_beta: float = 1e-3,
 ) -> dict:
     """TCP heads (``models/confidnet_<name>.pt``) and the VAE alarm (``models/mask_vae.pt`` on ground-truth label maps,
-    then per segmenter a linear per-class regressor from reconstruction Dice to IoU on its CV predictions ->
+    then per segmenter a linear per-class regressor from the VAE loss to IoU on its CV predictions ->
     ``models/vae_alarm_<name>.json``)."""
     from monai.data import Dataset
     from monai.utils import set_determinism
@@ -473,7 +486,7 @@ def train_baselines(
     vae = study.prepare_network(mask_vae())
     loader = make_train_loader(Dataset(masks), batch_size, seed=int(study.seed) + 300, num_workers=study.num_workers)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr * 10)
-    trainer = MaskVAETrainer(dev, loader, vae, optimizer, num_classes=study.num_classes + 1, beta=vae_beta)
+    trainer = MaskVAETrainer(dev, loader, vae, optimizer, num_classes=study.num_classes, beta=vae_beta)
     run_training(trainer, int(iterations), out / "checkpoints_vae", **study.train_kwargs(iterations))
     save_weights({"vae": vae}, study.models / "mask_vae.pt")
     save_network_spec(study, "mask_vae", mask_vae)
@@ -482,7 +495,7 @@ def train_baselines(
 
 
 def _fit_vae_regressors(study: CityscapesStudy, vae: torch.nn.Module) -> None:
-    """Per segmenter: reconstruction Dice of its CV predictions -> IoU, a per-class linear regressor ->
+    """Per segmenter: the VAE loss of its CV predictions -> IoU, a per-class linear regressor ->
     ``models/vae_alarm_<name>.json``."""
     from synthcp3d.engines.crossval import load_prediction
     from synthcp3d.scoring.regression import LinearQualityRegressor
@@ -504,9 +517,11 @@ def _fit_vae_regressors(study: CityscapesStudy, vae: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def _vae_feature(vae: torch.nn.Module, pred: torch.Tensor, study: CityscapesStudy) -> np.ndarray:
-    """Per-class Dice between a predicted mask and its VAE reconstruction ``(C,)`` (NaN: class absent from both)."""
-    onehot = _vae_input(pred[None].to(study.torch_device), study)
-    return vae.reconstruction_dice(onehot)[0, : study.num_classes].cpu().numpy()
+    """The VAE alarm's feature of a predicted mask ``(H, W)`` per class ``(C,)``: its VAE loss, as published (Liu et
+    al.; see `synthcp3d.scoring.vae_alarm.per_class_vae_feature`)."""
+    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+
+    return per_class_vae_feature(vae, _vae_input(pred[None].to(study.torch_device), study), "loss")
 
 
 # ================================================================================================================

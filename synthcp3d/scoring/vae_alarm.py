@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +29,7 @@ from synthcp3d.networks.mask_vae import vae_loss
 from synthcp3d.scoring.base import ScoreOutput, check_class_tensor, inference_mode, register_scorer
 from synthcp3d.scoring.regression import LinearQualityRegressor
 
-__all__ = ["vae_alarm_feature", "VAEAlarmRegressor"]
+__all__ = ["vae_alarm_feature", "per_class_vae_feature", "VAEAlarmRegressor"]
 
 VAEFeature = Literal["loss", "dice"]
 
@@ -68,6 +69,21 @@ def vae_alarm_feature(
             recon_logits, mu, logvar = vae(mask_onehot)
             return vae_loss(recon_logits, mask_onehot, mu, logvar, reduction="none", **kwargs).float()
     raise SynthCPInputError(f"unknown VAE alarm feature {feature!r}; use 'loss' or 'dice'")
+
+
+def per_class_vae_feature(vae: nn.Module, mask_onehot: torch.Tensor, feature: VAEFeature = "loss") -> np.ndarray:
+    """The VAE alarm's feature of one mask ``(1, C, *in_shape)`` as one value per class ``(C,)``, the input of a
+    per-class linear regressor (:class:`~synthcp3d.scoring.regression.LinearQualityRegressor`).
+
+    ``"loss"`` (Liu et al., DESIGN.md): the VAE's loss on the mask, the same number in every column (each class's
+    regressor maps it to that class's quality). ``"dice"`` (a named variant): per-class Dice between the mask and its
+    reconstruction (NaN: class absent from both).
+    """
+    if feature == "dice":
+        with inference_mode(vae):
+            return vae.reconstruction_dice(mask_onehot.float())[0].cpu().numpy()
+    loss = float(vae_alarm_feature(vae, mask_onehot, feature=feature)[0])
+    return np.full(mask_onehot.shape[1], loss, dtype=np.float64)
 
 
 class VAEAlarmRegressor(LinearQualityRegressor):

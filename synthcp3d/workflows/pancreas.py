@@ -83,7 +83,6 @@ from synthcp3d.workflows.pancreas_model import (
     score_synthesis,
     segment_volume,
     segmenter_name,
-    vae_feature,
     vae_input,
 )
 
@@ -547,6 +546,7 @@ def train_vae_alarm(
     """
     from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.mask_vae import MaskVAETrainer
+    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 
     if feature not in ("loss", "dice"):
         raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
@@ -576,7 +576,7 @@ def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: i
     vae.eval()
     for r in tqdm(records.values(), desc="VAE features", disable=not study.progress):
         with torch.no_grad():
-            feats.append(vae_feature(vae, vae_input(study, load_volume(r["pred"])), feature))
+            feats.append(per_class_vae_feature(vae, vae_input(study, load_volume(r["pred"])), feature))
         true.append(r["true_dsc"])
     feats_arr, true_arr = np.array(feats, dtype=np.float64), np.array(true, dtype=np.float64)
     regressor = LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0).fit(feats_arr, true_arr)

@@ -68,7 +68,6 @@ __all__ = [
     "to_native_grid",
     "native_dsc",
     "vae_input",
-    "vae_feature",
     "not_predicted_is_zero",
     "vae_alarm_dsc",
     # every method on one case
@@ -456,21 +455,6 @@ def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = 2) -> torch.
     return one_hot_labels(labels, study.num_classes).to(study.torch_device)
 
 
-def vae_feature(vae: torch.nn.Module, onehot: torch.Tensor, feature: str = "loss") -> np.ndarray:
-    """The VAE alarm's feature of a mask ``(1, C, *vae_shape)``, one value per class ``(C,)``.
-
-    ``"loss"`` (Liu et al., DESIGN.md): the VAE's loss on the mask (reconstruction + beta·KL), the same number in
-    every column (each class's regressor maps it to that class's DSC). ``"dice"`` (a named variant): per-class Dice
-    between the mask and its reconstruction (NaN: class absent from both).
-    """
-    from synthcp3d.scoring.vae_alarm import vae_alarm_feature
-
-    if feature == "dice":
-        return vae.reconstruction_dice(onehot)[0].cpu().numpy()
-    loss = float(vae_alarm_feature(vae, onehot, feature="loss")[0])
-    return np.full(onehot.shape[1], loss, dtype=np.float64)
-
-
 def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Predicted DSC ``(C,)`` with 0 for every class but the background absent from ``pred`` (see
     `synthcp3d.targets.not_predicted_is_zero`), the rule every pancreas method gets."""
@@ -479,8 +463,10 @@ def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
-    """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (:func:`vae_feature` regressed)."""
-    feature = vae_feature(vae, vae_input(study, pred), getattr(regressor, "vae_feature", "loss"))
+    """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (its per-class feature regressed)."""
+    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+
+    feature = per_class_vae_feature(vae, vae_input(study, pred), getattr(regressor, "vae_feature", "loss"))
     return not_predicted_is_zero(regressor.predict(feature[None])[0].cpu().numpy(), pred)
 
 
