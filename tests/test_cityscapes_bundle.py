@@ -41,8 +41,8 @@ TINY = {
     "train_baselines": {"iterations": 2, "batch_size": 2},
 }
 PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
-IMAGE = ["MC-Dropout", "VAE alarm", "Pairwise IoU (fold ensemble)", "Direct Prediction", "SynthCP-separate",
-         "SynthCP-joint"]
+IMAGE = ["MC-Dropout", "MC-Dropout (full linear map)", "VAE alarm", "Pairwise IoU (fold ensemble)",
+         "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
 
 
 @pytest.fixture(scope="module")

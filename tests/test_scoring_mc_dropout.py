@@ -92,3 +92,31 @@ def test_registered_scorer_with_regressor():
         "mc_dropout", {"segmenter": segmenter, "image": torch.randn(1, 1, 6, 8), "mc_regressor": regressor}, samples=4
     )
     assert out.quality.shape == (1, 3) and ((out.quality >= 0) & (out.quality <= 1)).all()
+
+
+def test_full_linear_map_matches_numpy_least_squares_column_by_column():
+    """Each output column = least squares on the whole (NaN -> 0) entropy vector, over its defined rows; checked
+    against numpy's lstsq; a class not predicted predicts 0; the state round-trips."""
+    from synthcp3d.scoring.mc_dropout import MCDropoutFullLinearRegressor
+
+    rng = np.random.default_rng(0)
+    n, c = 40, 3
+    x = rng.uniform(0, 1, (n, c))
+    y = np.clip(0.9 - 0.5 * x[:, [1, 2, 0]] + 0.05 * rng.standard_normal((n, c)), 0, 1)  # column k from feature k+1
+    x[3, 1], x[7, 2] = np.nan, np.nan  # classes not predicted
+    y[5, 0] = np.nan  # undefined true quality
+    regressor = MCDropoutFullLinearRegressor(c).fit(x, y)
+    filled = np.nan_to_num(x)
+    for k in range(c):
+        rows = np.isfinite(y[:, k])
+        design = np.c_[filled[rows], np.ones(rows.sum())]
+        solution = np.linalg.lstsq(design, y[rows, k], rcond=None)[0]
+        assert np.allclose(regressor.coef[k], solution[:-1], atol=1e-8)
+        assert np.isclose(regressor.intercept[k], solution[-1], atol=1e-8)
+    predicted = regressor.predict(x).numpy()
+    assert predicted[3, 1] == 0.0 and predicted[7, 2] == 0.0 and ((predicted >= 0) & (predicted <= 1)).all()
+    expected = np.clip(filled @ regressor.coef.T + regressor.intercept, 0, 1)
+    keep = ~np.isnan(x)
+    assert np.allclose(predicted[keep], expected[keep], atol=1e-6)
+    restored = MCDropoutFullLinearRegressor.from_state_dict(json.loads(json.dumps(regressor.state_dict())))
+    assert torch.equal(restored.predict(x), regressor.predict(x))

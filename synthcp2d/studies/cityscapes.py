@@ -91,7 +91,7 @@ MODE_NAMES = {"direct": "Direct Prediction", "separate": "SynthCP-separate", "jo
 #: Table 1 rows, in order (comparator rows only for the trained modes).
 PIXEL_METHODS = ("MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint")
 IMAGE_METHODS = (
-    "MC-Dropout", "VAE alarm", "Pairwise IoU (fold ensemble)", "Direct Prediction", "SynthCP-separate", "SynthCP-joint",
+    "MC-Dropout", "MC-Dropout (full linear map)", "VAE alarm", "Pairwise IoU (fold ensemble)", "Direct Prediction", "SynthCP-separate", "SynthCP-joint",
 )
 PIXEL_COLUMNS = (
     ("FPR95", "FPR95 ↓"),
@@ -302,10 +302,13 @@ def crossval(
 
 
 def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: dict[str, Any]) -> None:
-    """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json`` and its MC-Dropout regressor ->
-    ``models/mc_dropout_<name>.json``; its figures added to the stage's ``info``."""
+    """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json`` and its MC-Dropout regressors ->
+    ``models/mc_dropout_<name>.json`` (per class) and ``models/mc_dropout_full_<name>.json`` (the authors'
+    release's full linear map); its figures added to the stage's ``info``."""
+    import warnings
+
     from synthcp3d.engines.crossval import load_prediction
-    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+    from synthcp3d.scoring.mc_dropout import MCDropoutFullLinearRegressor, MCDropoutQualityRegressor
 
     out, feature_dir = study.cv_dir(name), study.cv_dir(name) / "mc_features"
     cache = {r["case"]: r["cache"] for r in study.cases()["train"]}
@@ -327,6 +330,12 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
     feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
     regressor, unfit = _fit_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
     atomic_save_json(regressor.state_dict(), study.models / f"mc_dropout_{name}.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        full = MCDropoutFullLinearRegressor(study.num_classes).fit(feats, true)
+    for k in np.flatnonzero(np.isnan(full.intercept)):  # a class whose IoU is never defined in CV: predict 0
+        full.coef[k], full.intercept[k] = 0.0, 0.0
+    atomic_save_json(full.state_dict(), study.models / f"mc_dropout_full_{name}.json")
     info.setdefault("mc_dropout_unfit_classes", {})[name] = unfit
     info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
 
@@ -533,6 +542,7 @@ class _Judges:
     comparators: dict[str, torch.nn.Module]  # Table-1 row name -> comparator
     confidnet: torch.nn.Module
     mc_regressor: Any
+    mc_full: Any  # MC-Dropout's full linear map (the authors' release)
     vae_regressor: Any
     fold_segmenters: list[torch.nn.Module]  # the cross-validation folds' (pairwise-IoU ensemble); may be empty
 
@@ -540,7 +550,7 @@ class _Judges:
 def _load_judges(
     study: CityscapesStudy, name: str, comparator_source: str, segmenters, comparators, confidnet
 ) -> _Judges:
-    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+    from synthcp3d.scoring.mc_dropout import MCDropoutFullLinearRegressor, MCDropoutQualityRegressor
     from synthcp3d.scoring.regression import LinearQualityRegressor
 
     dev = study.torch_device
@@ -570,7 +580,10 @@ def _load_judges(
     )
     folds = sorted(study.cv_dir(name).glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name.split("_")[-1]))
     fold_nets = [load_net(segmenters[name], path, "segmenter", dev) for path in folds]
-    return _Judges(seg, comps, head, mc, vr, fold_nets)
+    mc_full = MCDropoutFullLinearRegressor.from_state_dict(
+        json.loads(require_file(study.models / f"mc_dropout_full_{name}.json", "crossval").read_text())
+    )
+    return _Judges(seg, comps, head, mc, mc_full, vr, fold_nets)
 
 
 def _evaluate_segmenter(
@@ -589,6 +602,7 @@ def _evaluate_segmenter(
     from synthcp3d.networks.synthesizer import one_hot_labels
     from synthcp3d.scoring import run_scorer
     from synthcp3d.scoring.ensemble import pairwise_agreement
+    from synthcp3d.scoring.mc_dropout import mean_entropy_per_class
     from synthcp3d.targets import not_predicted_is_zero
 
     dev = study.torch_device
@@ -632,6 +646,8 @@ def _evaluate_segmenter(
             maps["MC-Dropout"] = mc.pixel_error
             maps["TCP"] = run_scorer("tcp", inputs).pixel_error
             image_preds["MC-Dropout"].append(mc.quality[0].cpu().numpy())
+            entropy = mean_entropy_per_class(mc.pixel_error, pred, study.num_classes)  # as in crossval's features
+            image_preds["MC-Dropout (full linear map)"].append(judges.mc_full.predict(entropy)[0].cpu().numpy())
             vae_q = judges.vae_regressor.predict(_vae_feature(vae, pred[0], study)[None])
             image_preds["VAE alarm"].append(np.asarray(vae_q, dtype=np.float64)[0])
         if pairwise in image_preds:  # Zenk et al. 2025: mean pairwise IoU of the judged mask and the fold models'

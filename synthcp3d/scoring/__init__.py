@@ -18,7 +18,12 @@ from synthcp3d.scoring.autoencoder import autoencoder_score, reconstruction_l1
 from synthcp3d.scoring.base import SCORERS, ScoreOutput, ScorerSpec, get_scorer, register_scorer, run_scorer
 from synthcp3d.scoring.crf import dense_crf_probs, msp_crf_score
 from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
-from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor, mc_dropout_probs, mean_entropy_per_class
+from synthcp3d.scoring.mc_dropout import (
+    MCDropoutFullLinearRegressor,
+    MCDropoutQualityRegressor,
+    mc_dropout_probs,
+    mean_entropy_per_class,
+)
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.softmax_scores import entropy_score, max_logit_score, msp_score
 from synthcp3d.scoring.synthcp import comparator_scores
@@ -38,6 +43,7 @@ __all__ = [
     "mc_dropout_probs",
     "mean_entropy_per_class",
     "MCDropoutQualityRegressor",
+    "MCDropoutFullLinearRegressor",
     "LinearQualityRegressor",
     "TABLE4_THRESHOLDS",
     "feature_cosine_distance",

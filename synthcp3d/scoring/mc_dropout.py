@@ -11,19 +11,22 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.linear_model import LinearRegression
 from torch import nn
 from tqdm.auto import tqdm
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.base import ScoreOutput, inference_mode, register_scorer
-from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.scoring.regression import LinearQualityRegressor, as_feature_matrix
 from synthcp3d.scoring.softmax_scores import entropy_score
 from synthcp3d.targets import as_label_map
 
-__all__ = ["mc_dropout_probs", "mean_entropy_per_class", "MCDropoutQualityRegressor"]
+__all__ = ["mc_dropout_probs", "mean_entropy_per_class", "MCDropoutQualityRegressor", "MCDropoutFullLinearRegressor"]
 
 
 def _logits_of(output: Any) -> torch.Tensor:
@@ -112,6 +115,83 @@ class MCDropoutQualityRegressor(LinearQualityRegressor):
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state."""
         return {**super().state_dict(), "feature": self.feature}
+
+
+class MCDropoutFullLinearRegressor:
+    """The authors' release's image-level MC-Dropout map: one linear regression from the whole per-class entropy
+    vector ``(C,)`` to every class's quality ``(C,)`` (where :class:`MCDropoutQualityRegressor` maps each class's
+    entropy to its own quality only).
+
+    Each output column is fitted (sklearn ``LinearRegression``) on the images where its true quality is defined. A
+    class that is not predicted has no entropy (NaN): it enters the input as 0 and its own prediction is 0.0, exact
+    wherever the true quality is defined.
+    """
+
+    kind = "mc_dropout_full_linear"
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 1:
+            raise SynthCPInputError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.coef = np.full((self.num_classes, self.num_classes), np.nan)  # (output, input)
+        self.intercept = np.full(self.num_classes, np.nan)
+        self.fitted = False
+
+    def _inputs(self, features: Any) -> np.ndarray:
+        x = as_feature_matrix(features, "features")
+        if x.shape[1] != self.num_classes:
+            raise SynthCPInputError(f"features have {x.shape[1]} column(s), the regressor has {self.num_classes}")
+        return x
+
+    def fit(self, features: Any, true_quality: Any) -> MCDropoutFullLinearRegressor:
+        """``features (N, C)`` (NaN = class not predicted), ``true_quality (N, C)`` in [0, 1] (NaN = undefined)."""
+        x, y = self._inputs(features), as_feature_matrix(true_quality, "true_quality")
+        if y.shape != x.shape:
+            raise SynthCPInputError(f"true_quality {y.shape} does not match features {x.shape}")
+        filled = np.nan_to_num(x, nan=0.0)
+        for k in range(self.num_classes):
+            rows = np.isfinite(y[:, k])
+            if not rows.any():
+                warnings.warn(f"quality column {k} has no defined value; it will predict NaN", stacklevel=2)
+                continue
+            model = LinearRegression().fit(filled[rows], y[rows, k])
+            self.coef[k], self.intercept[k] = model.coef_, float(model.intercept_)
+        self.fitted = True
+        return self
+
+    def predict(self, features: Any) -> torch.Tensor:
+        """``(N, C)`` features -> ``(N, C)`` float32 predicted quality in [0, 1] (0 for a class not predicted)."""
+        if not self.fitted:
+            raise RuntimeError("MCDropoutFullLinearRegressor is not fitted: call fit() or from_state_dict() first")
+        x = self._inputs(features)
+        quality = np.clip(np.nan_to_num(x, nan=0.0) @ self.coef.T + self.intercept[None], 0.0, 1.0)
+        quality = np.where(np.isnan(x), 0.0, quality)
+        device = features.device if isinstance(features, torch.Tensor) else None
+        return torch.as_tensor(quality, dtype=torch.float32, device=device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state (a column never fitted is stored as ``null``)."""
+        return {
+            "kind": self.kind,
+            "num_classes": self.num_classes,
+            "coef": [None if np.isnan(r).any() else r.tolist() for r in self.coef],
+            "intercept": [None if np.isnan(v) else float(v) for v in self.intercept],
+            "fitted": self.fitted,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> MCDropoutFullLinearRegressor:
+        if state.get("kind") != cls.kind:
+            raise SynthCPInputError(f"state is for a {state.get('kind')!r} regressor, expected {cls.kind!r}")
+        regressor = cls(int(state["num_classes"]))
+        c = regressor.num_classes
+        rows = [np.full(c, np.nan) if r is None else np.asarray(r, dtype=np.float64) for r in state["coef"]]
+        regressor.coef = np.stack(rows) if rows else regressor.coef
+        regressor.intercept = np.array([np.nan if v is None else v for v in state["intercept"]], dtype=np.float64)
+        if regressor.coef.shape != (c, c) or regressor.intercept.shape != (c,):
+            raise SynthCPInputError(f"state holds a {regressor.coef.shape} map for {c} classes")
+        regressor.fitted = bool(state.get("fitted", True))
+        return regressor
 
 
 @register_scorer(
