@@ -37,7 +37,7 @@ TINY = {
     "train_synthesizer": {"iterations": 2, "batch_size": 2},
     "train_autoencoder": {"iterations": 2, "batch_size": 2},
 }
-METHODS = ["SynthCP (t=0.999)", "MSP", "MSP+CRF", "MC-Dropout", "AE", "Max-logit", "Entropy"]
+METHODS = ["SynthCP (t=0.999)", "MSP", "MSP+CRF", "MSP+CRF (image-guided)", "MC-Dropout", "AE", "Max-logit", "Entropy"]
 
 
 @pytest.fixture(scope="module")
