@@ -366,6 +366,7 @@ def train_comparator(
     iterations: int = 20000,
     batch_size: int = 8,
     lr: float = 1e-4,
+    weight_decay: float = 1e-4,
 ) -> dict:
     """Per segmenter and mode: the comparator on ``(x, G(ŷ), ŷ)`` (``direct``: ``(x, ŷ)``) of the CV predictions,
     IoU + error-map targets (paper eq. 8) -> ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and
@@ -394,7 +395,7 @@ def train_comparator(
                 seed=int(study.seed) + 200,
                 num_workers=study.num_workers,
             )
-            optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+            optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
             trainer = ComparatorTrainer(
                 study.torch_device,
                 loader,
@@ -450,6 +451,7 @@ def train_baselines(
     batch_size: int = 8,
     lr: float = 1e-4,
     vae_beta: float = 1e-3,
+    vae_lr: float = 1e-3,
 ) -> dict:
     """TCP heads (``models/confidnet_<name>.pt``) and the VAE alarm (``models/mask_vae.pt`` on ground-truth label maps,
     then per segmenter a linear per-class regressor from the VAE loss to IoU on its CV predictions ->
@@ -494,7 +496,7 @@ def train_baselines(
     ]
     vae = study.prepare_network(mask_vae())
     loader = make_train_loader(Dataset(masks), batch_size, seed=int(study.seed) + 300, num_workers=study.num_workers)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr * 10)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=vae_lr)
     trainer = MaskVAETrainer(dev, loader, vae, optimizer, num_classes=study.num_classes, beta=vae_beta)
     run_training(trainer, int(iterations), out / "checkpoints_vae", **study.train_kwargs(iterations))
     save_weights({"vae": vae}, study.models / "mask_vae.pt")

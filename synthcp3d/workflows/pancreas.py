@@ -489,6 +489,7 @@ def train_comparator(
     lr: float = 1e-4,
     jitter: int = 2,
     quality_loss: str = "l1",
+    weight_decay: float = 1e-4,
 ) -> dict:
     """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
 
@@ -510,7 +511,7 @@ def train_comparator(
         _set_seed(study, 200)
         net = study.prepare_network(factory())
         loader = _loader(study, dataset, batch_size, int(study.seed) + 200)
-        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
         trainer = ComparatorTrainer(
             study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice",
             loss_function=partial(comparator_loss, quality_loss=quality_loss),
