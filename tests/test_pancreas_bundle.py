@@ -265,3 +265,18 @@ def test_report_evidence_sections(run_dir):
     assert extra["segmenter"]["splits"]["test (final segmenter)"]["tumour"]["n"] >= 1
     assert json.loads((out / "models" / "vae_alarm_regressor.json").read_text())["vae_feature"] == "loss"
     assert json.loads((out / "models" / "painter.json").read_text())["kind"] == "class_mean_painter"
+
+
+def test_synthesis_difference_benchmark_on_a_trained_folder(run_dir):
+    """benchmarks/synthesis_difference.py runs on a study folder: mean differences in HU, shares in [0, 1]."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from synthesis_difference import difference_split
+
+    _, out = run_dir
+    figures = difference_split(out, margin=1)
+    assert set(figures) == {"mean_hu_wrong", "mean_hu_right_near", "mean_hu_far", "far_share_of_difference",
+                            "far_share_of_wrong_voxels"}
+    assert all(v >= 0 for v in figures.values() if np.isfinite(v))
+    assert 0 <= figures["far_share_of_difference"] <= 1 and 0 <= figures["far_share_of_wrong_voxels"] <= 1
