@@ -686,7 +686,8 @@ def _evaluate_segmenter(
                         "gray",
                         (0.0, 1.0),
                     ),
-                    (maps["SynthCP-joint"][0].cpu().numpy(), "predicted errors (SynthCP-joint)", "gray", (0.0, 1.0)),
+                    (maps["SynthCP-joint"][0].cpu().numpy(), "predicted errors (SynthCP-joint), true ones outlined",
+                     "gray", (0.0, 1.0), error.cpu().numpy()),
                 ]
             )
     tables = {r: {m: meters[(m, r)].compute() for m in methods} for r in REDUCTIONS}

@@ -15,8 +15,9 @@ from synthcp3d.utils.atomic import atomic_path
 
 __all__ = ["Panel", "panel_figure", "metrics_markdown", "to_display_image"]
 
-#: (image, title, matplotlib colormap or None for RGB, (vmin, vmax) or None)
-Panel = tuple[np.ndarray, str, "str | None", "tuple[float, float] | None"]
+#: (image, title, matplotlib colormap or None for RGB, (vmin, vmax) or None[, outline mask (H, W) or None]): the
+#: optional outline (e.g. the true anomaly) is drawn as a cyan contour over the image
+Panel = tuple  # (np.ndarray, str, str | None, tuple[float, float] | None[, np.ndarray | None])
 
 
 def to_display_image(image: np.ndarray) -> np.ndarray:
@@ -28,9 +29,9 @@ def to_display_image(image: np.ndarray) -> np.ndarray:
 
 
 def panel_figure(
-    rows: Sequence[Sequence[Panel]], path: str | Path, title: str | None = None, cell: float = 2.6
+    rows: Sequence[Sequence[Panel]], path: str | Path, title: str | None = None, cell: float = 4.0
 ) -> Path:
-    """Grid of panels (one row per example) saved atomically as PNG; returns the path."""
+    """Grid of panels (one row per example), each ``cell`` inches wide, saved atomically as PNG; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,13 +46,16 @@ def panel_figure(
             ax.axis("off")
             if c >= len(row):
                 continue
-            image, name, cmap, vrange = row[c]
+            image, name, cmap, vrange = row[c][:4]
+            outline = row[c][4] if len(row[c]) > 4 else None
             kwargs = {"interpolation": "nearest"}
             if cmap is not None:
                 kwargs["cmap"] = cmap
                 if vrange is not None:
                     kwargs["vmin"], kwargs["vmax"] = vrange
             ax.imshow(image, **kwargs)
+            if outline is not None and np.any(outline):
+                ax.contour(np.asarray(outline, dtype=np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
             if r == 0:
                 ax.set_title(name, fontsize=9)
     if title:

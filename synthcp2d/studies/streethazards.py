@@ -272,13 +272,14 @@ def evaluate(
 
 def _figure_row(case: dict, pred: torch.Tensor, synth: torch.Tensor, scores: dict, t: float) -> list:
     label = case["label"][0]
+    anomaly = label == ANOMALY_INDEX  # outlined on the score maps
     return [
         (to_display_image(case["image"]), "image", None, None),
         (streethazards_to_color(label), "label (anomaly cyan)", None, None),
         (streethazards_to_color(pred.cpu().numpy()), "prediction", None, None),
         (to_display_image(synth.cpu().numpy()), "synthesized G(ŷ)", None, None),
-        (scores[synthcp_name(t)][0].cpu().numpy(), f"SynthCP (t={t:g})", "inferno", None),
-        (scores["MSP"][0].cpu().numpy(), "MSP", "inferno", None),
+        (scores[synthcp_name(t)][0].cpu().numpy(), f"SynthCP (t={t:g}), anomaly outlined", "inferno", None, anomaly),
+        (scores["MSP"][0].cpu().numpy(), "MSP, anomaly outlined", "inferno", None, anomaly),
     ]
 
 
