@@ -57,29 +57,6 @@ def test_synthesis_changes_the_output_and_is_required():
         net(image[:, :, :16], labels, synth)  # segmentation / image size mismatch
 
 
-@pytest.mark.parametrize("difference_input", [False, True])
-def test_label_input_false_judges_through_the_synthesis_alone(difference_input):
-    """Without ŷ the output ignores the segmentation but follows x̂; with ŷ (paper) it follows both."""
-    torch.manual_seed(0)
-    kwargs = dict(spatial_dims=2, image_channels=1, num_classes=3, difference_input=difference_input, **TINY)
-    blind = build_comparator("joint", label_input=False, **kwargs).eval()
-    seeing = build_comparator("joint", **kwargs).eval()
-    assert blind.encoder.net.conv1.in_channels == (2 if difference_input else 1)
-    assert seeing.encoder.net.conv1.in_channels == 3 + (2 if difference_input else 1)
-    image, labels, synth = inputs(2)
-    other_labels = (labels + 1) % 3
-    with torch.no_grad():
-        a, b, c = blind(image, labels, synth), blind(image, other_labels, synth), blind(image, labels, -synth)
-        d, e = seeing(image, labels, synth), seeing(image, other_labels, synth)
-    assert torch.equal(a["quality"], b["quality"]) and torch.equal(a["error_logits"], b["error_logits"])
-    assert not torch.allclose(a["quality"], c["quality"])
-    assert not torch.allclose(d["error_logits"], e["error_logits"])
-    with pytest.raises(SynthCPInputError):
-        blind(image, labels[:, :16], synth)  # the withheld segmentation is still checked
-    with pytest.raises(ValueError, match="label_input"):
-        build_comparator("direct", label_input=False, **kwargs)
-
-
 def test_difference_margin_keeps_the_difference_near_the_foreground_only():
     """|x - x̂| survives within the margin of the segmented foreground and is zero beyond it (3D, one-hot)."""
     net = build_comparator("joint", spatial_dims=3, image_channels=1, num_classes=3, difference_input=True,

@@ -22,10 +22,6 @@ foreground (every class but 0) and zeroes it elsewhere. When the labels describe
 tumour), ``G`` must invent the unlabelled anatomy around them (vessels, bowel, bone) from position alone, so the
 full difference is dominated by that invented background rather than by the segmentation's errors, which lie in and
 at the edge of the segmented region (measured: see the pancreas bundle README).
-
-``label_input=False`` (a diagnostic, not in the paper) withholds ``ŷ`` from both branches: the comparator then
-knows the segmentation only through ``x̂ = G(ŷ)``, so it must compare ``x`` with ``x̂`` to judge it. Trained beside
-the paper's ``F(x, x̂, ŷ)`` it separates "x̂ carries no usable information" from "x̂ is redundant given ŷ".
 """
 
 from __future__ import annotations
@@ -69,8 +65,6 @@ class SiameseComparator(nn.Module):
         difference_input: add ``|x - x̂|`` as an input channel of both branches (see the module docstring).
         difference_margin: None = the difference everywhere; ``m >= 0`` = only within ``m`` voxels of the
             foreground of ``ŷ`` (one-hot input only; see the module docstring).
-        label_input: give ``ŷ`` to the branches (paper); False = judge ``ŷ`` through ``x̂`` alone (requires
-            ``use_synthesis``; see the module docstring).
     """
 
     def __init__(
@@ -93,7 +87,6 @@ class SiameseComparator(nn.Module):
         quality_hidden: int = 256,
         pretrained_path: str | Path | None = None,
         difference_input: bool = False,
-        label_input: bool = True,
         difference_margin: int | None = None,
     ) -> None:
         super().__init__()
@@ -109,9 +102,6 @@ class SiameseComparator(nn.Module):
         if difference_margin is not None and (int(difference_margin) < 0 or seg_input != "onehot"):
             raise ValueError(f"difference_margin must be >= 0 with seg_input='onehot', got {difference_margin!r}")
         self.difference_margin = None if difference_margin is None else int(difference_margin)
-        if not label_input and not use_synthesis:
-            raise ValueError("label_input=False needs use_synthesis=True: the comparator would see no segmentation")
-        self.label_input = bool(label_input)
 
         seg_channels = num_classes
         self.squeeze: nn.Module | None = None
@@ -121,7 +111,7 @@ class SiameseComparator(nn.Module):
         self.seg_channels = seg_channels
 
         def encoder() -> ResNetEncoder:
-            in_channels = image_channels * (2 if self.difference_input else 1) + seg_channels * self.label_input
+            in_channels = image_channels * (2 if self.difference_input else 1) + seg_channels
             enc = ResNetEncoder(
                 spatial_dims, in_channels, encoder_layers, encoder_channels, encoder_block, conv1_stride, norm=norm
             )
@@ -202,8 +192,7 @@ class SiameseComparator(nn.Module):
                 f"got {tuple(image.shape)}"
             )
         spatial = image.shape[2:]
-        onehot = self._seg_channels(segmentation, spatial).to(image.dtype)
-        seg = onehot if self.label_input else onehot[:, :0]  # withheld: its shape is still checked above
+        seg = self._seg_channels(segmentation, spatial).to(image.dtype)
         if not self.use_synthesis:
             feats = self.encoder(torch.cat([image, seg], dim=1))
         else:
@@ -213,7 +202,7 @@ class SiameseComparator(nn.Module):
                 raise SynthCPInputError(
                     f"synthesis shape {tuple(synthesis.shape)} differs from image shape {tuple(image.shape)}"
                 )
-            extra = [self._difference(image, synthesis, onehot)] if self.difference_input else []
+            extra = [self._difference(image, synthesis, seg)] if self.difference_input else []
             feats = self.encoder(torch.cat([image, seg, *extra], dim=1))
             enc = self.encoder_synthesis if self.encoder_synthesis is not None else self.encoder
             feats_s = enc(torch.cat([synthesis, seg, *extra], dim=1))
