@@ -547,7 +547,6 @@ def train_vae_alarm(
     """
     from synthcp3d.engines.distributed import unwrap
     from synthcp3d.engines.mask_vae import MaskVAETrainer
-    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 
     if feature not in ("loss", "dice"):
         raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
@@ -571,6 +570,7 @@ def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: i
     """The VAE's ``feature`` of every CV prediction regressed onto its true DSC -> ``models/vae_alarm_regressor.json``
     (+ ``train_vae_alarm/cv_features.json``); the stage's info."""
     from synthcp3d.scoring.regression import LinearQualityRegressor
+    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 
     records = _cv_records(study)
     feats, true = [], []
