@@ -78,7 +78,8 @@ def save_overview(report: AlarmReport, path: str | os.PathLike, count: int = 3) 
     tumour = report.predicted_dsc.get(report.flag_method, {}).get("tumour")
     tumour_text = "n/a" if tumour is None else f"{tumour:.2f}"
     fig.suptitle(
-        f"{report.case}: predicted tumour DSC {tumour_text} < threshold {report.threshold:.2f} -> check this case",
+        f"{report.case}: predicted tumour DSC ({report.flag_method}) {tumour_text} < threshold {report.threshold:.2f} "
+        "-> check this case",
         fontsize=11,
     )
     fig.tight_layout()
