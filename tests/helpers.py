@@ -28,3 +28,32 @@ def needs_cuda(test: Callable) -> Callable:
     """Decorator of a test that needs CUDA: marked ``gpu`` (``pytest -m gpu`` selects it, as ``make gpu-check`` does)
     and skipped where no CUDA device is available."""
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+
+
+#: tiny Cityscapes study settings (`run_study(..., extra=...)`): every network at its smallest valid size, 2 iterations
+TINY_CITYSCAPES = {
+    "common": {
+        "image_size": [64, 32],
+        "segmenter_layers": [1, 1, 1, 1],
+        "segmenter_channels": [8, 8, 16, 16],
+        "fcn_width": 8,
+        "generator_channels": [16, 8],
+        "generator_spade_hidden": 8,
+        "discriminator_num_d": 1,
+        "discriminator_layers": 1,
+        "discriminator_channels": 8,
+        "comparator_channels": [8, 8, 16, 16],
+        "confidnet_hidden": [8],
+        "vae_shape": [16, 32],
+        "vae_channels": [4, 8],
+        "vae_latent": 4,
+        "mc_samples": 2,
+        "progress": False,
+        "checkpoint_every": 100,
+    },
+    "train_segmenter": {"iterations": 2, "batch_size": 2},
+    "crossval": {"iterations": 2, "batch_size": 2},
+    "train_synthesizer": {"iterations": 2, "batch_size": 2},
+    "train_comparator": {"iterations": 2, "batch_size": 2},
+    "train_baselines": {"iterations": 2, "batch_size": 2},
+}

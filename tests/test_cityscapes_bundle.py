@@ -10,36 +10,13 @@ import pytest
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from helpers import TINY_CITYSCAPES
+
 from synthcp2d.data import make_cityscapes_dataset
 from synthcp3d.report import read_per_case_csv
 from synthcp3d.study_cli import STUDIES, run_study
 
-TINY = {
-    "common": {
-        "image_size": [64, 32],
-        "segmenter_layers": [1, 1, 1, 1],
-        "segmenter_channels": [8, 8, 16, 16],
-        "fcn_width": 8,
-        "generator_channels": [16, 8],
-        "generator_spade_hidden": 8,
-        "discriminator_num_d": 1,
-        "discriminator_layers": 1,
-        "discriminator_channels": 8,
-        "comparator_channels": [8, 8, 16, 16],
-        "confidnet_hidden": [8],
-        "vae_shape": [16, 32],
-        "vae_channels": [4, 8],
-        "vae_latent": 4,
-        "mc_samples": 2,
-        "progress": False,
-        "checkpoint_every": 100,
-    },
-    "train_segmenter": {"iterations": 2, "batch_size": 2},
-    "crossval": {"iterations": 2, "batch_size": 2},
-    "train_synthesizer": {"iterations": 2, "batch_size": 2},
-    "train_comparator": {"iterations": 2, "batch_size": 2},
-    "train_baselines": {"iterations": 2, "batch_size": 2},
-}
+
 PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
 IMAGE = ["MC-Dropout", "MC-Dropout (full linear map)", "VAE alarm", "Pairwise IoU (fold ensemble)",
          "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
@@ -50,7 +27,7 @@ def study_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cityscapes")
     data = make_cityscapes_dataset(root / "data", cases=6, seed=0, size=(64, 32), val_cases=3, progress=False)
     out = root / "out"
-    timings = run_study("cityscapes", out, data=data, demo=True, extra=TINY)
+    timings = run_study("cityscapes", out, data=data, demo=True, extra=TINY_CITYSCAPES)
     return out, data, timings
 
 
@@ -132,7 +109,7 @@ def test_image_table_recomputed_with_scipy(study_run):
 
 def test_rerun_skips_finished_stages(study_run):
     out, data, _ = study_run
-    assert run_study("cityscapes", out, data=data, demo=True, extra=TINY) == {}
+    assert run_study("cityscapes", out, data=data, demo=True, extra=TINY_CITYSCAPES) == {}
 
 
 def test_cityscapes_vae_input_fills_ignore_with_the_nearest_label():

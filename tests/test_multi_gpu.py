@@ -22,6 +22,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from helpers import TINY_CITYSCAPES
+
 from synthcp2d.data import make_cityscapes_dataset
 from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.errors import SynthCPInputError
@@ -30,28 +32,12 @@ from synthcp3d.workflows.common import build_network, load_network_spec
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 
+# the Cityscapes tiny settings, one segmenter and two comparator modes, a checkpoint every 2 iterations (resume test)
 TINY = {
-    "common": {
-        "image_size": [64, 32],
-        "segmenter_names": ["fcn8"],
-        "segmenter_layers": [1, 1, 1, 1],
-        "segmenter_channels": [8, 8, 16, 16],
-        "fcn_width": 8,
-        "comparator_modes": ["joint", "direct"],
-        "generator_channels": [16, 8],
-        "generator_spade_hidden": 8,
-        "discriminator_num_d": 1,
-        "discriminator_layers": 1,
-        "discriminator_channels": 8,
-        "comparator_channels": [8, 8, 16, 16],
-        "mc_samples": 2,
-        "progress": False,
-        "checkpoint_every": 2,
-    },
-    "train_segmenter": {"iterations": 2, "batch_size": 2},
-    "crossval": {"iterations": 2, "batch_size": 2},
+    **TINY_CITYSCAPES,
+    "common": {**TINY_CITYSCAPES["common"], "segmenter_names": ["fcn8"], "comparator_modes": ["joint", "direct"],
+               "checkpoint_every": 2},
     "train_synthesizer": {"iterations": 4, "batch_size": 2},
-    "train_comparator": {"iterations": 2, "batch_size": 2},
 }
 
 HOOK = """
