@@ -127,6 +127,9 @@ def test_checkpoint_contents_and_finished_run(tmp_path: Path) -> None:
     ckpt = torch.load(latest, weights_only=True)
     assert {"network", "optimizer", "scheduler", "trainer", "rng", "checkpointer"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 3
+    # the scheduler stepped once per iteration (StepLR: step 3 halves 1e-2) before the checkpoint was taken
+    assert ckpt["scheduler"]["last_epoch"] == 3
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
     assert {"torch", "numpy", "python"} <= set(ckpt["rng"]["ranks"][0])
     # a finished run resumes to a no-op: no training, same weights, the latest checkpoint returned
     net, trainer = _segmenter_trainer()

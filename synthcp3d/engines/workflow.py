@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.engines import Trainer
+from monai.handlers import LrScheduleHandler
 from torch.optim import Optimizer
 
 __all__ = ["BaseTrainer", "autocast", "losses_of", "attach_schedulers", "to_device", "is_ddp"]
@@ -60,15 +61,10 @@ def losses_of(output: Any) -> dict[str, float]:
 
 
 def attach_schedulers(engine: Engine, schedulers: Mapping[str, Any]) -> None:
-    """Step every LR scheduler after each iteration (before any checkpoint handler attached later)."""
-    if not schedulers:
-        return
-
-    def step(_: Engine) -> None:
-        for scheduler in schedulers.values():
-            scheduler.step()
-
-    engine.add_event_handler(Events.ITERATION_COMPLETED, step)
+    """Step every LR scheduler after each iteration (MONAI ``LrScheduleHandler`` at iteration level), attached
+    before any checkpoint handler so that a checkpoint holds the stepped state."""
+    for scheduler in schedulers.values():
+        LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(engine)
 
 
 class BaseTrainer(Trainer):
