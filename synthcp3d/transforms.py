@@ -67,7 +67,8 @@ def ct_preprocessing(
 
     Returns:
         A ``Compose`` producing ``image`` float32 ``(1, H, W, D)`` in [-1, 1] and ``label`` ``(1, H, W, D)``
-        (MetaTensors that remember the inverse, so ``monai.transforms.Invertd`` maps outputs back).
+        (MetaTensors whose affine places every voxel in world space: `synthcp3d.data.geometry.resample_to_grid`
+        maps outputs back).
     """
     keys = [image_key] + ([label_key] if label_key else [])
     modes = ["bilinear"] + (["nearest"] if label_key else [])

@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 from synthcp3d import cli
 from synthcp3d.alarm import api
 from synthcp3d.alarm.api import DSCAlarm
-from synthcp3d.alarm.geometry import affine_of, resample_to_grid
+from synthcp3d.data.geometry import affine_of, resample_to_grid
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.report import FLAG_RULE, SUMMARY_COLUMNS
 from synthcp3d.data.volume_io import load_ct_volume, save_like, write_dicom_series
@@ -102,7 +102,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------- geometry
 @pytest.mark.parametrize("kind", ["ras", "lps", "oblique"])
 def test_resample_round_trip_is_exact_on_the_same_spacing(kind: str) -> None:
-    from synthcp3d.alarm.geometry import as_metatensor
+    from synthcp3d.data.geometry import as_metatensor
 
     vol = phantom()
     affine = affine_for(kind)

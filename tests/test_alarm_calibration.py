@@ -15,7 +15,7 @@ from synthcp3d import cli
 from synthcp3d.alarm import api
 from synthcp3d.alarm.api import DSCAlarm
 from synthcp3d.alarm.calibration import CALIBRATION_FILE, choose_threshold, read_calibration, write_calibration
-from synthcp3d.alarm.geometry import affine_of
+from synthcp3d.data.geometry import affine_of
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.data.volume_io import save_like
 from synthcp3d.errors import SynthCPInputError

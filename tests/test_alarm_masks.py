@@ -13,7 +13,7 @@ import torch
 from synthcp3d import cli
 from synthcp3d.alarm import api
 from synthcp3d.alarm.api import DSCAlarm
-from synthcp3d.alarm.geometry import affine_of
+from synthcp3d.data.geometry import affine_of
 from synthcp3d.alarm.masks import check_same_space, load_mask, mask_to_classes, parse_label_map
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.data.volume_io import save_like

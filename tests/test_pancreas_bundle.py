@@ -167,6 +167,9 @@ def test_inference_writes_on_input_grid(run_dir):
     for name in ("segmentation.nii.gz", "error_probability.nii.gz"):
         written = nib.load(out / "alarm" / case / name)
         assert written.shape == src.shape and np.allclose(written.affine, src.affine, atol=1e-3)
+    # one way back to the input grid: the inference stage and the alarm write the same segmentation
+    alarm_seg = np.asarray(nib.load(out / "alarm" / case / "segmentation.nii.gz").dataobj)
+    assert np.array_equal(alarm_seg, np.asarray(seg.dataobj))
     assert (out / "alarm" / "summary.csv").read_text().count("\n") == 2
 
 

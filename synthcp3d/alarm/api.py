@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthcp3d.alarm.geometry import affine_of, as_metatensor, resample_to_grid
+from synthcp3d.data.geometry import affine_of, as_metatensor, resample_to_grid
 from synthcp3d.alarm.inputs import CaseInput, case_name, discover_inputs
 from synthcp3d.alarm.predictor import STAGES, Prediction, Predictor
 from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD, AlarmReport, check_flag_method, flag_case

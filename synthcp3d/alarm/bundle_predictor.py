@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from synthcp3d.alarm.geometry import affine_of
+from synthcp3d.data.geometry import affine_of
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError

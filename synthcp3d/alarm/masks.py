@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthcp3d.alarm.geometry import resample_to_grid
+from synthcp3d.data.geometry import resample_to_grid
 from synthcp3d.errors import SynthCPInputError
 
 __all__ = ["parse_label_map", "load_mask", "check_same_space", "mask_to_classes", "mask_on_image_grid"]

@@ -737,12 +737,12 @@ def inference(
 ) -> dict:
     """Segmentation + predicted DSC for every NIfTI volume of ``input_dir`` (default: the data set's ``imagesTs``).
 
-    Writes ``inference/{case}_seg.nii.gz`` on the input's own grid (the preprocessing inverted, nearest) and
-    ``inference/predicted_dsc.csv`` / ``.json`` (every method's predicted pancreas and tumour DSC).
+    Writes ``inference/{case}_seg.nii.gz`` on the input's own grid (resampled by the affines, nearest: the alarm's
+    way back) and ``inference/predicted_dsc.csv`` / ``.json`` (every method's predicted pancreas and tumour DSC).
     """
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
+    import nibabel as nib
 
+    from synthcp3d.data.geometry import affine_of, resample_to_grid
     from synthcp3d.data.volume_io import save_like
 
     folder = Path(input_dir) if input_dir else study.test_folder()
@@ -760,10 +760,9 @@ def inference(
         pred = segment_volume(study, nets.segmenter, image[0].numpy())
         case_scores = score_case(study, nets, image[0].numpy(), pred)
         scores, box = case_scores.quality, case_scores.box
-        data["pred"] = MetaTensor(torch.as_tensor(pred[None].astype(np.float32)), meta=image.meta, applied_operations=image.applied_operations)
-        inverted = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=True)(data)["pred"]
-        seg = inverted[0].numpy().round().astype(np.uint8)
-        save_like(seg, inverted.affine.numpy(), out / f"{case_id}_seg.nii.gz")
+        grid = nib.load(path)  # the input's own grid: only the header is read
+        seg = resample_to_grid(pred, affine_of(image), grid.affine, tuple(grid.shape[:3]), "nearest")
+        save_like(np.rint(seg).astype(np.uint8), grid.affine, out / f"{case_id}_seg.nii.gz")
         row = {"case": case_id, "input": str(path), "roi_fallback": box.fallback}
         for m, q in scores.items():
             row[f"{m}|pancreas"] = float(q[PANCREAS])

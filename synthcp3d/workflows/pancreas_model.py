@@ -28,6 +28,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, Resize
 
+from synthcp3d.data.geometry import affine_of, resample_to_grid
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, tight_box
 from synthcp3d.scoring.ensemble import mean_ensemble
@@ -401,6 +402,8 @@ def _load_nifti(path: str | Path) -> Any:
 def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any) -> np.ndarray:
     """A label map on the working (preprocessed) grid resampled, nearest, onto ``reference``'s grid.
 
+    The one way back to a user's grid (the inference stage and the alarm use the same `resample_to_grid`).
+
     Args:
         pred: ``(H, W, D)`` labels on the working grid.
         working_affine: its ``4x4`` affine (RAS, the study spacing).
@@ -410,13 +413,11 @@ def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any)
         ``(X, Y, Z)`` uint8 labels on the reference's own grid (orientation, spacing, extent).
     """
     from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
 
     if not isinstance(reference, MetaTensor):
         reference = _load_nifti(reference)
-    source = MetaTensor(torch.as_tensor(pred[None].astype(np.float32)), affine=torch.as_tensor(working_affine))
-    native = ResampleToMatch(mode="nearest", padding_mode="zeros")(source, img_dst=reference)
-    return np.asarray(native[0]).round().astype(np.uint8)
+    native = resample_to_grid(pred, working_affine, affine_of(reference), tuple(reference.shape[1:]), "nearest")
+    return np.rint(native).astype(np.uint8)
 
 
 def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndarray:
