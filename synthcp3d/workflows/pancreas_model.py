@@ -60,6 +60,7 @@ __all__ = [
     "load_regressor",
     "load_painter",
     "load_fold_segmenters",
+    "FOLD_SEGMENTER_PREFIX",
     "segmenter_name",
     # one volume
     "segment_volume",
@@ -285,10 +286,18 @@ def load_network(
     return net.to(study.torch_device).eval()
 
 
+#: where an exported bundle (``synthcp export``) keeps the folds' segmenters: ``models/segmenter_fold_{i}.pt``
+FOLD_SEGMENTER_PREFIX = "segmenter_fold_"
+
+
 def load_fold_segmenters(study: PancreasStudy, factory: Factory | None = None) -> list[torch.nn.Module]:
-    """The cross-validation folds' segmenters (``crossval/fold_*/segmenter.pt``, in fold order); none when the
-    folder holds no ``crossval`` (e.g. a model exported without it)."""
+    """The cross-validation folds' segmenters, in fold order: a run's ``crossval/fold_*/segmenter.pt``, else an
+    exported bundle's ``models/segmenter_fold_*.pt``; none when the folder holds neither."""
     paths = sorted((study.out / "crossval").glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name[5:]))
+    if not paths:
+        prefix = FOLD_SEGMENTER_PREFIX
+        found = [p for p in study.models.glob(f"{prefix}*.pt") if p.stem[len(prefix):].isdigit()]
+        paths = sorted(found, key=lambda p: int(p.stem[len(prefix):]))
     return [load_network(study, "segmenter", factory, weights=path) for path in paths]
 
 
