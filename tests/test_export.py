@@ -30,7 +30,7 @@ from synthcp3d.data.phantom import make_pancreas_case
 from synthcp3d.data.volume_io import save_like
 from synthcp3d.engines.checkpoint import save_weights
 from synthcp3d.errors import SynthCPInputError
-from synthcp3d.export import SCHEMA_PATH, export_bundle, verify_bundle_metadata
+from synthcp3d.export import export_bundle, verify_bundle_metadata
 from synthcp3d.export.runtime import list_volumes
 from synthcp3d.workflows.common import build_network, load_network_spec
 
@@ -140,7 +140,7 @@ def test_metadata_verified_offline_and_schema_can_fail(exported: tuple[Path, Pat
     assert meta["synthcp_export"]["fold_segmenters"] == 2
     breakages = {
         "task": lambda m: m.pop("task"),
-        "modality": lambda m: m["network_data_format"]["inputs"]["image"].pop("modality"),
+        "spatial_shape": lambda m: m["network_data_format"]["inputs"]["image"].pop("spatial_shape"),
         "is_patch_data": lambda m: m["network_data_format"]["outputs"]["pred"].update(is_patch_data="yes"),
         "required_packages_version": lambda m: m.pop("required_packages_version"),
     }
@@ -153,7 +153,8 @@ def test_metadata_verified_offline_and_schema_can_fail(exported: tuple[Path, Pat
             verify_bundle_metadata(path)
     with pytest.raises(FileNotFoundError, match="offline"):  # never falls back to downloading
         verify_bundle_metadata(meta_file, schema=tmp_path / "absent_schema.json")
-    assert SCHEMA_PATH.is_file()
+    for study_meta in sorted((Path(__file__).resolve().parents[1] / "bundles").glob("*/configs/metadata.json")):
+        verify_bundle_metadata(study_meta)  # the schema agrees with the project's hand-written study bundles
 
 
 def test_monai_bundle_run_matches_the_alarm_on_the_run(exported: tuple[Path, Path], inputs: Path, run_dir: Path):

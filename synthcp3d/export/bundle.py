@@ -32,6 +32,7 @@ import yaml
 
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.workflows import pancreas_model as wf
+from synthcp3d.workflows.common import load_network_spec
 
 __all__ = ["export_bundle", "EXPORTED_NETWORKS", "TEMPLATE_PATH"]
 
@@ -55,10 +56,8 @@ def _check_run(run: Path) -> None:
             f"{run} is not a finished pancreas run: missing {', '.join(missing)} (train it with "
             f"'synthcp run pancreas --out {run}')"
         )
-    specs = json.loads((run / "models" / "networks.json").read_text())
-    absent = [n for n in EXPORTED_NETWORKS if not isinstance(specs.get(n), dict)]
-    if absent:
-        raise SynthCPInputError(f"{run}/models/networks.json describes no {', '.join(absent)} network")
+    for name in EXPORTED_NETWORKS:  # readable, with an entry for each network (else one line naming the stage)
+        load_network_spec(run / "models", name, wf.NETWORKS[name][2])
 
 
 def _check_out(out: Path, run: Path, force: bool) -> None:
@@ -69,11 +68,6 @@ def _check_out(out: Path, run: Path, force: bool) -> None:
         raise SynthCPInputError(f"output folder {out} holds the run {run}: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SynthCPInputError(f"output folder {out} exists and is not empty: choose another --out, or give --force")
-
-
-def _fold_weights(run: Path) -> list[Path]:
-    paths = sorted((run / "crossval").glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name[5:]))
-    return [p for p in paths if p.is_file()]
 
 
 def _inference_config(study: wf.PancreasStudy, segmenter_spec: dict[str, Any], run: Path) -> str:
@@ -107,8 +101,8 @@ def _write_models(run: Path, models: Path, folds: list[Path]) -> list[str]:
     for name in ["settings.json", *(wf.NETWORKS[n][0] for n in EXPORTED_NETWORKS), _REGRESSOR, _CALIBRATION]:
         if (source / name).is_file():
             shutil.copy2(source / name, models / name)
-    specs = json.loads((source / "networks.json").read_text())
-    atomic_save_json({n: specs[n] for n in EXPORTED_NETWORKS}, models / "networks.json")
+    specs = {n: load_network_spec(source, n, wf.NETWORKS[n][2]) for n in EXPORTED_NETWORKS}
+    atomic_save_json(specs, models / "networks.json")
     for i, path in enumerate(folds):
         shutil.copy2(path, models / f"{wf.FOLD_SEGMENTER_PREFIX}{i}.pt")
     return sorted(p.name for p in models.iterdir())
@@ -130,12 +124,12 @@ def _write_bundle(run: Path, tmp: Path) -> dict[str, Any]:
     from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 
     study = wf.load_study(run)
-    folds = _fold_weights(run)
+    folds = wf.fold_segmenter_paths(study)
     methods = ["synthcp", "vae_alarm", "ensemble"] + (["pairwise_dice", "synthcp_pairwise"] if folds else [])
     study_bundle, base_meta = _study_bundle()
     models = _write_models(run, tmp / "models", folds)
     (tmp / "configs").mkdir()
-    spec = json.loads((run / "models" / "networks.json").read_text())["segmenter"]
+    spec = load_network_spec(run / "models", "segmenter", "train_segmenter")
     atomic_save_text(_inference_config(study, spec, run), tmp / "configs" / "inference.yaml")
     shutil.copy2(study_bundle / "configs" / "logging.conf", tmp / "configs" / "logging.conf")
     shutil.copy2(study_bundle / "LICENSE", tmp / "LICENSE")

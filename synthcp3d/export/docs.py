@@ -57,7 +57,7 @@ def bundle_readme(
         "## Run it",
         "",
         "```bash",
-        f"pip install synthcp=={prov['synthcp_version']}   # or the source tree: pip install -e .",
+        f"pip install -e /path/to/synthcp      # synthcp {prov['synthcp_version']}: the networks and the DSC alarm",
         "python -m monai.bundle run --config_file BUNDLE/configs/inference.yaml \\",
         "    --dataset_dir INPUT_DIR --output_dir OUT [--device cpu]",
         "```",

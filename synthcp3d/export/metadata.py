@@ -49,7 +49,10 @@ def verify_bundle_metadata(meta_file: str | os.PathLike, schema: str | os.PathLi
         raise FileNotFoundError(f"metadata schema {schema} is missing (the check runs offline only)")
     with warnings.catch_warnings():  # "no hash value provided": about downloads, and nothing is downloaded here
         warnings.filterwarnings("ignore", message="No hash value provided")
-        verify_metadata(meta_file=str(meta_file), filepath=str(schema))
+        try:
+            verify_metadata(meta_file=str(meta_file), filepath=str(schema))
+        except ValueError as err:  # its message names the metadata's schema URL: say which schema was used
+            raise ValueError(f"{meta_file}: {err} (checked offline against {schema}, not that URL)") from err
 
 
 def _version(distribution: str) -> str | None:

@@ -118,6 +118,11 @@ class PredictDSCd(MapTransform):
         prediction = self.alarm.predictor(image, segmentation=labels)
         info = self.alarm.predictor.info
         report = AlarmReport(case=case_name(Path(source)), source=source)
+        meta = getattr(image, "meta", {})
+        if "original_affine" in meta and "spatial_shape" in meta:  # the input as read, before the preprocessing
+            report.affine = np.asarray(meta["original_affine"], dtype=np.float64)
+            report.shape = tuple(int(n) for n in np.asarray(meta["spatial_shape"]).ravel())
+            report.spacing = tuple(float(s) for s in np.linalg.norm(report.affine[:3, :3], axis=0))
         report.predicted_dsc = {m: dict(v) for m, v in prediction.dsc.items()}
         report.threshold, report.threshold_source = self.alarm.threshold, self.alarm.threshold_source
         report.flag_method = self.alarm.flag_method
