@@ -42,14 +42,16 @@ EXPECTED_FILES = {
     "LICENSE", "configs/inference.yaml", "configs/metadata.json", "configs/logging.conf", "docs/README.md",
     "models/segmenter.pt", "models/generator.pt", "models/comparator_synthcp.pt", "models/mask_vae.pt",
     "models/segmenter_fold_0.pt", "models/segmenter_fold_1.pt", "models/networks.json", "models/settings.json",
-    "models/vae_alarm_regressor.json",
+    "models/vae_alarm_regressor.json", "models/alarm_calibration.json",
 }
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder as the study leaves it for the alarm: models/ and two folds' segmenters in crossval/."""
+    """A run folder as the study leaves it for the alarm: models/, two folds' segmenters in crossval/, and a
+    calibrated flag (threshold and method, as `synthcp alarm calibrate` stores them)."""
     run = make_untrained_bundle(tmp_path_factory.mktemp("study") / "run", SETTINGS, seed=0)
+    (run / "models" / "alarm_calibration.json").write_text(json.dumps({"threshold": 0.3, "flag_method": "synthcp"}))
     spec = load_network_spec(run / "models", "segmenter", "train_segmenter")
     for i in range(2):
         torch.manual_seed(100 + i)
@@ -168,6 +170,7 @@ def test_monai_bundle_run_matches_the_alarm_on_the_run(exported: tuple[Path, Pat
         table = {r["case"]: r for r in csv.DictReader(handle)}
     assert sorted(rows) == sorted(table) == cases
     alarm = DSCAlarm.from_bundle(run_dir, device="cpu", progress=False)
+    assert (alarm.threshold, alarm.flag_method) == (0.3, "synthcp")  # the run's calibration, exported with it
     for case in cases:
         source = nib.load(inputs / f"{case}.nii.gz")
         written = nib.load(out / f"{case}_seg.nii.gz")
@@ -184,6 +187,7 @@ def test_monai_bundle_run_matches_the_alarm_on_the_run(exported: tuple[Path, Pat
                 assert rows[case]["predicted_dsc"][method][cls] == pytest.approx(expected, abs=1e-6), (case, method)
                 assert float(table[case][f"{cls}_dsc_{method}"]) == pytest.approx(expected, abs=1e-4)
         assert rows[case]["flagged"] == reference.flagged and table[case]["flagged"] == str(reference.flagged).lower()
+        assert (rows[case]["threshold"], rows[case]["flag_method"]) == (0.3, "synthcp")
 
 
 def test_refusals_leave_nothing_behind(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from synthcp3d.alarm.calibration import CALIBRATION_FILE
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.workflows import pancreas_model as wf
 from synthcp3d.workflows.common import load_network_spec
@@ -40,7 +41,7 @@ TEMPLATE_PATH = Path(__file__).resolve().with_name("inference.yaml")
 #: the networks the DSC alarm (and so the exported bundle) uses, by name in ``networks.json``
 EXPORTED_NETWORKS = ("segmenter", "generator", "comparator_synthcp", "mask_vae")
 _REGRESSOR = wf.REGRESSORS["vae_alarm"][0]
-_CALIBRATION = "alarm_calibration.json"
+_CALIBRATION = Path(CALIBRATION_FILE).name  # the alarm's calibrated threshold, when the run has one
 
 
 def _required_files() -> list[str]:
