@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("synthcp3d.data.cli", "make synthetic data sets in the real data sets' folder layouts, or check a folder"),
     "run": ("synthcp3d.study_cli", "run every stage of a study bundle in order, skipping finished stages"),
     "alarm": ("synthcp3d.alarm.cli", "predict tumour Dice and flag CT volumes whose segmentation needs checking"),
+    "export": ("synthcp3d.export.cli", "export a trained pancreas run as a self-contained MONAI inference bundle"),
 }
 
 

@@ -57,3 +57,20 @@ TINY_CITYSCAPES = {
     "train_comparator": {"iterations": 2, "batch_size": 2},
     "train_baselines": {"iterations": 2, "batch_size": 2},
 }
+
+
+#: tiny pancreas bundle settings (`make_untrained_bundle(folder, TINY_PANCREAS)`): small but valid for every network
+#: (AH-Net needs multiples of 32 here, the comparator's and the VAE's deepest instance norms more than one voxel)
+TINY_PANCREAS = {
+    "spacing": [2.0, 2.0, 2.5],
+    "patch_size": [32, 32, 32],
+    "roi_size": [64, 32, 32],
+    "vae_shape": [32, 32, 32],
+    "ahnet_layers": [1, 1, 1, 1],
+    "psp_block_num": 0,
+    "generator_channels": [16, 8],
+    "comparator_channels": [8, 16, 32, 64],
+    "vae_channels": [4, 8, 16, 32],
+    "vae_latent": 8,
+    "settings_name": "tiny-untrained",
+}

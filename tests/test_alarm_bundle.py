@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import needs_cuda
+from helpers import TINY_PANCREAS, needs_cuda
 
 from synthcp3d import cli
 from synthcp3d.alarm import DSCAlarm
@@ -23,21 +23,6 @@ from synthcp3d.alarm.bundle_predictor import BundlePredictor, make_untrained_bun
 from synthcp3d.data.volume_io import load_ct_volume, save_like, write_dicom_series
 from synthcp3d.errors import SynthCPInputError
 
-# Small but valid for every network: AH-Net needs multiples of 32 here, the comparator's and the VAE's deepest
-# instance norms need more than one voxel.
-TINY = {
-    "spacing": [2.0, 2.0, 2.5],
-    "patch_size": [32, 32, 32],
-    "roi_size": [64, 32, 32],
-    "vae_shape": [32, 32, 32],
-    "ahnet_layers": [1, 1, 1, 1],
-    "psp_block_num": 0,
-    "generator_channels": [16, 8],
-    "comparator_channels": [8, 16, 32, 64],
-    "vae_channels": [4, 8, 16, 32],
-    "vae_latent": 8,
-    "settings_name": "tiny-untrained",
-}
 SHAPE = (40, 36, 16)
 BLOCK = (slice(8, 22), slice(16, 30), slice(4, 11))
 
@@ -64,7 +49,7 @@ def affine_for(kind: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_untrained_bundle(tmp_path_factory.mktemp("bundle") / "trained", TINY, seed=0)
+    return make_untrained_bundle(tmp_path_factory.mktemp("bundle") / "trained", TINY_PANCREAS, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +195,7 @@ def test_bundle_files_are_plain_json(bundle: Path) -> None:
     specs = json.loads((bundle / "models" / "networks.json").read_text())
     assert specs["comparator_synthcp"]["norm"] == ["group", {"num_groups": 8}]
     study = load_study(bundle)
-    assert study.roi_size == tuple(TINY["roi_size"]) and study.settings_name == "tiny-untrained"
+    assert study.roi_size == tuple(TINY_PANCREAS["roi_size"]) and study.settings_name == "tiny-untrained"
     comparator = load_network(study, "comparator_synthcp")
     assert not comparator.training and sum(p.numel() for p in comparator.parameters()) > 0
     with pytest.raises(SynthCPInputError, match="unexpected _target_"):

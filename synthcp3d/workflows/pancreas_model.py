@@ -61,6 +61,8 @@ __all__ = [
     "load_regressor",
     "load_painter",
     "load_fold_segmenters",
+    "fold_segmenter_paths",
+    "FOLD_SEGMENTER_PREFIX",
     "segmenter_name",
     # one volume
     "segment_volume",
@@ -286,11 +288,25 @@ def load_network(
     return net.to(study.torch_device).eval()
 
 
+#: where an exported bundle (``synthcp export``) keeps the folds' segmenters: ``models/segmenter_fold_{i}.pt``
+FOLD_SEGMENTER_PREFIX = "segmenter_fold_"
+
+
+def fold_segmenter_paths(study: PancreasStudy) -> list[Path]:
+    """The weights of the cross-validation folds' segmenters, in fold order: a run's ``crossval/fold_<i>/segmenter.pt``,
+    else an exported bundle's ``models/segmenter_fold_<i>.pt``; none when the folder holds neither."""
+    def numbered(paths: Any, number: Callable[[Path], str]) -> list[Path]:
+        return sorted((p for p in paths if number(p).isdigit()), key=lambda p: int(number(p)))
+
+    paths = numbered((study.out / "crossval").glob("fold_*/segmenter.pt"), lambda p: p.parent.name[len("fold_"):])
+    prefix = FOLD_SEGMENTER_PREFIX
+    return paths or numbered(study.models.glob(f"{prefix}*.pt"), lambda p: p.stem[len(prefix):])
+
+
 def load_fold_segmenters(study: PancreasStudy, factory: Factory | None = None) -> list[torch.nn.Module]:
-    """The cross-validation folds' segmenters (``crossval/fold_*/segmenter.pt``, in fold order); none when the
-    folder holds no ``crossval`` (e.g. a model exported without it)."""
-    paths = sorted((study.out / "crossval").glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name[5:]))
-    return [load_network(study, "segmenter", factory, weights=path) for path in paths]
+    """The cross-validation folds' segmenters (:func:`fold_segmenter_paths`, in fold order); none when the folder
+    holds none (e.g. a model exported from a run without them)."""
+    return [load_network(study, "segmenter", factory, weights=path) for path in fold_segmenter_paths(study)]
 
 
 def load_regressor(study: PancreasStudy, name: str) -> Any:
