@@ -316,6 +316,19 @@ def test_cli_batch_summary_and_exit_codes(tmp_path: Path, monkeypatch: pytest.Mo
     assert json.loads((out / "c1" / "report.json").read_text())["threshold_source"] == "user"
 
 
+def test_refused_run_leaves_no_output_folder(tmp_path: Path, capsys) -> None:
+    src = write_nifti(tmp_path / "c.nii.gz", "ras")
+    out = tmp_path / "new" / "out"
+    status = cli.main(["alarm", str(src), "--bundle", str(tmp_path / "no_bundle"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()  # the folders the run created went with it
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main(["alarm", str(src), "--bundle", str(tmp_path / "no_bundle"), "--out", str(kept)]) == 2
+    assert kept.is_dir()  # a folder the user had is left alone
+
+
 def test_output_folder_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(api, "load_predictor", lambda bundle, device: PlantedPredictor())
     src = write_nifti(tmp_path / "c.nii.gz", "ras")

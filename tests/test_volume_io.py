@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import shutil
@@ -184,6 +185,25 @@ def test_truncated_and_corrupt_files_are_refused(tmp_path, phantom):
     (tmp_path / "badmagic.nii").write_bytes(bytes(header_broken))
     with pytest.raises(SynthCPInputError, match="not a readable NIfTI file"):
         load_ct_volume(tmp_path / "badmagic.nii")
+
+
+def test_header_declaring_more_voxels_than_the_file_holds_is_refused_before_reading(tmp_path, phantom):
+    good = save_like(phantom, _affine("RAS"), tmp_path / "good.nii.gz")
+    raw = bytearray(gzip.decompress(good.read_bytes()))
+    liar = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(raw[:348])))
+    for shape, name in (((4000, 4000, 4000), "liar"), ((SHAPE[0], SHAPE[1], SHAPE[2] + 1), "one_slice_more")):
+        liar.set_data_shape(shape)
+        lie = bytes(liar.binaryblock) + bytes(raw[348:])
+        (tmp_path / f"{name}.nii").write_bytes(lie)
+        with pytest.raises(SynthCPInputError, match="the header declares .* more than the"):
+            load_ct_volume(tmp_path / f"{name}.nii")  # exact for an uncompressed file
+    (tmp_path / "liar.nii.gz").write_bytes(gzip.compress((tmp_path / "liar.nii").read_bytes()))
+    with pytest.raises(SynthCPInputError, match="compressed file can hold"):  # 128 GB declared: no MemoryError
+        load_ct_volume(tmp_path / "liar.nii.gz")
+    (tmp_path / "one_slice_more.nii.gz").write_bytes(gzip.compress((tmp_path / "one_slice_more.nii").read_bytes()))
+    with pytest.raises(SynthCPInputError, match="truncated or corrupt"):  # within the deflate bound: the read fails
+        load_ct_volume(tmp_path / "one_slice_more.nii.gz")
+    assert load_ct_volume(good).shape == SHAPE
 
 
 def test_dimensionality_and_non_finite_voxels(tmp_path, phantom):

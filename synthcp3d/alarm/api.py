@@ -45,7 +45,7 @@ from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD, AlarmReport, check_flag_
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
 
-__all__ = ["DSCAlarm", "DEFAULT_THRESHOLD", "resolve_device", "check_writable", "write_case_outputs", "load_predictor"]
+__all__ = ["DSCAlarm", "DEFAULT_THRESHOLD", "resolve_device", "check_writable", "output_folder", "write_case_outputs", "load_predictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SynthCPInputError(f"device {device!s} asked for, but CUDA is not available here: use --device cpu")
     return dev
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """`check_writable` for a command: the folders it had to create are removed again if the command fails while
+    they are still empty, so a refused run leaves nothing behind."""
+    folder = Path(folder).expanduser()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    out = check_writable(folder)
+    try:
+        yield out
+    except BaseException:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only an empty folder goes
+        raise
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

@@ -117,10 +117,9 @@ def run_alarm(
     """
     import dataclasses
 
-    from synthcp3d.alarm.api import DSCAlarm, check_writable
+    from synthcp3d.alarm.api import output_folder
     from synthcp3d.alarm.inputs import discover_inputs
     from synthcp3d.alarm.masks import parse_label_map
-    from synthcp3d.alarm.report import write_summary
 
     cases = discover_inputs(list(inputs))
     if mask is not None:
@@ -130,7 +129,30 @@ def run_alarm(
         cases = [dataclasses.replace(cases[0], mask=Path(mask).expanduser())]
     if labels is not None:
         parse_label_map(labels)  # refuse a bad --labels before loading the bundle
-    out = check_writable(out)
+    with output_folder(out) as out:
+        reports = _alarm_cases(cases, bundle, out, threshold, device, progress, labels, flag_method)
+    summary = out / "summary.csv"
+    failed = sum(not r.ok for r in reports)
+    flagged = sum(bool(r.flagged) for r in reports if r.ok)
+    print(
+        f"processed {len(reports) - failed}/{len(reports)} case(s): {flagged} flagged, {failed} failed; "
+        f"summary: {summary}"
+    )
+    if failed:
+        return EXIT_FAILED
+    if fail_on_flag and flagged:
+        return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _alarm_cases(
+    cases: list, bundle: str | os.PathLike, out: Path, threshold: float | None, device: str | None, progress: bool,
+    labels: str | None, flag_method: str | None,
+) -> list:
+    """Load the bundle's alarm and judge every case into ``out`` (``summary.csv`` rewritten after each): the reports."""
+    from synthcp3d.alarm.api import DSCAlarm
+    from synthcp3d.alarm.report import write_summary
+
     alarm = DSCAlarm.from_bundle(bundle, device=device, threshold=threshold, progress=progress, flag_method=flag_method)
     print(
         f"DSC alarm: {len(cases)} case(s), flag on {alarm.flag_method} < {alarm.threshold:.4f} "
@@ -145,17 +167,7 @@ def run_alarm(
             print(f"error: {report.case}: {report.error}", file=sys.stderr)
         for warning in report.warnings:
             print(f"warning: {report.case}: {warning}", file=sys.stderr)
-    failed = sum(not r.ok for r in reports)
-    flagged = sum(bool(r.flagged) for r in reports if r.ok)
-    print(
-        f"processed {len(reports) - failed}/{len(reports)} case(s): {flagged} flagged, {failed} failed; "
-        f"summary: {summary}"
-    )
-    if failed:
-        return EXIT_FAILED
-    if fail_on_flag and flagged:
-        return EXIT_FLAGGED
-    return EXIT_OK
+    return reports
 
 
 def _calibrate(args: argparse.Namespace) -> int:

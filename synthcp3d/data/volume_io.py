@@ -181,6 +181,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(img.shape) > 3 and any(s > 1 for s in img.shape[3:]):
         # Refuse before reading the voxels: a 4D series may be large.
         raise SynthCPInputError(f"{path}: {len(img.shape)}D volume (shape {tuple(img.shape)}): give one 3D CT volume.")
+    _check_declared_size(img, path)
     try:
         array = np.asanyarray(img.dataobj)
         if np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array):
@@ -188,6 +189,28 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except _READ_ERRORS as err:
         raise SynthCPInputError(f"{path}: the voxel data cannot be read (truncated or corrupt file: {_reason(err)}).")
     return array, np.asarray(img.affine, dtype=np.float64)
+
+
+# deflate's largest compression ratio (RFC 1951: one 258-byte match per 2-bit code, ~1032:1): a .nii.gz whose header
+# declares more voxel bytes than this times its size cannot hold them
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _check_declared_size(img: Any, path: Path) -> None:
+    """Refuse a NIfTI whose header declares more voxel bytes than the file can hold, before reading any voxel (a
+    lying header would otherwise ask for that much memory). Exact for ``.nii``; for ``.nii.gz`` the bound is the
+    deflate ratio (a smaller lie ends as a truncated read, refused there)."""
+    header = img.header
+    declared = int(np.prod(img.shape, dtype=np.int64)) * int(header.get_data_dtype().itemsize)
+    needed = int(header.get_data_offset()) + declared
+    size = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz")
+    if (size * _DEFLATE_MAX_RATIO if compressed else size) < needed:
+        raise SynthCPInputError(
+            f"{path}: the header declares {tuple(int(n) for n in img.shape)} voxels of "
+            f"{header.get_data_dtype()} ({declared:,} bytes), more than the {size:,}-byte "
+            f"{'compressed ' if compressed else ''}file can hold (truncated file or corrupt header)."
+        )
 
 
 def _reason(err: BaseException) -> str:
