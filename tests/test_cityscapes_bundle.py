@@ -118,11 +118,11 @@ def test_cityscapes_vae_input_fills_ignore_with_the_nearest_label():
 
     import torch
 
-    from synthcp2d.studies.cityscapes import IGNORE, _vae_input
+    from synthcp2d.studies.cityscapes.study import IGNORE, vae_input
 
     study = SimpleNamespace(vae_shape=(4, 6), num_classes=3)
     label = torch.tensor([[[0, 0, IGNORE, IGNORE, 2, 2]] * 4])  # (1, 4, 6): ignore between road (0) and class 2
-    onehot = _vae_input(label, study)
+    onehot = vae_input(label, study)
     assert onehot.shape == (1, 3, 4, 6) and torch.equal(onehot.sum(1), torch.ones(1, 4, 6))
     assert onehot.argmax(1)[0, 0].tolist() == [0, 0, 0, 2, 2, 2]
-    assert _vae_input(torch.full((1, 4, 6), IGNORE), study).argmax(1).eq(0).all()
+    assert vae_input(torch.full((1, 4, 6), IGNORE), study).argmax(1).eq(0).all()

@@ -24,7 +24,7 @@ from synthcp2d.data.cityscapes import (
     train_ids_to_color,
     train_ids_to_label_ids,
 )
-from synthcp2d.data.scene_painter import SYNTHETIC_MARKER
+from synthcp2d.data.generator_io import SYNTHETIC_MARKER
 from synthcp2d.data.synthetic_cityscapes import make_cityscapes_dataset
 from synthcp3d.errors import SynthCPInputError
 

@@ -25,14 +25,8 @@ from synthcp2d.data.cityscapes import (
     INSTANCE_SUFFIX,
     LABEL_SUFFIX,
 )
-from synthcp2d.data.scene_painter import (
-    ELEMENTS,
-    SceneStyle,
-    StreetScene,
-    check_generator_args,
-    save_png,
-    staged_dataset,
-)
+from synthcp2d.data.generator_io import check_generator_args, save_png, staged_dataset
+from synthcp2d.data.scene_painter import ELEMENTS, SceneStyle, StreetScene
 
 __all__ = ["CITYSCAPES_STYLE", "ELEMENT_TO_LABEL_ID", "make_cityscapes_dataset", "render_cityscapes_case"]
 

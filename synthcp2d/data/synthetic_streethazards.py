@@ -19,15 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from synthcp2d.data.scene_painter import (
-    ELEMENTS,
-    Appearance,
-    SceneStyle,
-    StreetScene,
-    check_generator_args,
-    save_png,
-    staged_dataset,
-)
+from synthcp2d.data.generator_io import check_generator_args, save_png, staged_dataset
+from synthcp2d.data.scene_painter import ELEMENTS, Appearance, SceneStyle, StreetScene
 from synthcp2d.data.streethazards import (
     ANOMALY_INDEX,
     SPLIT_LAYOUT,
@@ -104,13 +97,14 @@ def _anomaly_color(rng: np.random.Generator) -> np.ndarray:
 
 def _add_anomaly(scene: StreetScene, rng: np.random.Generator) -> None:
     """Queue one anomalous object standing on the road or a sidewalk."""
-    side = scene.sides[int(rng.integers(2))]
+    street = scene.street
+    side = street.sides[int(rng.integers(2))]
     on_road = rng.random() < 0.6
     if on_road:
-        X = float(rng.uniform(scene.road_left + 0.6, scene.road_right - 0.6))
+        X = float(rng.uniform(street.road_left + 0.6, street.road_right - 0.6))
     else:
         X = side.across(float(rng.uniform(0.3, max(0.4, side.sidewalk - 0.3))))
-    Z = float(rng.uniform(scene.z_near + 2.0, min(35.0, scene.z_end - 2.0)))
+    Z = float(rng.uniform(scene.z_near + 2.0, min(35.0, street.z_end - 2.0)))
     width, height = float(rng.uniform(0.6, 3.5)), float(rng.uniform(0.5, 2.5))
     color = _anomaly_color(rng)
     color2 = _anomaly_color(rng) if rng.random() < 0.6 else np.array([0.97, 0.97, 0.97]) * rng.integers(0, 2)

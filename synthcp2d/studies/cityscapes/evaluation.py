@@ -1,0 +1,139 @@
+"""The Cityscapes study's ``evaluate`` stage: every segmenter (and the cross-model pair) scored on the val split
+(``scoring``), then Table 1 written as ``evaluate/report.{md,json,csv}``, the core's per-segmenter image-level
+reports and the Fig. 5 panel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from synthcp2d.data.cityscapes import CITYSCAPES_CLASSES
+from synthcp2d.studies.cityscapes.scoring import load_judges, score_segmenter
+from synthcp2d.studies.cityscapes.study import (
+    IMAGE_METHODS,
+    PIXEL_COLUMNS,
+    PIXEL_METHODS,
+    REDUCTIONS,
+    CityscapesStudy,
+    segmenter_factories,
+)
+from synthcp2d.studies.common import Factory, load_net
+from synthcp2d.studies.figures import metrics_markdown, panel_figure
+from synthcp3d.report import METRIC_COLUMNS, quality_report
+from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
+from synthcp3d.workflows.common import require_file, study_stage, write_csv_rows
+
+__all__ = ["evaluate"]
+
+
+@study_stage("evaluate")
+def evaluate(
+    study: CityscapesStudy,
+    segmenters: Mapping[str, Factory],
+    generator: Factory,
+    comparators: Mapping[str, Factory],
+    confidnet: Factory,
+    mask_vae: Factory,
+) -> dict:
+    """Table 1 on the val split for every segmenter (+ the cross-model row) and Fig. 5.
+
+    Writes ``evaluate/report.{md,json,csv}``, per segmenter ``evaluate/<name>/image_level.{md,csv,json}`` +
+    ``per_case.csv`` (the core's `quality_report`: per-image predicted and true IoU) and
+    ``evaluate/<name>/scores/<case>.npz`` (error, ignore and every method's error map), and ``evaluate/fig5.png``.
+    """
+    segmenters = segmenter_factories(segmenters, study)
+    dev = study.torch_device
+    g = load_net(generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", dev)
+    vae = load_net(mask_vae, require_file(study.models / "mask_vae.pt", "train_baselines"), "vae", dev)
+    val = study.cases()["val"]
+    out = study.stage_dir("evaluate")
+    runs = [(name, name, f"{name}", True) for name in study.segmenters]
+    if study.cross_model and all(s in study.segmenters for s in study.cross_model):
+        source, target = study.cross_model
+        runs.append((target, source, f"{target}_judged_by_{source}", False))
+    pixel: dict[str, dict] = {}
+    image: dict[str, dict] = {}
+    fig_rows: list = []
+    for name, source, key, baselines in runs:
+        judges = load_judges(study, name, source, segmenters, comparators, confidnet)
+        run_dir = out / key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tables, preds, true, rows = score_segmenter(study, judges, g, vae, val, run_dir, baselines, not fig_rows)
+        fig_rows = fig_rows or rows
+        pixel[key] = tables
+        report = quality_report(
+            preds,
+            true,
+            [v["case"] for v in val],
+            list(CITYSCAPES_CLASSES),
+            run_dir,
+            groups={"mean over classes": list(CITYSCAPES_CLASSES)},
+            plot_classes=["road", "car"],
+            title=f"Cityscapes image-level IoU prediction, {key}",
+            quality_name="IoU",
+            prefix="image_level",
+            notes=[f"val split, {len(val)} images; classes absent from both label and prediction are excluded"],
+        )
+        image[key] = report
+    if fig_rows:
+        panel_figure(
+            fig_rows, out / "fig5.png", title=f"Cityscapes failure detection, {study.segmenters[0]} (cf. Fig. 5)"
+        )
+    markdown = _write_report(study, pixel, image, runs, len(val), out)
+    print(markdown, flush=True)
+    print(
+        f"report: {out / 'report.md'} (+ .json, .csv); per-image scores: {out}/<segmenter>/; figure: {out / 'fig5.png'}"
+    )
+    return {"pixel": pixel, "report": str(out / "report.md")}
+
+
+def _image_table(report: Any) -> dict[str, dict[str, float]]:
+    """The class-averaged row of the core report (its first table)."""
+    return next(iter(report.tables.values())) if report.tables else {}
+
+
+def _write_report(study: CityscapesStudy, pixel: dict, image: dict, runs: list, num_val: int, out: Any) -> str:
+    """Table 1 of every run -> ``report.md`` (returned), ``report.json`` and ``report.csv`` in ``out``."""
+    lines = [
+        "# Cityscapes failure detection (SynthCP Table 1)",
+        "",
+        f"settings: {study.settings_name}; {num_val} val images at {list(study.image_size)}; comparators and "
+        "regressors "
+        f"trained on {study.num_folds}-fold cross-validated predictions of the training split "
+        f"(folds: {'contiguous blocks of cities' if study.fold_split == 'city' else 'seeded, cities kept whole'}); "
+        f"MC-Dropout samples {study.mc_samples}.",
+        "All values ×100. Image level: per-class IoU of each val image, MAE / STD of |predicted − true|, "
+        "Pearson (P.C.) "
+        "and Spearman (S.C.) per class, then averaged over classes; (image, class) pairs absent from both label and "
+        "prediction are excluded. Pixel level: error pixels positive, ignore-label pixels excluded.",
+        "",
+    ]
+    for name, source, key, _ in runs:
+        title = key if name == source else f"{name} masks judged by comparators trained on {source} (cross-model)"
+        lines += [f"## {title} — image level", ""]
+        rows = _image_table(image[key])
+        cols = [(k, h) for k, h in METRIC_COLUMNS]
+        lines += [metrics_markdown({m: rows[m] for m in IMAGE_METHODS if m in rows}, cols), ""]
+        for reduction in REDUCTIONS:
+            note = (
+                "all val pixels pooled (streaming histograms)"
+                if reduction == "pooled"
+                else "per image, then the mean over images holding both error and correct pixels"
+            )
+            lines += [f"## {title} — pixel level, reduction `{reduction}`: {note}", ""]
+            table = pixel[key][reduction]
+            lines += [metrics_markdown({m: table[m] for m in PIXEL_METHODS if m in table}, PIXEL_COLUMNS), ""]
+    markdown = "\n".join(lines)
+    atomic_save_text(markdown, out / "report.md")
+    atomic_save_json(
+        {"pixel": pixel, "image": {k: v.tables for k, v in image.items()}, "settings": study.describe()},
+        out / "report.json",
+    )
+    rows_csv = [
+        {"run": k, "level": f"pixel/{r}", "method": m, **{c: v.get(c) for c, _ in PIXEL_COLUMNS}}
+        for k, t in pixel.items()
+        for r in REDUCTIONS
+        for m, v in t[r].items()
+    ]
+    write_csv_rows(rows_csv, out / "report.csv")
+    return markdown

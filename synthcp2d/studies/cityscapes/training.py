@@ -1,0 +1,352 @@
+"""The Cityscapes study's preparation and training stages: ``prepare`` (cache, folds), ``train_segmenter``,
+``crossval`` (+ the MC-Dropout regressors), ``train_comparator`` and ``train_baselines`` (TCP, VAE alarm).
+``train_synthesizer`` is shared with StreetHazards (``synthcp2d.studies.common``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.utils import set_determinism
+
+from synthcp2d.data.cityscapes import check_cityscapes_folder, load_cityscapes_datalist, load_label_train_ids
+from synthcp2d.studies.cityscapes.study import (
+    IGNORE,
+    CityscapesStudy,
+    cv_records,
+    feature_channels,
+    segmenter_factories,
+    true_iou,
+    vae_feature,
+    vae_input,
+)
+from synthcp2d.studies.common import (
+    Factory,
+    cache_cases,
+    case_dataset,
+    fit_confidnet,
+    fit_segmenter,
+    image_tensor,
+    load_cached,
+    load_net,
+    segment,
+)
+from synthcp3d.engines.checkpoint import save_weights
+from synthcp3d.engines.comparator import ComparatorTrainer
+from synthcp3d.engines.crossval import load_prediction, make_folds, run_crossval
+from synthcp3d.engines.distributed import unwrap
+from synthcp3d.engines.mask_vae import MaskVAETrainer
+from synthcp3d.engines.sampling import make_train_loader
+from synthcp3d.engines.training import run_training
+from synthcp3d.scoring.mc_dropout import (
+    MCDropoutFullLinearRegressor,
+    MCDropoutQualityRegressor,
+    mc_dropout_probs,
+    mean_entropy_per_class,
+)
+from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.utils.atomic import atomic_save_json
+from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
+
+__all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
+
+logger = logging.getLogger(__name__)
+
+
+@study_stage("prepare")
+def prepare(study: CityscapesStudy) -> dict:
+    """Check the Cityscapes folder, cache train / val at ``image_size``, make the K folds of the training split.
+
+    Writes ``prepare/cases.json`` = ``{"train": [records], "val": [records], "folds": [[case, ...], ...]}``.
+    """
+    summary = check_cityscapes_folder(study.dataset_dir, splits=["train", "val"], deep=False)
+    out = study.stage_dir("prepare")
+    record: dict[str, Any] = {}
+    for split in ("train", "val"):
+        items = load_cityscapes_datalist(study.dataset_dir, split)
+        if study.max_cases:
+            items = items[: int(study.max_cases)]
+        items = [{**i, "case": i["name"]} for i in items]
+        record[split] = cache_cases(
+            items, out / "cache" / split, study.image_size, load_label_train_ids, study.progress
+        )
+    ids = [r["case"] for r in record["train"]]
+    cities = [r["city"] for r in record["train"]]
+    contiguous = study.fold_split == "city"
+    record["folds"] = make_folds(
+        ids, k=int(study.num_folds), seed=int(study.seed), groups=cities, contiguous=contiguous
+    )
+    atomic_save_json(record, out / "cases.json")
+    info = {
+        "num_train": len(ids),
+        "num_val": len(record["val"]),
+        "num_folds": int(study.num_folds),
+        "fold_split": study.fold_split,
+        "fold_sizes": [len(f) for f in record["folds"]],
+        "image_sizes": summary["image_sizes"],
+    }
+    return info
+
+
+@study_stage("train_segmenter", training=True)
+def train_segmenter(
+    study: CityscapesStudy,
+    segmenters: Mapping[str, Factory],
+    iterations: int = 20000,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+) -> dict:
+    """Every segmenter on the whole training split -> ``models/segmenter_<name>.pt`` (finished ones are kept)."""
+    train = study.cases()["train"]
+    for name, factory in segmenter_factories(segmenters, study).items():
+        fit_segmenter(
+            study,
+            factory,
+            train,
+            study.stage_dir("train_segmenter") / f"checkpoints_{name}",
+            study.models / f"segmenter_{name}.pt",
+            iterations,
+            batch_size,
+            lr,
+            seed=int(study.seed),
+        )
+        save_network_spec(study, f"segmenter_{name}", factory)
+    return {"num_train": len(train), "iterations": int(iterations)}
+
+
+@torch.no_grad()
+def _mc_feature(study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+    """MC-Dropout image-level feature ``(C,)``: mean predictive entropy inside each predicted class region."""
+    _, entropy = mc_dropout_probs(net, x, samples=int(study.mc_samples))
+    return mean_entropy_per_class(entropy, pred, study.num_classes)[0].cpu().numpy()
+
+
+@study_stage("crossval", training=True)
+def crossval(
+    study: CityscapesStudy,
+    segmenters: Mapping[str, Factory],
+    iterations: int = 20000,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+) -> dict:
+    """K-fold CV predictions of every segmenter on the training split (the comparators' training data).
+
+    Per segmenter ``name``: the core's `run_crossval` layout in ``crossval/<name>/`` (PNG label maps), then
+    ``crossval/<name>/cases.json`` (per case: fold, prediction path, true per-class IoU, MC-Dropout feature) and the
+    MC-Dropout regressor fitted on them -> ``models/mc_dropout_<name>.json``. Finished folds are skipped.
+    """
+    meta = study.cases()
+    info: dict[str, Any] = {"num_folds": len(meta["folds"]), "iterations": int(iterations), "cv_mean_iou": {}}
+    for name, factory in segmenter_factories(segmenters, study).items():
+        out = study.cv_dir(name)
+        feature_dir = out / "mc_features"
+
+        def train_fold(cases: list[dict], fold_dir: Any, factory: Factory = factory) -> torch.nn.Module:
+            seed = int(study.seed) + 1 + int(fold_dir.name.split("_")[-1])
+            return fit_segmenter(
+                study,
+                factory,
+                cases,
+                fold_dir / "checkpoints",
+                fold_dir / "segmenter.pt",
+                iterations,
+                batch_size,
+                lr,
+                seed=seed,
+            )
+
+        def predict(net: torch.nn.Module, case: dict, feature_dir: Any = feature_dir) -> dict:
+            x = image_tensor(load_cached(case["cache"])["image"])[None].to(study.torch_device)
+            pred = segment(net, x)[0].argmax(1)
+            feature = _mc_feature(study, net, x, pred)
+            atomic_save_json(feature.tolist(), feature_dir / f"{case['case']}.json")
+            return {"pred": pred[0].to(torch.uint8).cpu().numpy()}
+
+        manifest = run_crossval(
+            meta["train"],
+            len(meta["folds"]),
+            out,
+            train_fold,
+            predict,
+            seed=int(study.seed),
+            folds=meta["folds"],
+            pred_format="png",
+            progress=study.progress,
+        )
+        on_main_process(_cv_summary, study, name, manifest, info)
+    return info
+
+
+def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: dict[str, Any]) -> None:
+    """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json`` and its MC-Dropout regressors ->
+    ``models/mc_dropout_<name>.json`` (per class) and ``models/mc_dropout_full_<name>.json`` (the authors'
+    release's full linear map); its figures added to the stage's ``info``."""
+    out, feature_dir = study.cv_dir(name), study.cv_dir(name) / "mc_features"
+    cache = {r["case"]: r["cache"] for r in study.cases()["train"]}
+    records = {}
+    for entry in manifest:
+        case = entry["case"]
+        pred_path = str(out / entry["pred"])
+        label = torch.as_tensor(load_cached(cache[case])["label"][0].astype(np.int64))
+        pred = torch.as_tensor(load_prediction(pred_path).astype(np.int64))
+        records[case] = {
+            "fold": entry["fold"],
+            "cache": cache[case],
+            "pred": pred_path,
+            "true_iou": true_iou(pred, label, study.num_classes).tolist(),
+            "mc_feature": json.loads((feature_dir / f"{case}.json").read_text()),
+        }
+    atomic_save_json(records, out / "cases.json")
+    true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
+    feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
+    regressor, unfit = _fit_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
+    atomic_save_json(regressor.state_dict(), study.models / f"mc_dropout_{name}.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        full = MCDropoutFullLinearRegressor(study.num_classes).fit(feats, true)
+    for k in np.flatnonzero(np.isnan(full.intercept)):  # a class whose IoU is never defined in CV: predict 0
+        full.coef[k], full.intercept[k] = 0.0, 0.0
+    atomic_save_json(full.state_dict(), study.models / f"mc_dropout_full_{name}.json")
+    info.setdefault("mc_dropout_unfit_classes", {})[name] = unfit
+    info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
+
+
+def _fit_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -> tuple[Any, list[int]]:
+    """Fit a per-class linear regressor; a class with no usable (feature, IoU) pair in the CV predictions (the
+    core regressor leaves it NaN) predicts its mean CV IoU, or 0 if it never occurs. Returns the unfit classes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        regressor.fit(feats, true)
+    unfit = [int(k) for k in np.flatnonzero(np.isnan(regressor.coef))]
+    for k in unfit:
+        regressor.coef[k], regressor.intercept[k] = 0.0, nanmean(true[:, k]) or 0.0
+    return regressor, unfit
+
+
+@study_stage("train_comparator", training=True)
+def train_comparator(
+    study: CityscapesStudy,
+    comparators: Mapping[str, Factory],
+    generator: Factory,
+    iterations: int = 20000,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+) -> dict:
+    """Per segmenter and mode: the comparator on ``(x, G(ŷ), ŷ)`` (``direct``: ``(x, ŷ)``) of the CV predictions,
+    IoU + error-map targets (paper eq. 8) -> ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and
+    seed for every mode: Direct Prediction is the ablation without synthesis."""
+    g = load_net(
+        generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", study.torch_device
+    )
+    out = study.stage_dir("train_comparator")
+    for name in study.segmenters:
+        records = list(cv_records(study, name).values())
+        for mode in study.comparator_modes:
+            weights = study.models / f"comparator_{name}_{mode}.pt"
+            if weights.is_file() and not study.force:
+                continue
+            set_determinism(seed=int(study.seed) + 200)
+            net = study.prepare_network(comparators[mode]())
+            loader = make_train_loader(
+                case_dataset(records, with_pred=True),
+                batch_size,
+                seed=int(study.seed) + 200,
+                num_workers=study.num_workers,
+            )
+            optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+            trainer = ComparatorTrainer(
+                study.torch_device,
+                loader,
+                net,
+                optimizer,
+                num_classes=study.num_classes,
+                generator=g,
+                metric="iou",
+                ignore_index=IGNORE,
+            )
+            logger.info(f"comparator {mode} on the CV predictions of {name}")
+            run_training(trainer, int(iterations), out / f"checkpoints_{name}_{mode}", **study.train_kwargs(iterations))
+            save_weights({"comparator": net}, weights)
+            save_network_spec(study, f"comparator_{name}_{mode}", comparators[mode])
+    return {"iterations": int(iterations), "modes": list(study.comparator_modes)}
+
+
+@study_stage("train_baselines", training=True)
+def train_baselines(
+    study: CityscapesStudy,
+    segmenters: Mapping[str, Factory],
+    confidnet: Factory,
+    mask_vae: Factory,
+    iterations: int = 10000,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    vae_beta: float = 1e-3,
+    vae_lr: float = 1e-3,
+) -> dict:
+    """TCP heads (``models/confidnet_<name>.pt``) and the VAE alarm (``models/mask_vae.pt`` on ground-truth label maps,
+    then per segmenter a linear per-class regressor from the VAE loss to IoU on its CV predictions ->
+    ``models/vae_alarm_<name>.json``)."""
+    out = study.stage_dir("train_baselines")
+    train = study.cases()["train"]
+    dev = study.torch_device
+    for name, factory in segmenter_factories(segmenters, study).items():
+        seg = load_net(
+            factory, require_file(study.models / f"segmenter_{name}.pt", "train_segmenter"), "segmenter", dev
+        )
+        head = partial(confidnet, feature_channels=feature_channels(seg, study))  # width from the segmenter
+        fit_confidnet(
+            study,
+            seg,
+            head,
+            train,
+            out / f"checkpoints_tcp_{name}",
+            study.models / f"confidnet_{name}.pt",
+            iterations,
+            batch_size,
+            lr,
+        )
+
+    set_determinism(seed=int(study.seed) + 300)
+    masks = [
+        {
+            "label": vae_input(torch.as_tensor(load_cached(r["cache"])["label"].astype(np.int64)), study)[0].argmax(
+                0, keepdim=True
+            )
+        }
+        for r in train
+    ]
+    vae = study.prepare_network(mask_vae())
+    loader = make_train_loader(Dataset(masks), batch_size, seed=int(study.seed) + 300, num_workers=study.num_workers)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=vae_lr)
+    trainer = MaskVAETrainer(dev, loader, vae, optimizer, num_classes=study.num_classes, beta=vae_beta)
+    run_training(trainer, int(iterations), out / "checkpoints_vae", **study.train_kwargs(iterations))
+    save_weights({"vae": vae}, study.models / "mask_vae.pt")
+    save_network_spec(study, "mask_vae", mask_vae)
+    on_main_process(_fit_vae_regressors, study, unwrap(vae))
+    return {"iterations": int(iterations), "num_train": len(train)}
+
+
+def _fit_vae_regressors(study: CityscapesStudy, vae: torch.nn.Module) -> None:
+    """Per segmenter: the VAE loss of its CV predictions -> IoU, a per-class linear regressor ->
+    ``models/vae_alarm_<name>.json``."""
+    for name in study.segmenters:
+        records = cv_records(study, name)
+        feats = np.stack(
+            [
+                vae_feature(vae, torch.as_tensor(load_prediction(r["pred"]).astype(np.int64)), study)
+                for r in records.values()
+            ]
+        )
+        true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
+        regressor, _ = _fit_regressor(
+            LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats, true
+        )
+        atomic_save_json(regressor.state_dict(), study.models / f"vae_alarm_{name}.json")
