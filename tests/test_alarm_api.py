@@ -23,7 +23,8 @@ from synthcp3d.alarm.api import DSCAlarm
 from synthcp3d.data.geometry import affine_of, resample_to_grid
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.report import FLAG_RULE, SUMMARY_COLUMNS
-from synthcp3d.data.volume_io import load_ct_volume, save_like, write_dicom_series
+from helpers import write_dicom_series
+from synthcp3d.data.volume_io import load_ct_volume, save_like
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.transforms import ct_preprocessing
 

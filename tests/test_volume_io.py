@@ -20,8 +20,8 @@ from synthcp3d.data.volume_io import (
     ct_volume_from_array,
     load_ct_volume,
     save_like,
-    write_dicom_series,
 )
+from helpers import write_dicom_series
 from synthcp3d.errors import SynthCPInputError
 
 sitk = pytest.importorskip("SimpleITK")  # a dependency, but absent where the GPU check runs the CUDA tests

@@ -1,7 +1,6 @@
 """3D data: CT volume I/O, MSD decathlon folders, synthetic pancreas CT phantoms, and the ``synthcp data`` command.
 
-- :mod:`~synthcp3d.data.volume_io`: ``load_ct_volume`` (NIfTI / DICOM series -> ``CTVolume``), ``save_like``,
-  ``write_dicom_series``.
+- :mod:`~synthcp3d.data.volume_io`: ``load_ct_volume`` (NIfTI / DICOM series -> ``CTVolume``), ``save_like``.
 - :mod:`~synthcp3d.data.msd`: ``load_msd_datalist``, ``check_msd_folder``, ``decathlon_dataset`` (MONAI).
 - :mod:`~synthcp3d.data.phantom`: ``make_pancreas_dataset``, ``make_pancreas_case``.
 
@@ -18,7 +17,6 @@ _EXPORTS = {
     "load_ct_volume": "volume_io",
     "ct_volume_from_array": "volume_io",
     "save_like": "volume_io",
-    "write_dicom_series": "volume_io",
     "load_msd_datalist": "msd",
     "check_msd_folder": "msd",
     "decathlon_dataset": "msd",

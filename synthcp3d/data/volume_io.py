@@ -9,11 +9,8 @@ Bad input is refused here, at the boundary, with a one-line :class:`~synthcp3d.e
 from __future__ import annotations
 
 import gzip
-import hashlib
-import locale
 import logging
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,6 @@ __all__ = [
     "load_ct_volume",
     "ct_volume_from_array",
     "save_like",
-    "write_dicom_series",
     "affine_from_sitk",
     "sitk_geometry_from_affine",
 ]
@@ -426,88 +422,3 @@ def save_like(
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
     return path
-
-
-def write_dicom_series(
-    array: Any,
-    affine: np.ndarray,
-    folder: str | os.PathLike,
-    series_description: str = "synthcp phantom",
-    series_uid: str | None = None,
-) -> Path:
-    """Write a 3D volume as a DICOM CT series (one int16 file per slice) with SimpleITK, atomically as a folder.
-
-    For tests and demos of the DICOM input path. ``affine`` is RAS (nibabel convention); oblique directions are kept.
-    DICOM derives the slice direction from the row/column cosines (right-handed), so a left-handed affine is written
-    with its third axis reversed: the series then loads to the same world image with the slices in reverse order.
-
-    Args:
-        array: ``(X, Y, Z)`` intensities in HU (rounded to int16).
-        affine: 4x4 RAS affine of ``array``.
-        folder: destination folder; must not exist yet (written to a temporary folder, then renamed).
-        series_description: DICOM SeriesDescription (0008,103E).
-        series_uid: SeriesInstanceUID; default derived from the data, so equal inputs give equal files.
-
-    Returns:
-        the folder.
-    """
-    _require_sitk("writing DICOM")
-    folder = Path(folder)
-    if folder.exists():
-        raise SynthCPInputError(f"{folder}: already exists; write_dicom_series writes a new folder.")
-    data = np.asarray(to_numpy(array), dtype=np.float64)
-    affine = np.asarray(affine, dtype=np.float64)
-    if data.ndim != 3:
-        raise SynthCPInputError(f"expected a 3D array (X, Y, Z) for a DICOM series, got shape {data.shape}.")
-    if np.linalg.det(affine[:3, :3]) < 0:
-        flip = np.eye(4)
-        flip[2, 2], flip[2, 3] = -1.0, data.shape[2] - 1
-        data, affine = data[:, :, ::-1], affine @ flip
-    hu = np.clip(np.rint(data), -32768, 32767).astype(np.int16)
-    if series_uid is None:
-        digest = hashlib.sha1(hu.tobytes() + affine.tobytes()).hexdigest()
-        series_uid = "1.2.826.0.1.3680043.2.1125." + str(int(digest[:24], 16))
-    study_uid = series_uid + ".1"
-    spacing, origin, direction = sitk_geometry_from_affine(affine)
-    image = sitk.GetImageFromArray(np.transpose(hu, (2, 1, 0)))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    d = direction
-    orientation = "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    # SimpleITK's DICOM (GDCM) writer switches the whole process to the C locale (ASCII text I/O from then on):
-    # put the caller's locale back afterwards.
-    saved_locale = locale.setlocale(locale.LC_ALL)
-    try:
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        for k in range(hu.shape[2]):
-            slc = image[:, :, k]
-            tags = {
-                "0008|0060": "CT",
-                "0008|0008": "DERIVED\\SECONDARY\\AXIAL",
-                "0008|103e": series_description,
-                "0020|000d": study_uid,
-                "0020|000e": series_uid,
-                "0008|0018": f"{series_uid}.{k + 1}",
-                "0020|0037": orientation,
-                "0020|0032": "\\".join(f"{v:.10g}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-                "0020|0013": str(k + 1),
-                "0018|0050": f"{spacing[2]:.10g}",
-                "0028|1052": "0",
-                "0028|1053": "1",
-            }
-            for tag, value in tags.items():
-                slc.SetMetaData(tag, value)
-            writer.SetFileName(str(tmp_dir / f"slice_{k + 1:04d}.dcm"))
-            writer.Execute(slc)
-        os.replace(tmp_dir, folder)
-    finally:
-        locale.setlocale(locale.LC_ALL, saved_locale)
-        if tmp_dir.exists():
-            for f in tmp_dir.iterdir():
-                f.unlink()
-            tmp_dir.rmdir()
-    return folder
