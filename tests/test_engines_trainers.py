@@ -14,7 +14,7 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 
-from synthcp3d.engines.comparator import ComparatorTrainer
+from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
 from synthcp3d.engines.gan import GanTrainer, class_mean_error
 from synthcp3d.engines.mask_vae import MaskVAETrainer
 from synthcp3d.engines.sampling import make_train_loader
@@ -301,3 +301,23 @@ def test_linear_decay_schedule_is_spade_s() -> None:
     assert opt.param_groups[0]["lr"] == 0.0
     with pytest.raises(SynthCPInputError, match="lr_decay_fraction"):
         linear_decay_schedule(opt, 10, 1.5)
+
+
+def test_comparator_optimizer_decay_does_not_erase_weights_without_gradient() -> None:
+    """A weight whose loss gradient is zero keeps its size under the comparator's optimizer (decoupled decay),
+    where Adam's coupled L2 term shrinks it by about lr per step (the measured comparator collapse)."""
+
+    def run(make_optimizer) -> float:
+        used = torch.nn.Parameter(torch.full((4,), 0.5))
+        idle = torch.nn.Parameter(torch.full((4,), 0.02))  # the size of a deep comparator weight at initialisation
+        module = torch.nn.Module()
+        module.used, module.idle = used, idle
+        optimizer = make_optimizer(module)
+        for _ in range(50):
+            optimizer.zero_grad()
+            ((used - 1.0) ** 2).sum().add(idle.sum() * 0.0).backward()  # idle: zero gradient, not None
+            optimizer.step()
+        return float(idle.abs().mean())
+
+    assert run(lambda m: comparator_optimizer(m, lr=1e-3, weight_decay=1e-4)) == pytest.approx(0.02, rel=1e-5)
+    assert run(lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-4)) < 0.002

@@ -498,7 +498,7 @@ def train_comparator(
     """
     from functools import partial
 
-    from synthcp3d.engines.comparator import ComparatorTrainer
+    from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
     from synthcp3d.networks.comparator import comparator_loss
 
     records = _cv_records(study)
@@ -511,7 +511,7 @@ def train_comparator(
         _set_seed(study, 200)
         net = study.prepare_network(factory())
         loader = _loader(study, dataset, batch_size, int(study.seed) + 200)
-        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+        optimizer = comparator_optimizer(net, lr, weight_decay)
         trainer = ComparatorTrainer(
             study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice",
             loss_function=partial(comparator_loss, quality_loss=quality_loss),

@@ -39,7 +39,7 @@ from synthcp2d.studies.common import (
     segment,
 )
 from synthcp3d.engines.checkpoint import save_weights
-from synthcp3d.engines.comparator import ComparatorTrainer
+from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
 from synthcp3d.engines.crossval import load_prediction, make_folds, run_crossval
 from synthcp3d.engines.distributed import unwrap
 from synthcp3d.engines.mask_vae import MaskVAETrainer
@@ -261,7 +261,7 @@ def train_comparator(
                 seed=int(study.seed) + 200,
                 num_workers=study.num_workers,
             )
-            optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+            optimizer = comparator_optimizer(net, lr, weight_decay)
             trainer = ComparatorTrainer(
                 study.torch_device,
                 loader,
