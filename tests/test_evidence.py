@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synthcp3d.evidence import pixel_section, quality_spread, segmenter_section, synthesis_use_section
+from synthcp3d.evidence import (
+    feature_spread,
+    feature_spread_section,
+    pixel_section,
+    quality_spread,
+    segmenter_section,
+    synthesis_use_section,
+)
 from synthcp3d.metrics import pixel_failure_metrics
 
 
@@ -44,3 +51,17 @@ def test_pixel_section_matches_metrics():
         assert data[reduction]["good"]["AUROC"] == pytest.approx(expected["AUROC"])
     assert data["pooled"]["good"]["AUROC"] > data["pooled"]["noise"]["AUROC"]
     assert "**pooled**" in md and "**per_image**" in md
+
+
+def test_feature_spread_by_hand_and_collapse_flag():
+    # columns [1, 3] and [2, 4]: population SD 1 each; mean |value| 2.5 -> 0.4
+    assert feature_spread([[1.0, 2.0], [3.0, 4.0]]) == pytest.approx(0.4)
+    assert feature_spread(np.tile([0.5, -2.0, 1.0], (6, 1))) == 0.0  # every case identical
+    assert feature_spread(np.zeros((3, 4))) == 0.0
+    rng = np.random.default_rng(0)
+    working = rng.normal(1.0, 0.5, size=(20, 8))
+    collapsed = np.tile(working[0], (20, 1)) + rng.normal(0, 1e-3, size=(20, 8))
+    markdown, data = feature_spread_section({"SynthCP": working, "Direct Prediction": collapsed})
+    assert data["SynthCP"]["collapsed"] is False and data["Direct Prediction"]["collapsed"] is True
+    assert data["SynthCP"]["relative_spread"] == pytest.approx(working.std(0).mean() / np.abs(working).mean())
+    assert "| Direct Prediction |" in markdown and "**yes**" in markdown

@@ -31,7 +31,8 @@ def test_joint_forward_backward(spatial_dims, shared_encoder):
     assert (net.encoder_synthesis is None) == shared_encoder
     image, labels, synth = inputs(spatial_dims)
     out = net(image, labels, synth)
-    assert set(out) == {"quality", "error_logits"}
+    assert set(out) == {"quality", "pooled_features", "error_logits"}
+    assert out["pooled_features"].shape == (2, 2 * net.encoder.out_channels[-1])  # both branches, concatenated
     assert out["quality"].shape == (2, 3) and ((out["quality"] >= 0) & (out["quality"] <= 1)).all()
     assert out["error_logits"].shape == (2, 1, *SHAPES[spatial_dims])
     quality = torch.rand(2, 3)
@@ -76,14 +77,14 @@ def test_difference_margin_keeps_the_difference_near_the_foreground_only():
 def test_modes_give_expected_keys():
     image, labels, synth = inputs(2)
     direct = build_comparator("direct", spatial_dims=2, image_channels=1, num_classes=3, **TINY)
-    assert not direct.use_synthesis and set(direct(image, labels)) == {"quality", "error_logits"}
+    assert not direct.use_synthesis and set(direct(image, labels)) == {"quality", "pooled_features", "error_logits"}
     separate = build_comparator("separate", spatial_dims=2, image_channels=1, num_classes=3, heads=("error",), **TINY)
     assert isinstance(separate, SeparateComparator)
     assert separate.quality_net.heads == ("quality",) and separate.error_net.heads == ("error",)
     out = separate(image, labels, synth)
-    assert set(out) == {"quality", "error_logits"} and out["quality"].shape == (2, 3)
+    assert set(out) == {"quality", "pooled_features", "error_logits"} and out["quality"].shape == (2, 3)
     only_q = build_comparator("joint", spatial_dims=2, image_channels=1, num_classes=3, heads=("quality",), **TINY)
-    assert set(only_q(image, labels, synth)) == {"quality"}
+    assert set(only_q(image, labels, synth)) == {"quality", "pooled_features"}
     only_e = SiameseComparator(2, 1, 3, heads=("error",), **TINY)
     assert set(only_e(image, labels, synth)) == {"error_logits"}
     with pytest.raises(SynthCPInputError, match="mode"):

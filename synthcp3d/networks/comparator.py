@@ -184,7 +184,8 @@ class SiameseComparator(nn.Module):
             synthesis: ``x̂ = G(ŷ)`` ``(B, image_channels, *S)``; required unless ``use_synthesis=False``.
 
         Returns:
-            dict with the requested heads: ``quality`` ``(B, C)`` in [0, 1], ``error_logits`` ``(B, 1, *S)``.
+            dict with the requested heads: ``quality`` ``(B, C)`` in [0, 1] (with ``pooled_features`` ``(B, F)``,
+            the head's input), ``error_logits`` ``(B, 1, *S)``.
         """
         if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.image_channels:
             raise SynthCPInputError(
@@ -212,6 +213,7 @@ class SiameseComparator(nn.Module):
         if "quality" in self.heads:
             pooled = feats[-1].flatten(2).mean(-1)
             out["quality"] = torch.sigmoid(self.quality_head(pooled))
+            out["pooled_features"] = pooled.detach()  # what the quality head reads (a collapse diagnostic)
         if "error" in self.heads:
             mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
             fused = self.laterals[-1](feats[-1])
