@@ -21,6 +21,7 @@ import torch
 from synthcp3d.evidence import COLLAPSED_BELOW, feature_spread
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.workflows import pancreas_model as pm
+from synthcp3d.workflows import pancreas_scoring as ps
 from synthcp3d.workflows.common import build_network, load_network_spec
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -48,7 +49,7 @@ def comparator_health(folder: Path) -> dict[str, dict]:
     for case_id in meta["test"]:
         image = pm.load_volume(meta["cases"][case_id]["image"]).astype(np.float32)
         pred = pm.load_volume(folder / "evaluate" / "predictions" / f"{case_id}_pred.nii.gz").astype(np.uint8)
-        judged = pm.synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
+        judged = ps.synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
         direct = nets.direct(judged.x_roi, one_hot_labels(judged.pred_roi, study.num_classes))
         for name, out in (("SynthCP", judged.outputs), ("Direct Prediction", direct)):
             features[name].append(out["pooled_features"][0].float().cpu().numpy())

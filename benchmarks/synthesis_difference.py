@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import crop_to_box
 from synthcp3d.workflows import pancreas_model as pm
+from synthcp3d.workflows.pancreas_scoring import roi_tensors
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def difference_split(folder: Path, margin: int = 3) -> dict[str, float]:
         image = pm.load_volume(case["image"]).astype(np.float32)
         label = pm.load_volume(case["label"]).astype(np.int64)
         pred = pm.load_volume(folder / "evaluate" / "predictions" / f"{case_id}_pred.nii.gz").astype(np.int64)
-        x, p, box = pm.roi_tensors(study, image, pred)
+        x, p, box = roi_tensors(study, image, pred)
         diff = ((x - generator(one_hot_labels(p, study.num_classes))).abs()[0, 0] * hu_per_unit).cpu().numpy()
         wrong = crop_to_box(label, box, pad_value=0) != p[0].cpu().numpy()
         foreground = (p > 0).float()[:, None]

@@ -178,13 +178,8 @@ def test_trained_models_score_a_case_from_the_folder_alone(run_dir):
     the evaluate stage did (the methods without sampling; MC-Dropout samples, the painter draws noise)."""
     import csv
 
-    from synthcp3d.workflows.pancreas_model import (
-        load_study,
-        load_trained_models,
-        load_volume,
-        score_case,
-        segment_volume,
-    )
+    from synthcp3d.workflows.pancreas_model import load_study, load_trained_models, load_volume
+    from synthcp3d.workflows.pancreas_scoring import score_case, segment_volume
 
     _, out = run_dir
     meta = json.loads((out / "prepare" / "cases.json").read_text())

@@ -11,7 +11,8 @@ from synthcp3d.engines.segmentation import SegmentationLoss
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.transforms import segmenter_train_augmentation
 from synthcp3d.workflows.pancreas import SegmenterRecipe
-from synthcp3d.workflows.pancreas_model import PancreasStudy, not_predicted_is_zero, vae_input
+from synthcp3d.workflows.pancreas_model import PancreasStudy
+from synthcp3d.workflows.pancreas_scoring import not_predicted_is_zero, vae_input
 
 
 def test_not_predicted_is_zero_only_for_absent_classes():

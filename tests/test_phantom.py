@@ -11,16 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import synthcp3d.data.phantom as phantom
+import synthcp3d.data.phantom_anatomy as anatomy
 from synthcp3d.data.msd import check_msd_folder, load_msd_datalist
-from synthcp3d.data.phantom import (
-    FOV_CRANIOCAUDAL_MM,
-    FOV_IN_PLANE_MM,
-    MSD_PANCREAS_LABELS,
-    make_pancreas_case,
-    make_pancreas_dataset,
-    phantom_summary,
-)
+from synthcp3d.data.phantom import MSD_PANCREAS_LABELS, make_pancreas_case, make_pancreas_dataset, phantom_summary
+from synthcp3d.data.phantom_anatomy import FOV_CRANIOCAUDAL_MM, FOV_IN_PLANE_MM
 from synthcp3d.data.volume_io import load_ct_volume
 from synthcp3d.errors import SynthCPInputError
 
@@ -221,7 +215,7 @@ def test_small_tumours_survive_resampling_to_the_training_grid(monkeypatch):
             diameters.append(case.params["tumour_diameter_mm"])
             assert _tumour_voxels_at_2mm(case) >= 10
     assert len(diameters) >= 6 and min(diameters) < 15  # the draws include small tumours
-    monkeypatch.setattr(phantom, "TUMOUR_DIAMETER_MM", (10.0, 10.0))  # the smallest tumour the generator makes
+    monkeypatch.setattr(anatomy, "TUMOUR_DIAMETER_MM", (10.0, 10.0))  # the smallest tumour the generator makes
     for i in range(3):
         case = make_pancreas_case(np.random.default_rng([37, 0, i]), DEFAULT, tumour=True)
         assert case.params["tumour_diameter_mm"] == 10.0 and case.params["tumour_voxels"] >= 30

@@ -10,9 +10,11 @@ A *trained bundle folder* is the output folder of the study (``synthcp run pancr
 
 All of it is read with the study's own loaders (:func:`synthcp3d.workflows.pancreas_model.load_study`,
 :func:`~synthcp3d.workflows.pancreas_model.load_network`, :func:`~synthcp3d.workflows.pancreas_model.load_regressor`),
-from the trained-model module: the training stages (:mod:`synthcp3d.workflows.pancreas`) are never imported.
+from the trained-model module: the training stages (:mod:`synthcp3d.workflows.pancreas` and the modules beside it)
+are never imported.
 
-Per volume, on the preprocessed (working) grid, with the functions the study's ``evaluate`` stage scores a case with:
+Per volume, on the preprocessed (working) grid, with the functions the study's ``evaluate`` stage scores a case with
+(:mod:`synthcp3d.workflows.pancreas_scoring`):
 segment (sliding-window AH-Net) -> pancreas ROI (``synthcp3d.roi``: fixed box around the predicted pancreas)
 -> synthesize ``G(ŷ)`` on the ROI -> comparator: predicted DSC per class and the voxel error probability on the ROI
 -> VAE alarm (aspect-keeping tight crop of the predicted mask, the VAE's loss value, linear regressor) -> ensemble =
@@ -38,6 +40,12 @@ from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.ensemble import mean_ensemble
 from synthcp3d.workflows import pancreas_model as wf
+from synthcp3d.workflows.pancreas_scoring import (
+    pairwise_dice_quality,
+    segment_volume,
+    synthesize_and_compare,
+    vae_alarm_dsc,
+)
 
 __all__ = [
     "BundlePredictor",
@@ -162,13 +170,13 @@ class BundlePredictor:
         x = image[0].detach().cpu().numpy().astype(np.float32)
         if segmentation is None:
             with timer("segment"):
-                pred = wf.segment_volume(study, self.segmenter, x)
+                pred = segment_volume(study, self.segmenter, x)
         else:
             pred = np.asarray(segmentation).astype(np.int64)
-        judged = wf.synthesize_and_compare(study, self.generator, self.comparator, x, pred, timer=timer)
+        judged = synthesize_and_compare(study, self.generator, self.comparator, x, pred, timer=timer)
         with timer("vae"):
-            q_vae = wf.vae_alarm_dsc(study, self.vae, self.vae_regressor, pred)
-        q_pair = wf.pairwise_dice_quality(study, self.fold_segmenters, x, pred, timer=timer)
+            q_vae = vae_alarm_dsc(study, self.vae, self.vae_regressor, pred)
+        q_pair = pairwise_dice_quality(study, self.fold_segmenters, x, pred, timer=timer)
         q_syn = judged.quality
         shape = x.shape
         error = paste_from_box(judged.error.cpu().numpy().astype(np.float32), judged.box, shape, fill=0.0)

@@ -2,7 +2,8 @@
 
 - :mod:`~synthcp3d.data.volume_io`: ``load_ct_volume`` (NIfTI / DICOM series -> ``CTVolume``), ``save_like``.
 - :mod:`~synthcp3d.data.msd`: ``load_msd_datalist``, ``check_msd_folder``, ``decathlon_dataset`` (MONAI).
-- :mod:`~synthcp3d.data.phantom`: ``make_pancreas_dataset``, ``make_pancreas_case``.
+- :mod:`~synthcp3d.data.phantom`: ``make_pancreas_dataset``, ``make_pancreas_case`` (the patient drawn in
+  :mod:`~synthcp3d.data.phantom_anatomy`, painted in :mod:`~synthcp3d.data.phantom_painting`).
 
 Names are imported lazily (MONAI, and with it torch, loads only when the MSD helpers are used).
 """

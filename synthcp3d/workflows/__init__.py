@@ -1,11 +1,13 @@
 """Stage functions that study bundles call from their configs (``run: ["$@stage()"]``).
 
-One module per study; each stage reads what earlier stages wrote below ``output_dir``, writes its own outputs
-atomically and a ``<stage>/done.json`` marker last, and is skipped when that marker exists (unless ``force``).
-``pancreas_model`` is the trained model the ``pancreas`` stages write (settings, loading, scoring one case): what
-inference and the DSC alarm need, without the training stages.
+Each stage reads what earlier stages wrote below ``output_dir``, writes its own outputs atomically and a
+``<stage>/done.json`` marker last, and is skipped when that marker exists (unless ``force``). The pancreas study's
+stages are ``pancreas`` (prepare, segmenter, cross-validation), ``pancreas_judges`` (synthesizer, comparators, VAE
+alarm) and ``pancreas_report`` (evaluate, inference). ``pancreas_model`` (settings, loading a trained output folder)
+and ``pancreas_scoring`` (scoring one case) are the trained model those stages write: what inference and the DSC
+alarm need, without the training stages.
 """
 
 from __future__ import annotations
 
-__all__ = ["common", "pancreas", "pancreas_model"]
+__all__ = ["common", "pancreas", "pancreas_judges", "pancreas_report", "pancreas_model", "pancreas_scoring"]

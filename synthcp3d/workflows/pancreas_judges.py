@@ -1,0 +1,216 @@
+"""Stages of the 3D flagship study that train the judges of a segmentation: the synthesizer, the comparators, the
+VAE alarm (``train_synthesizer``, ``train_comparator``, ``train_vae_alarm``; the outputs are listed in
+:mod:`synthcp3d.workflows.pancreas`).
+
+The comparators and the VAE alarm's regressor learn from the cross-validated predictions of ``crossval``; the
+synthesizer from the ground-truth (label, image) pairs of the training cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose, RandFlipd
+from tqdm.auto import tqdm
+
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.roi import PancreasROICropd
+from synthcp3d.transforms import load_preprocessed
+from synthcp3d.utils.atomic import atomic_save_json
+from synthcp3d.workflows.common import fit_synthesizer, on_main_process, study_stage
+from synthcp3d.workflows.pancreas import cv_records, run_trainer, seed_stage, train_loader
+from synthcp3d.workflows.pancreas_model import NETWORKS, Factory, PancreasStudy, load_network, load_volume, save_network
+from synthcp3d.workflows.pancreas_scoring import vae_input
+
+__all__ = ["train_synthesizer", "train_comparator", "train_vae_alarm"]
+
+
+# ================================================================================================================
+# synthesizer
+# ================================================================================================================
+def _roi_pair_dataset(
+    study: PancreasStudy, items: Sequence[dict], source_key: str, jitter: int, keys: Sequence[str]
+) -> CacheDataset:
+    """Dataset of pancreas-ROI crops ``(1, *roi)`` of ``keys``, centred on ``source_key``'s labels > 0."""
+    transform = Compose(
+        [
+            *load_preprocessed(keys).transforms,
+            PancreasROICropd(keys, source_key=source_key, roi_size=study.roi_size, pad_values={"image": -1.0},
+                             jitter=jitter, seed=int(study.seed)),
+            RandFlipd(keys, prob=0.5, spatial_axis=2),
+        ]
+    )
+    return CacheDataset(items, transform, cache_rate=study.cache_rate, progress=False)
+
+
+@study_stage("train_synthesizer", training=True)
+def train_synthesizer(
+    study: PancreasStudy,
+    generator: Factory,
+    discriminator: Factory,
+    iterations: int = 50000,
+    batch_size: int = 2,
+    lr_g: float = 1e-4,
+    lr_d: float = 4e-4,
+    jitter: int = 4,
+    feature_matching_weight: float = 10.0,
+    reconstruction_weight: float = 0.0,
+    class_mean_weight: float = 0.0,
+    lr_decay_fraction: float = 0.0,
+) -> dict:
+    """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``,
+    and the class-mean painter (its non-learned replacement) on the same crops -> ``models/painter.json``.
+
+    The ROI is centred on the ground-truth pancreas with a random shift of up to ``jitter`` voxels per axis (the
+    test-time centre comes from a prediction). ``reconstruction_weight`` adds an L1 term and
+    ``class_mean_weight`` a per-class mean-intensity term (see `GanTrainer`); ``lr_decay_fraction`` is SPADE's
+    linear LR decay (see `fit_synthesizer`).
+    """
+    seed_stage(study, 100)
+    meta = study.cases()
+    items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
+    dataset = _roi_pair_dataset(study, items, "label", jitter, ("image", "label"))
+    loader = train_loader(study, dataset, batch_size, int(study.seed) + 100)
+    g = fit_synthesizer(
+        study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
+        num_classes=study.num_classes, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
+        reconstruction_weight=reconstruction_weight, class_mean_weight=class_mean_weight,
+        lr_decay_fraction=lr_decay_fraction,
+    )
+    save_network(study, "generator", g, generator)
+    return on_main_process(_fit_painter, study, g, dataset, iterations)
+
+
+def _fit_painter(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, iterations: int) -> dict:
+    """The class-mean painter on the synthesizer's training crops -> ``models/painter.json``; the stage's info."""
+    from synthcp3d.scoring.synthesis import ClassMeanPainter
+
+    painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
+    atomic_save_json(painter.state_dict(), study.models / "painter.json")
+    return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
+
+
+@torch.no_grad()
+def _synthesis_l1(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, n: int = 8) -> float:
+    """Mean |G(y) - x| on a few training ROIs (in [-1, 1] units): a sanity figure for the log."""
+    from synthcp3d.networks.synthesizer import one_hot_labels
+
+    g.eval()
+    errs = []
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        x = torch.as_tensor(item["image"])[None].float().to(study.torch_device)
+        y = torch.as_tensor(item["label"])[None].long().to(study.torch_device)
+        errs.append(float((g(one_hot_labels(y, study.num_classes)) - x).abs().mean()))
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+# ================================================================================================================
+# comparators (SynthCP + Direct Prediction)
+# ================================================================================================================
+@study_stage("train_comparator", training=True)
+def train_comparator(
+    study: PancreasStudy,
+    comparator: Factory,
+    direct: Factory,
+    generator: Factory,
+    iterations: int = 20000,
+    batch_size: int = 4,
+    lr: float = 1e-4,
+    jitter: int = 2,
+    quality_loss: str = "l1",
+    weight_decay: float = 1e-4,
+) -> dict:
+    """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
+
+    Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
+    ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`).
+    """
+    from functools import partial
+
+    from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
+    from synthcp3d.networks.comparator import comparator_loss
+
+    records = cv_records(study)
+    items = [{"image": r["image"], "label": r["label"], "pred": r["pred"]} for r in records.values()]
+    dataset = _roi_pair_dataset(study, items, "pred", jitter, ("image", "label", "pred"))
+    g = load_network(study, "generator", generator)
+    for name, factory in (("comparator_synthcp", comparator), ("comparator_direct", direct)):
+        if (study.models / NETWORKS[name][0]).is_file() and not study.force:
+            continue
+        seed_stage(study, 200)
+        net = study.prepare_network(factory())
+        loader = train_loader(study, dataset, batch_size, int(study.seed) + 200)
+        optimizer = comparator_optimizer(net, lr, weight_decay)
+        trainer = ComparatorTrainer(
+            study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice",
+            loss_function=partial(comparator_loss, quality_loss=quality_loss),
+        )
+        checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
+        run_trainer(study, trainer, iterations, checkpoints)
+        save_network(study, name, net, factory)
+    return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss}
+
+
+# ================================================================================================================
+# VAE alarm
+# ================================================================================================================
+@study_stage("train_vae_alarm", training=True)
+def train_vae_alarm(
+    study: PancreasStudy,
+    mask_vae: Factory,
+    iterations: int = 20000,
+    batch_size: int = 4,
+    lr: float = 1e-4,
+    beta: float = 1e-3,
+    feature: str = "loss",
+) -> dict:
+    """VAE alarm (Liu et al., ICCV 2019, reimplemented): a mask VAE on ground-truth masks (tight crop, aspect kept),
+    then its ``feature`` of the CV predictions (``"loss"``: the VAE's loss value, as published; ``"dice"``: the
+    reconstruction Dice, a named variant) regressed (linear, per class) onto their true DSC.
+
+    Writes ``models/mask_vae.pt`` and ``models/vae_alarm_regressor.json``.
+    """
+    from synthcp3d.engines.distributed import unwrap
+    from synthcp3d.engines.mask_vae import MaskVAETrainer
+
+    if feature not in ("loss", "dice"):
+        raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
+    seed_stage(study, 300)
+    meta = study.cases()
+    masks = []
+    for c in tqdm(meta["train"], desc="VAE masks", disable=not study.progress):
+        onehot = vae_input(study, load_volume(meta["cases"][c]["label"]))
+        masks.append({"label": onehot.argmax(1).cpu()})  # (1, *vae_shape)
+    dataset = Dataset(masks, RandFlipd("label", prob=0.5, spatial_axis=2))
+    loader = train_loader(study, dataset, batch_size, int(study.seed) + 300)
+    vae = study.prepare_network(mask_vae())
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    trainer = MaskVAETrainer(study.torch_device, loader, vae, optimizer, num_classes=study.num_classes, beta=beta)
+    run_trainer(study, trainer, iterations, study.stage_dir("train_vae_alarm") / "checkpoints")
+    save_network(study, "mask_vae", vae, mask_vae)
+    return on_main_process(_fit_vae_regressor, study, unwrap(vae), iterations, feature)
+
+
+def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: int, feature: str) -> dict:
+    """The VAE's ``feature`` of every CV prediction regressed onto its true DSC -> ``models/vae_alarm_regressor.json``
+    (+ ``train_vae_alarm/cv_features.json``); the stage's info."""
+    from synthcp3d.scoring.regression import LinearQualityRegressor
+    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+
+    records = cv_records(study)
+    feats, true = [], []
+    vae.eval()
+    for r in tqdm(records.values(), desc="VAE features", disable=not study.progress):
+        with torch.no_grad():
+            feats.append(per_class_vae_feature(vae, vae_input(study, load_volume(r["pred"])), feature))
+        true.append(r["true_dsc"])
+    feats_arr, true_arr = np.array(feats, dtype=np.float64), np.array(true, dtype=np.float64)
+    regressor = LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0).fit(feats_arr, true_arr)
+    atomic_save_json({**regressor.state_dict(), "vae_feature": feature}, study.models / "vae_alarm_regressor.json")
+    features = {c: f.tolist() for c, f in zip(records, feats_arr)}
+    atomic_save_json(features, study.stage_dir("train_vae_alarm") / "cv_features.json")
+    return {"iterations": int(iterations), "num_cv_cases": len(records), "feature": feature}

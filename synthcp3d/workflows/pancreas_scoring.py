@@ -1,0 +1,365 @@
+"""Scoring one case with a trained pancreas model: segment, crop, synthesize and compare, every method's DSC.
+
+The per-volume functions that the ``evaluate`` and ``inference`` stages and the DSC alarm (:mod:`synthcp3d.alarm`)
+share: :func:`segment_volume`, :func:`roi_tensors`, :func:`synthesize_and_compare` (SynthCP on one segmentation),
+:func:`vae_alarm_dsc`, :func:`pairwise_dice_quality`, :func:`score_case` (every method on one case), and the true DSC
+on a case's own label grid (:func:`native_dsc`). The trained networks and regressors come from
+:mod:`synthcp3d.workflows.pancreas_model` (:func:`~synthcp3d.workflows.pancreas_model.load_trained_models`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Resize
+
+from synthcp3d import targets
+from synthcp3d.data.geometry import affine_of, resample_to_grid
+from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, tight_box
+from synthcp3d.scoring.ensemble import mean_ensemble
+from synthcp3d.targets import per_class_quality
+from synthcp3d.workflows.pancreas_model import PancreasStudy, TrainedModels
+
+__all__ = [
+    "METHODS",
+    "ABLATIONS",
+    "PIXEL_METHODS",
+    "Timer",
+    # one volume
+    "segment_volume",
+    "roi_tensors",
+    "mc_features",
+    "to_native_grid",
+    "native_dsc",
+    "vae_input",
+    "not_predicted_is_zero",
+    "vae_alarm_dsc",
+    # every method on one case
+    "CaseScores",
+    "Comparison",
+    "synthesize_and_compare",
+    "pairwise_dice_quality",
+    "score_case",
+    "score_synthesis",
+]
+
+#: Table 2 rows, in order.
+METHODS = (
+    "Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm",
+    "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice",
+)
+#: SynthCP's comparator with another x̂ than G(ŷ): does it use the synthesis?
+ABLATIONS = ("SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank")
+#: error maps scored voxel by voxel (+ SynthCP's with x̂ replaced, :data:`ABLATIONS`)
+PIXEL_METHODS = ("SynthCP", "Direct Prediction", "MC-Dropout entropy", "MSP (1 - max softmax)", *ABLATIONS)
+#: ``timer(stage) -> context manager`` timing a named stage (the alarm's ``StageTimer`` is one)
+Timer = Callable[[str], contextlib.AbstractContextManager]
+
+
+# ================================================================================================================
+# segmenting and cropping one volume
+# ================================================================================================================
+def _sliding(study: PancreasStudy, roi_size: Sequence[int] | None = None) -> SlidingWindowInferer:
+    return SlidingWindowInferer(
+        roi_size=roi_size or study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap,
+        mode="gaussian",
+    )
+
+
+@torch.no_grad()
+def segment_volume(study: PancreasStudy, net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """Whole-volume sliding-window segmentation: ``image (H, W, D)`` in [-1, 1] -> label map ``(H, W, D)`` uint8."""
+    net.eval()
+    x = torch.as_tensor(image, dtype=torch.float32, device=study.torch_device)[None, None]
+    logits = _sliding(study)(x, net)
+    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def roi_tensors(
+    study: PancreasStudy, image: np.ndarray, pred: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, RoiBox]:
+    """Crop ``image``/``pred`` ``(H, W, D)`` to the pancreas ROI of ``pred``: ``(1, 1, *roi)`` float,
+    ``(1, *roi)`` long, and the box."""
+    box = pancreas_roi(pred, study.roi_size)
+    x = torch.as_tensor(crop_to_box(image, box, pad_value=-1.0), dtype=torch.float32)[None, None]
+    p = torch.as_tensor(crop_to_box(pred.astype(np.int64), box, pad_value=0))[None]
+    return x.to(study.torch_device), p.to(study.torch_device), box
+
+
+def mc_features(
+    study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor
+) -> tuple[np.ndarray, torch.Tensor]:
+    """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``,
+    and the entropy map ``(*roi)`` (the pixel-level MC-Dropout score)."""
+    from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
+
+    inferer = _sliding(study, study.patch_size)
+
+    class _Sliding(torch.nn.Module):  # MC-Dropout over the ROI through the sliding window (AH-Net's size rules)
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return inferer(x, self.inner)
+
+    _, entropy = mc_dropout_probs(_Sliding(net), x_roi, samples=int(study.mc_samples))
+    return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy(), entropy[0]
+
+
+def _load_nifti(path: str | Path) -> Any:
+    """A NIfTI file as a channel-first MetaTensor ``(1, X, Y, Z)`` with its affine. The reader is named: a default
+    ``LoadImage`` instantiates every reader, and the DICOM one logs a warning each time (once per case here)."""
+    from monai.transforms import LoadImage
+
+    return LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(str(path))
+
+
+def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any) -> np.ndarray:
+    """A label map on the working (preprocessed) grid resampled, nearest, onto ``reference``'s grid.
+
+    The one way back to a user's grid (the inference stage and the alarm use the same `resample_to_grid`).
+
+    Args:
+        pred: ``(H, W, D)`` labels on the working grid.
+        working_affine: its ``4x4`` affine (RAS, the study spacing).
+        reference: a path to the case's own NIfTI (label or image) or a MetaTensor ``(1, X, Y, Z)``.
+
+    Returns:
+        ``(X, Y, Z)`` uint8 labels on the reference's own grid (orientation, spacing, extent).
+    """
+    from monai.data import MetaTensor
+
+    if not isinstance(reference, MetaTensor):
+        reference = _load_nifti(reference)
+    native = resample_to_grid(pred, working_affine, affine_of(reference), tuple(reference.shape[1:]), "nearest")
+    return np.rint(native).astype(np.uint8)
+
+
+def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndarray:
+    """True DSC ``(C,)`` of a working-grid prediction, on the case's own label grid (NaN: class absent from both).
+
+    The prediction is resampled onto the ground truth's grid (not the reverse), so resampling never deletes a
+    ground-truth voxel: a tumour smaller than a working voxel still counts, and is missed.
+    """
+    label = _load_nifti(case["source_label"])
+    native = to_native_grid(pred, nib.load(str(case["image"])).affine, label)
+    true = per_class_quality(
+        torch.as_tensor(native[None].astype(np.int64)), torch.as_tensor(np.asarray(label[0]).astype(np.int64)[None]),
+        study.num_classes, "dice",
+    )
+    return true[0].numpy()
+
+
+# ================================================================================================================
+# VAE alarm
+# ================================================================================================================
+def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = 2) -> torch.Tensor:
+    """Tight crop of ``mask > 0`` (+ ``margin``) grown to a cube in millimetres (so the shape keeps its aspect
+    ratio), resized (nearest) to ``vae_shape``, one-hot: ``(1, C, *vae_shape)``."""
+    from synthcp3d.networks.synthesizer import one_hot_labels
+    from synthcp3d.roi import roi_box
+
+    tight = tight_box(mask, margin=margin)
+    spacing = np.asarray(study.spacing, dtype=np.float64)
+    extent_mm = float(max((b - a) * sp for a, b, sp in zip(tight.start, tight.stop, spacing)))
+    size = [max(int(math.ceil(extent_mm / sp)), 1) for sp in spacing]
+    centre = [(a + b - 1) / 2.0 for a, b in zip(tight.start, tight.stop)]
+    box = roi_box(centre, size, mask.shape, tight.fallback)
+    crop = torch.as_tensor(crop_to_box(mask.astype(np.int64), box)[None].astype(np.float32))
+    resized = Resize(study.vae_shape, mode="nearest")(crop)
+    labels = torch.as_tensor(resized).round().long()
+    return one_hot_labels(labels, study.num_classes).to(study.torch_device)
+
+
+def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Predicted DSC ``(C,)`` with 0 for every class but the background absent from ``pred`` (see
+    `synthcp3d.targets.not_predicted_is_zero`), the rule every pancreas method gets."""
+    return targets.not_predicted_is_zero(quality, pred, keep=(0,))
+
+
+@torch.no_grad()
+def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
+    """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (its per-class feature regressed)."""
+    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+
+    feature = per_class_vae_feature(vae, vae_input(study, pred), getattr(regressor, "vae_feature", "loss"))
+    return not_predicted_is_zero(regressor.predict(feature[None])[0].cpu().numpy(), pred)
+
+
+# ================================================================================================================
+# scoring one case with every method (evaluate + inference)
+# ================================================================================================================
+@dataclass
+class CaseScores:
+    """Every method's judgement of one segmentation.
+
+    Attributes:
+        quality: method (:data:`METHODS` + :data:`ABLATIONS`) -> predicted DSC ``(C,)``.
+        error_maps: method (:data:`PIXEL_METHODS`) -> error score ``(*roi)`` (higher = more likely wrong).
+        box: the ROI in the working volume.
+        pred_roi: the segmentation on the ROI ``(*roi)``.
+        synthesis: ``G(ŷ)`` on the ROI ``(*roi)``.
+        image_roi: the image on the ROI ``(*roi)``.
+        painted: the class-mean painter's image of ``ŷ`` on the ROI ``(*roi)``.
+    """
+
+    quality: dict[str, np.ndarray]
+    error_maps: dict[str, np.ndarray]
+    box: RoiBox
+    pred_roi: np.ndarray
+    synthesis: np.ndarray
+    image_roi: np.ndarray
+    painted: np.ndarray
+
+
+def pairwise_dice_quality(
+    study: PancreasStudy, fold_segmenters: Sequence[torch.nn.Module], image: np.ndarray, pred: np.ndarray,
+    timer: Timer | None = None,
+) -> np.ndarray:
+    """The pairwise-Dice baseline's predicted DSC ``(C,)`` of ``pred`` ``(H, W, D)``: the mean Dice over every pair
+    of ensemble members, the members being the judged segmentation and each fold segmenter's of ``image``.
+
+    Used as the predicted DSC directly, without a fitted map: every training case was seen by all fold models but
+    one, so no pair of members is blind to it and a regressor fitted on the cross-validated cases would learn from
+    inflated agreement. NaN everywhere without fold segmenters. ``timer``: see :func:`synthesize_and_compare`.
+    """
+    from synthcp3d.scoring.ensemble import pairwise_agreement
+
+    if not fold_segmenters:
+        return np.full(study.num_classes, np.nan)
+    with (timer or _untimed)("pairwise"):
+        members = [pred] + [segment_volume(study, net, image) for net in fold_segmenters]
+        tensors = [torch.as_tensor(np.asarray(m, dtype=np.int64))[None] for m in members]
+        return not_predicted_is_zero(pairwise_agreement(tensors, study.num_classes)[0].numpy(), pred)
+
+
+@dataclass
+class Comparison:
+    """SynthCP on one segmentation: its ROI, ``x̂ = G(ŷ)`` and the comparator's outputs.
+
+    Attributes:
+        x_roi: the image on the ROI ``(1, 1, *roi)``; pred_roi: the segmentation ``(1, *roi)``; onehot: ``(1, C,
+        *roi)``; box: the ROI in the volume; synthesis: ``G(ŷ)`` ``(1, 1, *roi)``; quality: predicted DSC ``(C,)``
+        ("class not predicted -> 0" applied); error: error probability ``(*roi)``; outputs: the comparator's raw dict.
+    """
+
+    x_roi: torch.Tensor
+    pred_roi: torch.Tensor
+    onehot: torch.Tensor
+    box: RoiBox
+    synthesis: torch.Tensor
+    quality: np.ndarray
+    error: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+
+
+def _untimed(_stage: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def synthesize_and_compare(
+    study: PancreasStudy, generator: torch.nn.Module, comparator: torch.nn.Module, image: np.ndarray,
+    pred: np.ndarray, timer: Timer | None = None,
+) -> Comparison:
+    """SynthCP's judgement of ``pred`` ``(H, W, D)`` of ``image`` ``(H, W, D)``: crop the ROI, synthesize, compare.
+
+    The one implementation the evaluate stage (:func:`score_case`) and the DSC alarm share. ``timer``: a callable
+    ``timer(stage) -> context manager`` (e.g. the alarm's ``StageTimer``) timing ``"synthesize"`` and ``"compare"``.
+    """
+    from synthcp3d.networks.synthesizer import one_hot_labels
+
+    timer = timer or _untimed
+    with timer("synthesize"):
+        x_roi, p_roi, box = roi_tensors(study, image, pred)
+        onehot = one_hot_labels(p_roi, study.num_classes)
+        synth = generator(onehot)
+    with timer("compare"):
+        out = comparator(x_roi, onehot, synth)
+        quality = not_predicted_is_zero(out["quality"][0].float().cpu().numpy(), pred)
+        error = torch.sigmoid(out["error_logits"][0, 0].float())
+    return Comparison(x_roi, p_roi, onehot, box, synth, quality, error, out)
+
+
+@torch.no_grad()
+def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pred: np.ndarray) -> CaseScores:
+    """Every method's predicted DSC and error map for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``).
+
+    "Class not predicted -> DSC 0" (:func:`not_predicted_is_zero`) applies to every method. The ablations feed
+    SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``. The pairwise-Dice
+    baseline is :func:`pairwise_dice_quality` (NaN without fold segmenters).
+    """
+    from synthcp3d.scoring.synthesis import blank_like
+
+    judged = synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
+    x_roi, p_roi, onehot = judged.x_roi, judged.pred_roi, judged.onehot
+    direct = nets.direct(x_roi, onehot)
+    mc_feat, entropy = mc_features(study, nets.segmenter, x_roi, p_roi)
+    painted = nets.painter(p_roi, seed=int(study.seed)).to(x_roi.device)
+    ablated = {
+        ABLATIONS[0]: nets.synthcp(x_roi, onehot, painted),
+        ABLATIONS[1]: nets.synthcp(x_roi, onehot, blank_like(x_roi)),
+    }
+    raw = {
+        "Direct Prediction": direct["quality"][0],
+        "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
+        "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
+        "SynthCP": torch.as_tensor(judged.quality),
+        "Pairwise Dice (fold ensemble)": torch.as_tensor(
+            pairwise_dice_quality(study, nets.fold_segmenters, image, pred)
+        ),
+        **{name: out["quality"][0] for name, out in ablated.items()},
+    }
+    quality = {m: not_predicted_is_zero(q.float().cpu().numpy(), pred) for m, q in raw.items()}
+    ensembles = {"SynthCP + VAE alarm": "VAE alarm", "SynthCP + pairwise Dice": "Pairwise Dice (fold ensemble)"}
+    for name, other in ensembles.items():
+        quality[name] = mean_ensemble(torch.as_tensor(quality["SynthCP"]), torch.as_tensor(quality[other])).numpy()
+    nets.segmenter.eval()
+    probs = torch.softmax(_sliding(study, study.patch_size)(x_roi, nets.segmenter).float(), dim=1)
+    error_maps = {
+        "SynthCP": judged.error,
+        "Direct Prediction": torch.sigmoid(direct["error_logits"][0, 0].float()),
+        "MC-Dropout entropy": entropy.float(),
+        "MSP (1 - max softmax)": 1.0 - probs.max(1).values[0],
+        **{name: torch.sigmoid(out["error_logits"][0, 0].float()) for name, out in ablated.items()},
+    }
+    return CaseScores(
+        quality={m: quality[m] for m in (*METHODS, *ABLATIONS)},
+        error_maps={m: v.cpu().numpy() for m, v in error_maps.items()},
+        box=judged.box,
+        pred_roi=p_roi[0].cpu().numpy(),
+        synthesis=judged.synthesis[0, 0].float().cpu().numpy(),
+        image_roi=x_roi[0, 0].cpu().numpy(),
+        painted=painted[0, 0].cpu().numpy(),
+    )
+
+
+@torch.no_grad()
+def score_synthesis(
+    study: PancreasStudy, nets: TrainedModels, image: np.ndarray, label: np.ndarray, seed: int
+) -> dict:
+    """``G(y)`` and the painter's image vs the real crop, on the ground-truth ROI of ``label``; ``image`` and
+    ``label`` ``(H, W, D)``: synthesizer name -> quality dict (see `synthcp3d.scoring.synthesis.synthesis_quality`)."""
+    from synthcp3d.networks.synthesizer import one_hot_labels
+    from synthcp3d.scoring.synthesis import synthesis_quality
+
+    x_roi, y_roi, _ = roi_tensors(study, image, label)
+    hu_per_unit = (study.hu_range[1] - study.hu_range[0]) / 2.0
+    candidates = {
+        "3D SPADE G(y)": nets.generator(one_hot_labels(y_roi, study.num_classes)),
+        "class-mean painter": nets.painter(y_roi, seed=seed).to(x_roi.device),
+    }
+    return {
+        name: synthesis_quality(img[0], x_roi[0], y_roi[0], study.class_names, scale=hu_per_unit)
+        for name, img in candidates.items()
+    }
