@@ -77,6 +77,17 @@ def summarize_reports(paths: Sequence[str | Path]) -> str:
         keys = list(next(iter(extras[0]["synthesis"].values())))
         rows = {name: [e["synthesis"][name] for e in extras] for name in extras[0]["synthesis"]}
         lines += ["## Synthesis quality (HU; SSIM)", ""] + _table(rows, [(k, k) for k in keys], "synthesizer") + [""]
+    if all("comparator_features" in e for e in extras):
+        names = dict.fromkeys(n for e in extras for n in e["comparator_features"])
+        lines += ["## Comparator encoders: relative spread of the pooled features across test cases", "",
+                  "| comparator | " + " | ".join(f"run {k + 1}" for k in range(len(extras))) + " | collapsed |",
+                  "|---|" + "---:|" * len(extras) + "---:|"]
+        for name in names:
+            runs = [e["comparator_features"].get(name, {}) for e in extras]
+            cells = [f"{r['relative_spread']:.3f}" if r else "—" for r in runs]
+            collapsed = sum(bool(r.get("collapsed")) for r in runs)
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {collapsed} of {len(runs)} |")
+        lines += [""]
     if all("pixel" in e for e in extras):
         for reduction in extras[0]["pixel"]:
             methods = dict.fromkeys(m for e in extras for m in e["pixel"].get(reduction, {}))

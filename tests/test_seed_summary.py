@@ -34,3 +34,13 @@ def test_mean_and_sd_over_runs(tmp_path):
 def test_unreadable_report_is_refused(tmp_path):
     with pytest.raises(SynthCPInputError, match="cannot read report"):
         summarize_reports([tmp_path / "missing.json"])
+
+
+def test_comparator_collapse_counted_over_runs(tmp_path):
+    paths = []
+    for k, (spread, collapsed) in enumerate(((0.37, False), (0.004, True))):
+        payload = json.loads(_report(tmp_path / f"{k}.json", 10.0, 50.0, 0.3).read_text())
+        payload["extra"]["comparator_features"] = {"SynthCP": {"relative_spread": spread, "collapsed": collapsed}}
+        (tmp_path / f"{k}.json").write_text(json.dumps(payload))
+        paths.append(tmp_path / f"{k}.json")
+    assert "| SynthCP | 0.370 | 0.004 | 1 of 2 |" in summarize_reports(paths)

@@ -61,6 +61,7 @@ def evaluate(
     """
     from synthcp3d.evidence import (
         comparison_figure,
+        feature_spread_section,
         pixel_section,
         segmenter_section,
         synthesis_section,
@@ -73,6 +74,7 @@ def evaluate(
     out = study.stage_dir("evaluate")
     preds: dict[str, list[np.ndarray]] = {m: [] for m in (*METHODS, *ABLATIONS)}
     maps: dict[str, list[np.ndarray]] = {}
+    features: dict[str, list[np.ndarray]] = {}
     errors: list[np.ndarray] = []
     synthesis: dict[str, list[dict]] = {}
     panels: list[dict] = []
@@ -89,6 +91,8 @@ def evaluate(
             preds[m].append(q)
         for m, v in scores.error_maps.items():
             maps.setdefault(m, []).append(v.ravel())
+        for m, f in scores.features.items():
+            features.setdefault(m, []).append(f)
         label_roi = crop_to_box(label, scores.box, pad_value=0)
         errors.append((label_roi != scores.pred_roi).ravel())
         panels.append(_figure_panel(scores, label_roi, case_id, true_rows[-1]))
@@ -113,6 +117,7 @@ def evaluate(
         ),
         synthesis_section(synthesis, study.class_names, "HU"),
         synthesis_use_section(pred_arr["SynthCP"], {a: pred_arr[a] for a in ABLATIONS}, study.class_names),
+        feature_spread_section({m: np.stack(f) for m, f in features.items()}),
         pixel_section(maps, errors, f"inside the {list(study.roi_size)}-voxel ROI around the predicted pancreas"),
     ]
     notes = [
@@ -143,7 +148,7 @@ def evaluate(
         notes=notes,
         plot_classes=["tumour", "pancreas"],
         extra={"settings": study.describe(), "roi_fallback_cases": fallbacks,
-               **{key: data for key, (_, data) in zip(("segmenter", "synthesis", "synthesis_use", "pixel"), sections)}},
+               **{key: data for key, (_, data) in zip(("segmenter", "synthesis", "synthesis_use", "comparator_features", "pixel"), sections)}},
         sections=[markdown for markdown, _ in sections],
     )
     order = np.argsort(np.nan_to_num(true_arr[:, TUMOUR], nan=2.0), kind="stable")  # worst tumour DSC first

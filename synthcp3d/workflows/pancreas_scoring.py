@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,7 @@ class CaseScores:
         synthesis: ``G(ŷ)`` on the ROI ``(*roi)``.
         image_roi: the image on the ROI ``(*roi)``.
         painted: the class-mean painter's image of ``ŷ`` on the ROI ``(*roi)``.
+        features: comparator ("SynthCP", "Direct Prediction") -> the pooled features its quality head read ``(F,)``.
     """
 
     quality: dict[str, np.ndarray]
@@ -220,6 +221,7 @@ class CaseScores:
     synthesis: np.ndarray
     image_roi: np.ndarray
     painted: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def pairwise_dice_quality(
@@ -341,6 +343,8 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
         synthesis=judged.synthesis[0, 0].float().cpu().numpy(),
         image_roi=x_roi[0, 0].cpu().numpy(),
         painted=painted[0, 0].cpu().numpy(),
+        features={name: out["pooled_features"][0].float().cpu().numpy()
+                  for name, out in (("SynthCP", judged.outputs), ("Direct Prediction", direct))},
     )
 
 
