@@ -10,7 +10,7 @@ DEMO_OUT ?= demo_output
 GPU_PY ?= python3
 GPU_CHECK_ARGS ?= --out gpu_check_output
 
-.PHONY: setup demo test bench gpu-check clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# everything but the end-to-end runs (tests marked slow): the quick check while editing
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: setup
 	$(PY) benchmarks/bench_metrics.py

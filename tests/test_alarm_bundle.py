@@ -24,6 +24,8 @@ from helpers import write_dicom_series
 from synthcp3d.data.volume_io import load_ct_volume, save_like
 from synthcp3d.errors import SynthCPInputError
 
+pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
+
 SHAPE = (40, 36, 16)
 BLOCK = (slice(8, 22), slice(16, 30), slice(4, 11))
 

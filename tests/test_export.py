@@ -34,7 +34,7 @@ from synthcp3d.export import export_bundle, verify_bundle_metadata
 from synthcp3d.export.runtime import list_volumes
 from synthcp3d.workflows.common import build_network, load_network_spec
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # end-to-end: not in `make test-fast`
 
 # a coarse working grid keeps the real-size phantom patients small (about 50 x 50 x 20 voxels)
 SETTINGS = {**TINY_PANCREAS, "spacing": [6.0, 6.0, 6.0], "settings_name": "tiny-export"}

@@ -30,7 +30,10 @@ from synthcp3d.errors import SynthCPInputError
 from synthcp3d.study_cli import STUDIES, _check_nproc, add_arguments, bundle_dir, run_study, stage_command
 from synthcp3d.workflows.common import build_network, load_network_spec
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+pytestmark = [  # end-to-end: not in `make test-fast`
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed"),
+]
 
 # the Cityscapes tiny settings, one segmenter and two comparator modes, a checkpoint every 2 iterations (resume test)
 TINY = {

@@ -20,6 +20,8 @@ from scipy import stats
 
 from synthcp3d.errors import SynthCPInputError
 
+pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "pancreas_ct_synthcp"
 STAGES = ("prepare", "train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm",
           "evaluate", "inference")
