@@ -21,8 +21,9 @@ the end). Outputs, all below ``output_dir`` (see the bundle README for the full 
 Crop rule (``synthcp3d.roi``): a fixed ``roi_size`` box centred on the bounding box of the predicted pancreas
 (the largest connected component of labels > 0 of ``ŷ``), shifted to stay inside the volume; an empty prediction falls back to the volume centre
 (counted in the report). Undefined DSC (tumour absent from both ground truth and prediction) is NaN: excluded from
-the metrics and counted. True DSC is computed on the whole (preprocessed) volume; the comparator is trained on the
-DSC inside its ROI (the two differ only by predictions outside the ROI).
+the metrics and counted. True DSC (reports, regressors) is computed on each case's own label grid (``native_dsc``);
+the comparator is trained on the DSC inside its ROI on the working grid (the two differ by predictions outside the
+ROI and by the resampling).
 
 Modules: this one (``prepare``, ``train_segmenter``, ``crossval``, and the training helpers the others share),
 :mod:`synthcp3d.workflows.pancreas_judges` (``train_synthesizer``, ``train_comparator``, ``train_vae_alarm``) and
