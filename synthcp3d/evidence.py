@@ -17,9 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from synthcp3d.metrics import pixel_failure_metrics
 from synthcp3d.report import markdown_table
+from synthcp3d.utils.atomic import atomic_path
 
 __all__ = [
     "quality_spread", "segmenter_section", "synthesis_section", "pixel_section", "synthesis_use_section",
@@ -199,16 +201,9 @@ def comparison_figure(panels: Sequence[Mapping[str, Any]], path: Any, title: str
     ``synthesis`` (G(ŷ)), ``painter`` (the painter's image of ŷ), ``error_prob`` (SynthCP's error map) and
     ``error`` (true wrong voxels); ``caption`` (str) titles the row. Images are in [-1, 1]. Writes a PNG atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from synthcp3d.utils.atomic import atomic_path
-
     columns = ("x + ground truth", "x + prediction ŷ", "G(ŷ)", "painter(ŷ)", "|x − G(ŷ)|", "SynthCP error map")
-    fig, axes = plt.subplots(len(panels), len(columns), figsize=(2.3 * len(columns), 2.4 * len(panels)), dpi=90,
-                             squeeze=False)
+    fig = Figure(figsize=(2.3 * len(columns), 2.4 * len(panels)), dpi=90)  # no pyplot: no global backend
+    axes = fig.subplots(len(panels), len(columns), squeeze=False)
     for row, panel in zip(axes, panels):
         shown = (panel["image"], panel["image"], panel["synthesis"], panel["painter"],
                  np.abs(panel["image"] - panel["synthesis"]), panel["error_prob"])
@@ -229,5 +224,4 @@ def comparison_figure(panels: Sequence[Mapping[str, Any]], path: Any, title: str
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.metrics import quality_metrics, risk_coverage, risk_coverage_curve
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
 
 __all__ = ["QualityReport", "quality_report", "read_per_case_csv", "format_markdown_table", "markdown_table", "METRIC_COLUMNS"]
@@ -80,10 +82,6 @@ def format_markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    from synthcp3d.metrics import quality_metrics  # imported here: the metrics package is optional at import time
-
-    from synthcp3d.metrics import risk_coverage
-
     if np.all(np.isnan(true)):
         return {key: float("nan") for key, _ in METRIC_COLUMNS}
     result = quality_metrics(predicted, true)
@@ -291,13 +289,9 @@ def _write_table_csv(path: Path, tables, counts) -> Path:
 
 
 def _scatter(path: Path, predicted: np.ndarray, true: np.ndarray, method: str, class_name: str, quality_name: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keep = ~np.isnan(true) & ~np.isnan(predicted)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)  # no pyplot: no global backend or figure registry
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="identity")
     ax.scatter(true[keep], predicted[keep], s=14, alpha=0.8)
     ax.set_xlim(-0.02, 1.02)
@@ -310,21 +304,14 @@ def _scatter(path: Path, predicted: np.ndarray, true: np.ndarray, method: str, c
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path
 
 
 def _risk_coverage_plot(path: Path, predicted: Mapping[str, np.ndarray], true: np.ndarray, class_name: str,
                         quality_name: str) -> Path:
     """Selective risk (1 - true quality of the accepted cases) against coverage, one curve per method + oracle."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from synthcp3d.metrics import risk_coverage, risk_coverage_curve
-
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    fig = Figure(figsize=(5.5, 4), dpi=100)
+    ax = fig.subplots()
     for method, values in {**predicted, "oracle (true quality)": true}.items():
         coverage, risk = risk_coverage_curve(values, true)
         if coverage.size:
@@ -340,5 +327,4 @@ def _risk_coverage_plot(path: Path, predicted: Mapping[str, np.ndarray], true: n
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path

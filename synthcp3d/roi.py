@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
+from scipy import ndimage
 
 from synthcp3d.errors import SynthCPInputError
 
@@ -168,8 +169,6 @@ def largest_component(mask: ArrayLike) -> np.ndarray:
 
     MONAI's ``get_largest_connected_component_mask`` needs scikit-image (not a dependency here): scipy does it.
     """
-    from scipy import ndimage
-
     m = _as_numpy(mask) > 0
     components, count = ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))
     if count <= 1:

@@ -18,12 +18,21 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import Dataset
+from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, RandFlipd
 from monai.utils import set_determinism
 from PIL import Image
 from tqdm.auto import tqdm
 
+from synthcp3d.engines.checkpoint import load_weights, save_weights
+from synthcp3d.engines.crossval import load_prediction
+from synthcp3d.engines.distributed import unwrap
+from synthcp3d.engines.sampling import make_train_loader
+from synthcp3d.engines.segmentation import SegmenterTrainer
+from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.networks.synthesizer import one_hot_labels
+from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
 from synthcp3d.utils.atomic import atomic_path
 from synthcp3d.workflows.common import StudyBase, fit_synthesizer, require_file, save_network_spec, study_stage
 
@@ -148,8 +157,6 @@ class LoadCase:
     """Data list entry ``{"cache"[, "pred"]}`` -> ``{"image" (3, H, W), "label" (1, H, W)[, "pred" (1, H, W)]}``."""
 
     def __call__(self, item: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        from synthcp3d.engines.crossval import load_prediction
-
         case = load_cached(item["cache"])
         out = {"image": image_tensor(case["image"]), "label": torch.as_tensor(case["label"].astype(np.int64))}
         if item.get("pred"):
@@ -170,8 +177,6 @@ def case_dataset(records: Sequence[Mapping[str, Any]], flip: bool = True, with_p
 # ---- training (core trainers, 2D data) --------------------------------------------------------------------------
 def load_net(factory: Factory, path: Path, key: str, device: torch.device) -> torch.nn.Module:
     """Build ``factory()`` and load ``{key: state_dict}`` from ``path`` (written by `save_weights`); eval mode."""
-    from synthcp3d.engines.checkpoint import load_weights
-
     if not Path(path).is_file():
         raise SynthCPInputError(f"{path} is missing: run the stage that trains it first")
     net = factory().to(device)
@@ -192,12 +197,6 @@ def fit_segmenter(
 ) -> torch.nn.Module:
     """Train one segmenter (Dice + CE, `SegmenterTrainer`) on cached cases; resumable; weights saved atomically.
     Returns it unwrapped, in eval mode (distributed runs: every rank holds the same weights)."""
-    from synthcp3d.engines.checkpoint import save_weights
-    from synthcp3d.engines.distributed import unwrap
-    from synthcp3d.engines.sampling import make_train_loader
-    from synthcp3d.engines.segmentation import SegmenterTrainer
-    from synthcp3d.engines.training import run_training
-
     if weights.is_file() and not study.force:
         return load_net(factory, weights, "segmenter", study.torch_device)
     set_determinism(seed=seed)
@@ -226,11 +225,6 @@ def _fit_supervised(
     """MONAI ``SupervisedTrainer`` on cached cases, ``prepare_batch`` making ``(input, target)``; only ``trainable``'s
     parameters (a part of ``model``, or ``model`` itself) are optimised and checkpointed (resumable through
     `run_training`); ``model`` runs wrapped by `StudyBase.prepare_network`."""
-    from monai.engines import SupervisedTrainer
-
-    from synthcp3d.engines.sampling import make_train_loader
-    from synthcp3d.engines.training import run_training
-
     loader = make_train_loader(case_dataset(records), batch_size, seed=seed, num_workers=study.num_workers)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=lr)
     trainer = SupervisedTrainer(
@@ -288,9 +282,6 @@ def fit_confidnet(
 ) -> torch.nn.Module:
     """TCP baseline (ConfidNet): a head on the frozen segmenter's features regresses the true-class probability
     (`tcp_loss`, MSE over labelled pixels) -> ``weights`` (``{"confidnet": ...}``)."""
-    from synthcp3d.engines.checkpoint import save_weights
-    from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
-
     set_determinism(seed=int(study.seed) + 500)
     head = head_factory().to(study.torch_device)
 
@@ -334,9 +325,6 @@ def train_synthesizer(
     """2D SPADE (`GanTrainer`: hinge + feature matching [+ per-class mean]) on ground-truth (label, image) pairs of
     the training split -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot vectors.
     ``lr_decay_fraction``: SPADE's linear LR decay (see `fit_synthesizer`)."""
-    from synthcp3d.engines.checkpoint import save_weights
-    from synthcp3d.engines.sampling import make_train_loader
-
     train = study.cases()["train"]
     set_determinism(seed=int(study.seed) + 100)
     loader = make_train_loader(
@@ -358,8 +346,6 @@ def train_autoencoder(
     study: StreetStudy, autoencoder: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-3
 ) -> dict:
     """The AE baseline's auto-encoder reconstructing the training images (L1) -> ``models/autoencoder.pt``."""
-    from synthcp3d.engines.checkpoint import save_weights
-
     train = study.cases()["train"]
     set_determinism(seed=int(study.seed) + 400)
     net = autoencoder().to(study.torch_device)
@@ -394,8 +380,6 @@ def synthesize(
     generator: torch.nn.Module, label: torch.Tensor, num_classes: int, ignore_index: int | None = None
 ) -> torch.Tensor:
     """``x̂ = G(onehot(label))``: label map ``(B, H, W)`` or ``(B, 1, H, W)`` -> image ``(B, 3, H, W)``."""
-    from synthcp3d.networks.synthesizer import one_hot_labels
-
     generator.eval()
     if label.ndim == 3:
         label = label[:, None]

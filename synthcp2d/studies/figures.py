@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from synthcp3d.report import markdown_table
 from synthcp3d.utils.atomic import atomic_path
 
 __all__ = ["Panel", "panel_figure", "metrics_markdown", "to_display_image"]
@@ -32,14 +34,10 @@ def panel_figure(
     rows: Sequence[Sequence[Panel]], path: str | Path, title: str | None = None, cell: float = 4.0
 ) -> Path:
     """Grid of panels (one row per example), each ``cell`` inches wide, saved atomically as PNG; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     aspect = rows[0][0][0].shape[1] / rows[0][0][0].shape[0]
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows / aspect + 0.4), squeeze=False)
+    fig = Figure(figsize=(cell * n_cols, cell * n_rows / aspect + 0.4))  # no pyplot: no global backend
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -64,12 +62,9 @@ def panel_figure(
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return path
 
 
 def metrics_markdown(rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]]) -> str:
     """Markdown table: one row per method, ``columns`` = (metric key, header); two decimals, ``n/a`` if undefined."""
-    from synthcp3d.report import markdown_table
-
     return markdown_table(rows, columns, first="method")

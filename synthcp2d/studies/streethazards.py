@@ -49,6 +49,8 @@ from synthcp2d.studies.common import (
     synthesize,
 )
 from synthcp2d.studies.figures import metrics_markdown, panel_figure, to_display_image
+from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
+from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
 from synthcp3d.workflows.common import require_file, save_network_spec, study_stage, write_csv_rows
 
@@ -202,9 +204,6 @@ def evaluate(
     image with an anomaly), ``evaluate/scores/<case>.npz`` (score maps; with ``save_pixel_scores``) and
     ``evaluate/fig7.png``.
     """
-    from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
-    from synthcp3d.scoring import run_scorer, threshold_sweep
-
     dev = study.torch_device
     seg = load_net(segmenter, require_file(study.models / "segmenter.pt", "train_segmenter"), "segmenter", dev)
     gen = load_net(generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", dev)

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import ignite.distributed as idist
+import nibabel as nib
 import numpy as np
+from PIL import Image
 from sklearn.model_selection import KFold
 from tqdm.auto import tqdm
 
@@ -182,12 +184,8 @@ def save_prediction(pred: Any, path: str | os.PathLike, affine: Any | None = Non
             with open(tmp, "wb") as f:
                 np.save(f, arr)
         elif fmt == "nii.gz":
-            import nibabel as nib
-
             nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else to_numpy(affine).astype(np.float64)), tmp)
         else:
-            from PIL import Image
-
             Image.fromarray(arr).save(tmp, format="PNG")
     return path
 
@@ -201,11 +199,7 @@ def load_prediction(path: str | os.PathLike) -> np.ndarray:
     if fmt == "npy":
         return np.load(path, allow_pickle=False)
     if fmt == "nii.gz":
-        import nibabel as nib
-
         return np.asarray(nib.load(str(path)).dataobj)
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.asarray(image)
 

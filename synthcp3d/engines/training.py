@@ -20,7 +20,7 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from ignite.utils import setup_logger
-from monai.handlers import StatsHandler
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
 from synthcp3d.engines.checkpoint import (
     CHECKPOINT_RE,
@@ -54,8 +54,6 @@ def _attach_logging(trainer: Engine, log_every: int, progress: bool, tensorboard
         ).attach(trainer)
     if tensorboard_dir is not None:
         try:
-            from monai.handlers import TensorBoardStatsHandler
-
             TensorBoardStatsHandler(log_dir=os.fspath(tensorboard_dir), output_transform=losses_of).attach(trainer)
             logger.info(f"TensorBoard logs in {tensorboard_dir}")
         except (ImportError, RuntimeError, AttributeError) as e:  # tensorboard is optional (not a dependency)

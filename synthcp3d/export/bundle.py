@@ -29,9 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from monai.bundle import ConfigParser
 
+from synthcp3d import __version__
+from synthcp3d.alarm import DSCAlarm
 from synthcp3d.alarm.calibration import CALIBRATION_FILE
+from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.export.docs import bundle_readme
+from synthcp3d.export.metadata import bundle_metadata, eval_metrics, verify_bundle_metadata
+from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 from synthcp3d.workflows import pancreas_model as wf
 from synthcp3d.workflows.common import load_network_spec
 
@@ -85,8 +92,6 @@ def _inference_config(study: wf.PancreasStudy, segmenter_spec: dict[str, Any], r
         + yaml.safe_dump(settings, sort_keys=False, default_flow_style=None)
         + yaml.safe_dump({"network_def": segmenter_spec}, sort_keys=False, default_flow_style=None)
     )
-    from synthcp3d import __version__
-
     text = TEMPLATE_PATH.read_text()
     for key, value in (("@@RUN_SETTINGS@@\n", block), ("@@SYNTHCP_VERSION@@", __version__), ("@@RUN@@", run.name),
                        ("@@DATE@@", datetime.date.today().isoformat())):
@@ -95,8 +100,6 @@ def _inference_config(study: wf.PancreasStudy, segmenter_spec: dict[str, Any], r
 
 
 def _write_models(run: Path, models: Path, folds: list[Path]) -> list[str]:
-    from synthcp3d.utils.atomic import atomic_save_json
-
     models.mkdir(parents=True)
     source = run / "models"
     for name in ["settings.json", *(wf.NETWORKS[n][0] for n in EXPORTED_NETWORKS), _REGRESSOR, _CALIBRATION]:
@@ -110,6 +113,8 @@ def _write_models(run: Path, models: Path, folds: list[Path]) -> list[str]:
 
 
 def _study_bundle() -> tuple[Path, dict[str, Any]]:
+    # kept local: study_cli is the command line (above export), and importing it scans the bundles folder
+    # (STUDIES); at the top, every exported bundle's inference.yaml (importing synthcp3d.export.runtime) would too
     from synthcp3d.study_cli import STUDIES, bundle_dir
 
     if "pancreas" not in STUDIES:
@@ -119,11 +124,6 @@ def _study_bundle() -> tuple[Path, dict[str, Any]]:
 
 
 def _write_bundle(run: Path, tmp: Path) -> dict[str, Any]:
-    from synthcp3d import __version__
-    from synthcp3d.export.docs import bundle_readme
-    from synthcp3d.export.metadata import bundle_metadata, eval_metrics
-    from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
-
     study = wf.load_study(run)
     folds = wf.fold_segmenter_paths(study)
     methods = ["synthcp", "vae_alarm", "ensemble"] + (["pairwise_dice", "synthcp_pairwise"] if folds else [])
@@ -161,12 +161,6 @@ def _test_cases(run: Path) -> int | None:
 
 def _check_bundle(folder: Path) -> None:
     """The new bundle stands alone: metadata valid, the config's network built and loaded, the alarm loads."""
-    from monai.bundle import ConfigParser
-
-    from synthcp3d.alarm import DSCAlarm
-    from synthcp3d.engines.checkpoint import load_weights
-    from synthcp3d.export.metadata import verify_bundle_metadata
-
     DSCAlarm.from_bundle(folder, device="cpu", progress=False)  # one clear line for weights that do not load
     verify_bundle_metadata(folder / "configs" / "metadata.json")
     parser = ConfigParser()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from synthcp3d.export import SCHEMA_PATH, export_bundle
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, type=Path, metavar="RUN_DIR",
@@ -14,8 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from synthcp3d.export import SCHEMA_PATH, export_bundle
-
     out = export_bundle(args.bundle, args.out, force=args.force)
     print(f"exported {args.bundle} -> {out} (metadata verified against {SCHEMA_PATH.name}; every network loads "
           "from the bundle alone)")

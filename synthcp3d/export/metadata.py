@@ -16,6 +16,11 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import monai
+import numpy
+import torch
+from monai.bundle import verify_metadata
+
 from synthcp3d.workflows.pancreas_model import PancreasStudy
 
 __all__ = ["SCHEMA_PATH", "OFFICIAL_SCHEMA_URL", "TABLE_ROWS", "bundle_metadata", "verify_bundle_metadata",
@@ -42,8 +47,6 @@ _REQUIRED = ("synthcp", "pytorch-ignite", "nibabel", "scipy")
 def verify_bundle_metadata(meta_file: str | os.PathLike, schema: str | os.PathLike = SCHEMA_PATH) -> None:
     """``monai.bundle.verify_metadata`` of ``meta_file`` against the local ``schema`` (never downloads: the file
     exists). Raises ``ValueError`` naming the failed field, as ``verify_metadata`` does."""
-    from monai.bundle import verify_metadata
-
     schema = Path(schema)
     if not schema.is_file():  # verify_metadata would download into this path: refuse instead
         raise FileNotFoundError(f"metadata schema {schema} is missing (the check runs offline only)")
@@ -95,10 +98,6 @@ def bundle_metadata(
         metrics: :func:`eval_metrics` of the run.
         provenance: where the bundle came from (run folder, settings name, date, synthcp version, fold count).
     """
-    import numpy
-    import torch
-    import monai
-
     version = str(base.get("version", "0.1.0"))
     window = [int(v) for v in study.sw_roi_size]
     names = {str(i): n for i, n in enumerate(study.class_names)}

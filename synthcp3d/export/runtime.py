@@ -21,9 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.bundle import ConfigWorkflow
 from monai.transforms import MapTransform
 
+from synthcp3d.alarm.inputs import case_name
+from synthcp3d.alarm.report import AlarmReport, flag_case, write_summary
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.utils.atomic import atomic_save_json
 
 __all__ = ["config_bundle_root", "list_volumes", "PredictDSCd", "PREDICTED_DSC_CSV", "PREDICTED_DSC_JSON"]
 
@@ -40,8 +44,6 @@ def config_bundle_root(default: str | os.PathLike = ".") -> str:
     this returns the same folder. Outside a workflow (e.g. a ``ConfigParser`` used directly) it returns
     ``default``. A ``--bundle_root`` given on the command line replaces the config's expression, so it always wins.
     """
-    from monai.bundle import ConfigWorkflow
-
     frame = inspect.currentframe()
     while frame is not None:
         owner = frame.f_locals.get("self")
@@ -109,9 +111,6 @@ class PredictDSCd(MapTransform):
 
     @torch.no_grad()
     def _judge(self, image: Any, segmentation: Any) -> Any:
-        from synthcp3d.alarm.inputs import case_name
-        from synthcp3d.alarm.report import AlarmReport, flag_case
-
         start = time.perf_counter()
         source = str(getattr(image, "meta", {}).get("filename_or_obj", "<array>"))
         labels = np.rint(torch.as_tensor(segmentation)[0].detach().cpu().numpy()).astype(np.uint8)
@@ -133,9 +132,6 @@ class PredictDSCd(MapTransform):
         return report
 
     def _write(self) -> None:
-        from synthcp3d.alarm.report import write_summary
-        from synthcp3d.utils.atomic import atomic_save_json
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.reports, self.output_dir / PREDICTED_DSC_CSV)
         atomic_save_json([r.to_dict() for r in self.reports], self.output_dir / PREDICTED_DSC_JSON)

@@ -156,7 +156,7 @@ def _dense_crf_torch(image: torch.Tensor, probs: torch.Tensor, iterations: int, 
 
 
 def _dense_crf_pydensecrf(image: torch.Tensor, probs: torch.Tensor, iterations: int, k: _Kernels) -> torch.Tensor:
-    try:
+    try:  # kept local: pydensecrf is an optional dependency (not in pyproject's dependencies)
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import create_pairwise_bilateral, create_pairwise_gaussian
     except ImportError as error:

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.networks import enable_mc_dropout
 from synthcp3d.scoring.base import ScoreOutput, inference_mode, register_scorer
 from synthcp3d.scoring.regression import LinearQualityRegressor, as_feature_matrix
 from synthcp3d.scoring.softmax_scores import entropy_score
@@ -54,8 +55,6 @@ def mc_dropout_probs(
     Returns:
         ``mean_probs (B, C, *S)`` and ``entropy_map (B, *S)`` in [0, 1].
     """
-    from synthcp3d.networks import enable_mc_dropout
-
     if samples < 1:
         raise SynthCPInputError(f"samples must be at least 1, got {samples}")
     total: torch.Tensor | None = None

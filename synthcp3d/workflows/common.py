@@ -33,7 +33,11 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
+from synthcp3d.engines.distributed import prepare_network, unwrap
+from synthcp3d.engines.gan import GanTrainer
+from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.networks.gan_losses import make_gan_optimizers
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 
 __all__ = [
@@ -107,8 +111,6 @@ class StudyBase:
         (`synthcp3d.engines.distributed.prepare_network`). Build it identically on every rank."""
         if not self.distributed:
             return network.to(self.torch_device)
-        from synthcp3d.engines.distributed import prepare_network
-
         return prepare_network(network)
 
     def stage_dir(self, stage: str) -> Path:
@@ -171,11 +173,6 @@ def fit_synthesizer(
     over this final fraction of the iterations (SPADE's Cityscapes setting: 0.5; 0 keeps them constant). With Adam's
     beta1 = 0 the weights of a constant-LR run keep jumping at the last step; the decay lets them settle.
     """
-    from synthcp3d.engines.distributed import unwrap
-    from synthcp3d.engines.gan import GanTrainer
-    from synthcp3d.engines.training import run_training
-    from synthcp3d.networks.gan_losses import make_gan_optimizers
-
     g, d = study.prepare_network(generator()), study.prepare_network(discriminator())
     opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
     schedulers = {

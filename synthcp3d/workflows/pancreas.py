@@ -49,8 +49,17 @@ from monai.transforms import Compose
 from monai.utils import set_determinism
 from tqdm.auto import tqdm
 
+from synthcp3d.data.msd import check_msd_folder, load_msd_datalist
+from synthcp3d.data.volume_io import save_like
+from synthcp3d.engines.checkpoint import load_weights, save_weights
+from synthcp3d.engines.crossval import make_folds
+from synthcp3d.engines.distributed import unwrap
+from synthcp3d.engines.sampling import make_train_loader
+from synthcp3d.engines.segmentation import SegmentationLoss, SegmenterTrainer
+from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.evidence import quality_spread
+from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
 from synthcp3d.transforms import load_preprocessed, segmenter_train_augmentation
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
@@ -81,13 +90,6 @@ logger = logging.getLogger(__name__)
 
 
 def _make_folds(case_ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
-    try:
-        from synthcp3d.engines.crossval import make_folds
-    except ImportError:  # engines' make_folds is the reference; a seeded sklearn KFold is the same contract
-        from sklearn.model_selection import KFold
-
-        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(np.arange(len(case_ids)))
-        return [sorted(case_ids[i] for i in held) for _, held in splits]
     return [list(f) for f in make_folds(list(case_ids), k=k, seed=seed)]
 
 
@@ -98,8 +100,6 @@ def seed_stage(study: PancreasStudy, offset: int = 0) -> None:
 
 def train_loader(study: PancreasStudy, dataset: Dataset, batch_size: int, seed: int, drop_last: bool = False):
     """A seeded, shuffling training loader of ``dataset`` (split over the ranks in a distributed run)."""
-    from synthcp3d.engines.sampling import make_train_loader
-
     return make_train_loader(
         dataset, batch_size=batch_size, seed=seed, num_workers=study.num_workers, drop_last=drop_last
     )
@@ -107,8 +107,6 @@ def train_loader(study: PancreasStudy, dataset: Dataset, batch_size: int, seed: 
 
 def run_trainer(study: PancreasStudy, trainer: Any, iterations: int, checkpoint_dir: Path) -> None:
     """Run ``trainer`` for ``iterations`` (resumable from ``checkpoint_dir`` unless ``force``)."""
-    from synthcp3d.engines.training import run_training
-
     run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
 
 
@@ -123,9 +121,6 @@ def prepare(study: PancreasStudy) -> dict:
     {"image", "label", "source_image", "source_label", "shape"}}}``, ``prepare/volumes/{case}_{image,label}.nii.gz``
     and ``models/settings.json`` (:func:`save_settings`).
     """
-    from synthcp3d.data.msd import check_msd_folder, load_msd_datalist
-    from synthcp3d.data.volume_io import save_like
-
     check_msd_folder(study.dataset_dir, task=study.task)
     datalist = load_msd_datalist(study.dataset_dir, task=study.task, section="training")
     if study.max_cases:
@@ -205,8 +200,6 @@ class SegmenterRecipe:
             raise SynthCPInputError(f"segmenter_recipe.lr_decay must be 'poly' or 'none', got {self.lr_decay!r}")
 
     def loss(self) -> torch.nn.Module:
-        from synthcp3d.engines.segmentation import SegmentationLoss
-
         return SegmentationLoss(
             include_background=self.include_background, batch=self.batch_dice, class_weights=self.class_weights
         )
@@ -241,10 +234,6 @@ def _fit_segmenter(
 ) -> torch.nn.Module:
     """Train one segmenter on ``case_ids`` (resumable from ``out_dir`` checkpoints); save weights atomically.
     Returns it unwrapped (distributed runs: every rank holds the same weights)."""
-    from synthcp3d.engines.checkpoint import load_weights, save_weights
-    from synthcp3d.engines.distributed import unwrap
-    from synthcp3d.engines.segmentation import SegmenterTrainer
-
     recipe = recipe if isinstance(recipe, SegmenterRecipe) else SegmenterRecipe(**dict(recipe or {}))
     set_determinism(seed=seed)
     if weights_path.is_file() and not study.force:
@@ -352,8 +341,6 @@ def _predict_fold(
 
 def _crossval_summary(study: PancreasStudy, iterations: int) -> dict:
     """Every fold's records -> ``crossval/cases.json``, the MC-Dropout regressor fitted on them, the stage's info."""
-    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
-
     out = study.stage_dir("crossval")
     folds = study.cases()["folds"]
     records: dict[str, dict] = {}

@@ -9,6 +9,7 @@ synthesizer from the ground-truth (label, image) pairs of the training cases.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -16,8 +17,16 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, RandFlipd
 from tqdm.auto import tqdm
 
+from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
+from synthcp3d.engines.distributed import unwrap
+from synthcp3d.engines.mask_vae import MaskVAETrainer
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.networks.comparator import comparator_loss
+from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import PancreasROICropd
+from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.scoring.synthesis import ClassMeanPainter
+from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.transforms import load_preprocessed
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import fit_synthesizer, on_main_process, study_stage
@@ -86,8 +95,6 @@ def train_synthesizer(
 
 def _fit_painter(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, iterations: int) -> dict:
     """The class-mean painter on the synthesizer's training crops -> ``models/painter.json``; the stage's info."""
-    from synthcp3d.scoring.synthesis import ClassMeanPainter
-
     painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
     atomic_save_json(painter.state_dict(), study.models / "painter.json")
     return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
@@ -96,8 +103,6 @@ def _fit_painter(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, ite
 @torch.no_grad()
 def _synthesis_l1(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, n: int = 8) -> float:
     """Mean |G(y) - x| on a few training ROIs (in [-1, 1] units): a sanity figure for the log."""
-    from synthcp3d.networks.synthesizer import one_hot_labels
-
     g.eval()
     errs = []
     for i in range(min(n, len(dataset))):
@@ -129,11 +134,6 @@ def train_comparator(
     Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
     ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`).
     """
-    from functools import partial
-
-    from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
-    from synthcp3d.networks.comparator import comparator_loss
-
     records = cv_records(study)
     items = [{"image": r["image"], "label": r["label"], "pred": r["pred"]} for r in records.values()]
     dataset = _roi_pair_dataset(study, items, "pred", jitter, ("image", "label", "pred"))
@@ -174,9 +174,6 @@ def train_vae_alarm(
 
     Writes ``models/mask_vae.pt`` and ``models/vae_alarm_regressor.json``.
     """
-    from synthcp3d.engines.distributed import unwrap
-    from synthcp3d.engines.mask_vae import MaskVAETrainer
-
     if feature not in ("loss", "dice"):
         raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
     seed_stage(study, 300)
@@ -198,9 +195,6 @@ def train_vae_alarm(
 def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: int, feature: str) -> dict:
     """The VAE's ``feature`` of every CV prediction regressed onto its true DSC -> ``models/vae_alarm_regressor.json``
     (+ ``train_vae_alarm/cv_features.json``); the stage's info."""
-    from synthcp3d.scoring.regression import LinearQualityRegressor
-    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
-
     records = cv_records(study)
     feats, true = [], []
     vae.eval()

@@ -19,11 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import Compose
 
+from synthcp3d.data.volume_io import save_like
+from synthcp3d.engines.checkpoint import load_weights, save_weights
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.transforms import HU_RANGE, ct_preprocessing
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import StudyBase, build_network, load_network_spec, require_file, save_network_spec
@@ -156,8 +162,6 @@ class PancreasStudy(StudyBase):
 
 
 def _nib_load(path: str | Path) -> Any:
-    import nibabel as nib
-
     return nib.load(str(path))
 
 
@@ -168,10 +172,6 @@ def load_volume(path: str | Path) -> np.ndarray:
 
 def save_label_map(array: np.ndarray, reference_path: str | Path, path: Path) -> Path:
     """Write a label map ``(H, W, D)`` as uint8 NIfTI with the affine of ``reference_path`` (atomic)."""
-    import nibabel as nib
-
-    from synthcp3d.data.volume_io import save_like
-
     return save_like(array.astype(np.uint8), nib.load(str(reference_path)).affine, path)
 
 
@@ -203,8 +203,6 @@ def load_study(folder: str | Path, device: str | torch.device = "cpu") -> Pancre
 
 def save_network(study: PancreasStudy, name: str, net: torch.nn.Module, factory: Factory) -> None:
     """Save the weights of network ``name`` (:data:`NETWORKS`) and record how it is built in ``networks.json``."""
-    from synthcp3d.engines.checkpoint import save_weights
-
     filename, key, _ = NETWORKS[name]
     save_weights({key: net}, study.models / filename)
     save_network_spec(study, name, factory)
@@ -221,8 +219,6 @@ def load_network(
     Raises:
         SynthCPInputError: spec or weights absent, a class count other than the study's, weights that do not fit.
     """
-    from synthcp3d.engines.checkpoint import load_weights
-
     filename, key, stage = NETWORKS[name]
     if factory is not None:
         spec = dict(getattr(factory, "keywords", {}))
@@ -271,9 +267,6 @@ def load_fold_segmenters(study: PancreasStudy, factory: Factory | None = None) -
 
 def load_regressor(study: PancreasStudy, name: str) -> Any:
     """Regressor ``name`` (:data:`REGRESSORS`) from ``models/``, checked against the study's class count."""
-    from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
-    from synthcp3d.scoring.regression import LinearQualityRegressor
-
     filename, stage = REGRESSORS[name]
     path = require_file(study.models / filename, stage)
     cls = MCDropoutQualityRegressor if name == "mc_dropout" else LinearQualityRegressor
@@ -293,8 +286,6 @@ def load_regressor(study: PancreasStudy, name: str) -> Any:
 
 def load_painter(study: PancreasStudy) -> Any:
     """The class-mean painter of ``models/painter.json`` (written by ``train_synthesizer``)."""
-    from synthcp3d.scoring.synthesis import ClassMeanPainter
-
     path = require_file(study.models / "painter.json", "train_synthesizer")
     try:
         return ClassMeanPainter.from_state_dict(json.loads(path.read_text()))

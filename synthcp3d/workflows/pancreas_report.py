@@ -9,9 +9,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from synthcp3d.data.geometry import affine_of, resample_to_grid
+from synthcp3d.data.volume_io import save_like
+from synthcp3d.evidence import (
+    comparison_figure,
+    feature_spread_section,
+    pixel_section,
+    segmenter_section,
+    synthesis_section,
+    synthesis_use_section,
+)
+from synthcp3d.report import quality_report
 from synthcp3d.roi import crop_to_box
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import DONE, fmt, study_stage, write_csv_rows
@@ -59,16 +71,6 @@ def evaluate(
     ŷ, G(ŷ), the painter's image, |x − G(ŷ)| and the error map on five cases across the tumour DSC range) and
     ``evaluate/predictions/{case}_pred.nii.gz``; prints the report and the paths.
     """
-    from synthcp3d.evidence import (
-        comparison_figure,
-        feature_spread_section,
-        pixel_section,
-        segmenter_section,
-        synthesis_section,
-        synthesis_use_section,
-    )
-    from synthcp3d.report import quality_report
-
     meta = study.cases()
     nets = load_trained_models(study, segmenter, generator, comparator, direct, mask_vae)
     out = study.stage_dir("evaluate")
@@ -191,11 +193,6 @@ def inference(
     Writes ``inference/{case}_seg.nii.gz`` on the input's own grid (resampled by the affines, nearest: the alarm's
     way back) and ``inference/predicted_dsc.csv`` / ``.json`` (every method's predicted pancreas and tumour DSC).
     """
-    import nibabel as nib
-
-    from synthcp3d.data.geometry import affine_of, resample_to_grid
-    from synthcp3d.data.volume_io import save_like
-
     folder = Path(input_dir) if input_dir else study.test_folder()
     files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
     if max_volumes:

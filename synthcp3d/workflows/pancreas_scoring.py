@@ -19,13 +19,18 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Resize
+from monai.transforms import LoadImage, Resize
 
 from synthcp3d import targets
 from synthcp3d.data.geometry import affine_of, resample_to_grid
-from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, tight_box
-from synthcp3d.scoring.ensemble import mean_ensemble
+from synthcp3d.networks.synthesizer import one_hot_labels
+from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, roi_box, tight_box
+from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
+from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
+from synthcp3d.scoring.synthesis import blank_like, synthesis_quality
+from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.targets import per_class_quality
 from synthcp3d.workflows.pancreas_model import PancreasStudy, TrainedModels
 
@@ -100,8 +105,6 @@ def mc_features(
 ) -> tuple[np.ndarray, torch.Tensor]:
     """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``,
     and the entropy map ``(*roi)`` (the pixel-level MC-Dropout score)."""
-    from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
-
     inferer = _sliding(study, study.patch_size)
 
     class _Sliding(torch.nn.Module):  # MC-Dropout over the ROI through the sliding window (AH-Net's size rules)
@@ -119,8 +122,6 @@ def mc_features(
 def _load_nifti(path: str | Path) -> Any:
     """A NIfTI file as a channel-first MetaTensor ``(1, X, Y, Z)`` with its affine. The reader is named: a default
     ``LoadImage`` instantiates every reader, and the DICOM one logs a warning each time (once per case here)."""
-    from monai.transforms import LoadImage
-
     return LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(str(path))
 
 
@@ -137,8 +138,6 @@ def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any)
     Returns:
         ``(X, Y, Z)`` uint8 labels on the reference's own grid (orientation, spacing, extent).
     """
-    from monai.data import MetaTensor
-
     if not isinstance(reference, MetaTensor):
         reference = _load_nifti(reference)
     native = resample_to_grid(pred, working_affine, affine_of(reference), tuple(reference.shape[1:]), "nearest")
@@ -166,9 +165,6 @@ def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndar
 def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = 2) -> torch.Tensor:
     """Tight crop of ``mask > 0`` (+ ``margin``) grown to a cube in millimetres (so the shape keeps its aspect
     ratio), resized (nearest) to ``vae_shape``, one-hot: ``(1, C, *vae_shape)``."""
-    from synthcp3d.networks.synthesizer import one_hot_labels
-    from synthcp3d.roi import roi_box
-
     tight = tight_box(mask, margin=margin)
     spacing = np.asarray(study.spacing, dtype=np.float64)
     extent_mm = float(max((b - a) * sp for a, b, sp in zip(tight.start, tight.stop, spacing)))
@@ -190,8 +186,6 @@ def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
     """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (its per-class feature regressed)."""
-    from synthcp3d.scoring.vae_alarm import per_class_vae_feature
-
     feature = per_class_vae_feature(vae, vae_input(study, pred), getattr(regressor, "vae_feature", "loss"))
     return not_predicted_is_zero(regressor.predict(feature[None])[0].cpu().numpy(), pred)
 
@@ -235,8 +229,6 @@ def pairwise_dice_quality(
     one, so no pair of members is blind to it and a regressor fitted on the cross-validated cases would learn from
     inflated agreement. NaN everywhere without fold segmenters. ``timer``: see :func:`synthesize_and_compare`.
     """
-    from synthcp3d.scoring.ensemble import pairwise_agreement
-
     if not fold_segmenters:
         return np.full(study.num_classes, np.nan)
     with (timer or _untimed)("pairwise"):
@@ -279,8 +271,6 @@ def synthesize_and_compare(
     The one implementation the evaluate stage (:func:`score_case`) and the DSC alarm share. ``timer``: a callable
     ``timer(stage) -> context manager`` (e.g. the alarm's ``StageTimer``) timing ``"synthesize"`` and ``"compare"``.
     """
-    from synthcp3d.networks.synthesizer import one_hot_labels
-
     timer = timer or _untimed
     with timer("synthesize"):
         x_roi, p_roi, box = roi_tensors(study, image, pred)
@@ -301,8 +291,6 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
     SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``. The pairwise-Dice
     baseline is :func:`pairwise_dice_quality` (NaN without fold segmenters).
     """
-    from synthcp3d.scoring.synthesis import blank_like
-
     judged = synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
     x_roi, p_roi, onehot = judged.x_roi, judged.pred_roi, judged.onehot
     direct = nets.direct(x_roi, onehot)
@@ -354,9 +342,6 @@ def score_synthesis(
 ) -> dict:
     """``G(y)`` and the painter's image vs the real crop, on the ground-truth ROI of ``label``; ``image`` and
     ``label`` ``(H, W, D)``: synthesizer name -> quality dict (see `synthcp3d.scoring.synthesis.synthesis_quality`)."""
-    from synthcp3d.networks.synthesizer import one_hot_labels
-    from synthcp3d.scoring.synthesis import synthesis_quality
-
     x_roi, y_roi, _ = roi_tensors(study, image, label)
     hu_per_unit = (study.hu_range[1] - study.hu_range[0]) / 2.0
     candidates = {
