@@ -281,8 +281,9 @@ def evaluate(
         panel_figure(figure_rows, out / "fig7.png", title="StreetHazards: SynthCP anomaly segmentation (cf. Fig. 7)")
     known = list(STREETHAZARDS_CLASSES[: study.num_classes])
     synthesis = synthesis_section(
-        synthesis_per_case(study, gen, painter, test, known, ANOMALY_INDEX), known, "colour levels (0-255)",
-        shown=SHOWN_CLASSES, where=f"the {len(test)} test images' ground-truth label maps (anomaly pixels: no class)",
+        synthesis_per_case(study, gen, painter, test, known, ANOMALY_INDEX), known, "levels", shown=SHOWN_CLASSES,
+        where=f"the {len(test)} test images' ground-truth label maps (anomaly pixels: no class; levels: colour values "
+        "0-255)",
         element="pixel", average=True,
     )
     report = _write_report(study, tables, test, per_image_rows, iou.per_class(), synthesis, out)

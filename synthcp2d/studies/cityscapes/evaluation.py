@@ -62,7 +62,8 @@ def evaluate(
     out = study.stage_dir("evaluate")
     synthesis = synthesis_section(
         synthesis_per_case(study, g, painter, val, CITYSCAPES_CLASSES, IGNORE), CITYSCAPES_CLASSES,
-        "colour levels (0-255)", shown=SHOWN_CLASSES, where=f"the {len(val)} val images' ground-truth label maps",
+        "levels", shown=SHOWN_CLASSES,
+        where=f"the {len(val)} val images' ground-truth label maps (levels: colour values 0-255)",
         element="pixel", average=True,
     )
     runs = [(name, name, f"{name}", True) for name in study.segmenters]
