@@ -79,30 +79,57 @@ def segmenter_section(
     return "\n".join(lines), {"segmenter": segmenter, "splits": data}
 
 
+def _nanmean(values: Any) -> float:
+    """Mean of the finite values (NaN, without a warning, when there is none)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def synthesis_section(
-    per_case: Mapping[str, Sequence[Mapping[str, float]]], class_names: Sequence[str], unit: str
+    per_case: Mapping[str, Sequence[Mapping[str, float]]],
+    class_names: Sequence[str],
+    unit: str,
+    shown: Sequence[str] | None = None,
+    where: str = "the test cases' ground-truth crops",
+    element: str = "voxel",
+    average: bool = False,
 ) -> tuple[str, dict]:
     """Synthesis quality per synthesizer (rows), averaged over cases: per-class mean error and MAE, SSIM.
 
     Args:
         per_case: synthesizer name -> one :func:`synthcp3d.scoring.synthesis.synthesis_quality` dict per case.
-        class_names: classes to show.
+        class_names: the classes measured (the dicts' keys).
         unit: physical unit of the errors (e.g. "HU").
+        shown: the classes given a column (default: all of ``class_names``; every class stays in the data).
+        where: what the images are, for the text.
+        element: "voxel" (3D) or "pixel" (2D), for the text.
+        average: add the mean over ``class_names`` of the per-class figures (key ``"<measure>/mean over classes"``).
     """
-    keys = [f"mean_error/{c}" for c in class_names] + [f"mae/{c}" for c in class_names] + ["ssim"]
-    rows = {}
+    shown = list(class_names if shown is None else shown)
+    measures = ("mean_error", "mae")
+    keys = [f"{m}/{c}" for m in measures for c in class_names] + ["ssim"]
+    rows: dict[str, dict[str, float]] = {}
     for name, cases in per_case.items():
-        rows[name] = {k: float(np.nanmean([c[k] for c in cases])) if cases else float("nan") for k in keys}
-    columns = [(f"mean_error/{c}", f"{c}: mean {unit} error ↓") for c in class_names]
-    columns += [(f"mae/{c}", f"{c}: MAE {unit} ↓") for c in class_names] + [("ssim", "SSIM ↑")]
+        rows[name] = {k: _nanmean([c[k] for c in cases]) for k in keys}
+        if average:
+            for m in measures:
+                rows[name][f"{m}/mean over classes"] = _nanmean([rows[name][f"{m}/{c}"] for c in class_names])
+    columns = [(f"mean_error/{c}", f"{c}: mean {unit} error ↓") for c in shown]
+    columns += [(f"mae/{c}", f"{c}: MAE {unit} ↓") for c in shown]
+    if average:
+        columns = [("mean_error/mean over classes", f"mean over {len(class_names)} classes: mean {unit} error ↓"),
+                   ("mae/mean over classes", f"mean over {len(class_names)} classes: MAE {unit} ↓"), *columns]
+    columns += [("ssim", "SSIM ↑")]
     n = max((len(c) for c in per_case.values()), default=0)
+    whole = "crop" if element == "voxel" else "image"
     lines = [
         "## Synthesis quality: G(ground truth) vs the real image",
         "",
-        f"On the test cases' ground-truth crops (n={n}): per class, the error of the class's mean intensity "
-        f"|mean(x̂) − mean(x)| and the voxel-wise mean absolute error, in {unit}; SSIM of the whole crop. The "
-        "class-mean painter paints each label with its training mean plus noise of its training SD: G must at least "
-        "match it on the mean error.",
+        f"On {where} (n={n}): per class, the error of the class's mean intensity "
+        f"|mean(x̂) − mean(x)| (averaged over the image channels) and the {element}-wise mean absolute error, in "
+        f"{unit}; SSIM of the whole {whole}. The class-mean painter paints each label with its training mean plus "
+        "noise of its training SD: G must at least match it on the mean error.",
         "",
         markdown_table(rows, columns, first="synthesizer"),
     ]
@@ -137,25 +164,50 @@ def pixel_section(
 
 
 def synthesis_use_section(
-    reference: np.ndarray, variants: Mapping[str, np.ndarray], class_names: Sequence[str], name: str = "SynthCP"
+    reference: np.ndarray,
+    variants: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    name: str = "SynthCP",
+    shown: Sequence[str] | None = None,
+    average: bool = False,
 ) -> tuple[str, dict]:
-    """How far the predicted quality ``(N, C)`` moves when ``x̂`` is replaced, against its spread across cases."""
+    """How far the predicted quality ``(N, C)`` moves when ``x̂`` is replaced, against its spread across cases.
+
+    Args:
+        reference: the prediction with ``x̂ = G(ŷ)`` ``(N, C)``; NaN marks an (image, class) pair left out (e.g. one
+            whose true quality is undefined).
+        variants: the ablation's name -> its prediction ``(N, C)``.
+        class_names: the ``C`` class names.
+        name: the method, for the text.
+        shown: the classes given a column (default: all but class 0, the background of the 3D study).
+        average: add a first column, the mean over the classes of ``class_names`` with a finite value.
+    """
     reference = np.asarray(reference, dtype=np.float64)
+    shown = list(class_names[1:] if shown is None else shown)
+    averaged = [c for k, c in enumerate(class_names) if np.isfinite(reference[:, k]).any()] if average else []
+    mean_key = f"mean over {len(averaged)} classes"
     data: dict[str, dict[str, float]] = {}
     rows = []
     for variant, values in variants.items():
         diff = np.abs(np.asarray(values, dtype=np.float64) - reference)
-        data[variant] = {c: float(np.nanmean(diff[:, k])) for k, c in enumerate(class_names) if k}
-        rows.append(f"| {variant} | " + " | ".join(f"{data[variant][c]:.3f}" for c in class_names[1:]) + " |")
-    spread = {c: float(np.nanstd(reference[:, k])) for k, c in enumerate(class_names) if k}
+        data[variant] = {c: _nanmean(diff[:, k]) for k, c in enumerate(class_names) if c in shown or c in averaged}
+        if average:
+            data[variant][mean_key] = _nanmean([data[variant][c] for c in averaged])
+    spread = {c: float(np.std(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+              for c, v in zip(class_names, reference.T) if c in shown or c in averaged}
+    if average:
+        spread[mean_key] = _nanmean([spread[c] for c in averaged])
+    columns = ([mean_key] if average else []) + shown
+    for variant in data:
+        rows.append(f"| {variant} | " + " | ".join(_cell(data[variant][c]) for c in columns) + " |")
     rows.append(f"| (spread of {name}'s prediction across cases, SD) | "
-                + " | ".join(f"{spread[c]:.3f}" for c in class_names[1:]) + " |")
-    constant = [c for c, v in spread.items() if v < 0.01]
+                + " | ".join(_cell(spread[c]) for c in columns) + " |")
+    constant = [c for c in shown if spread[c] < 0.01]
     lines = [
         f"## Does the comparator use x̂? Mean |change| of {name}'s predicted quality",
         "",
-        "| x̂ replaced by | " + " | ".join(class_names[1:]) + " |",
-        "|---|" + "---:|" * (len(class_names) - 1),
+        "| x̂ replaced by | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
         *rows,
     ]
     if constant:
@@ -192,6 +244,10 @@ def feature_spread_section(features: Mapping[str, Any]) -> tuple[str, dict]:
         *[f"| {n} | {r['relative_spread']:.3f} | {'**yes**' if r['collapsed'] else 'no'} |" for n, r in data.items()],
     ]
     return "\n".join(lines), data
+
+
+def _cell(value: float) -> str:
+    return f"{value:.3f}" if np.isfinite(value) else "n/a"
 
 
 def comparison_figure(panels: Sequence[Mapping[str, Any]], path: Any, title: str = "") -> Any:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_score
 
 from helpers import TINY_CITYSCAPES
 
@@ -17,9 +17,11 @@ from synthcp3d.report import read_per_case_csv
 from synthcp3d.study_cli import STUDIES, run_study
 
 
-PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
+SYNTHCP = [f"SynthCP-{mode}{x_hat}" for mode in ("separate", "joint")
+           for x_hat in ("", ", x̂ = class-mean painter", ", x̂ = blank")]
+PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", *SYNTHCP]
 IMAGE = ["MC-Dropout", "MC-Dropout (full linear map)", "VAE alarm", "Pairwise IoU (fold ensemble)",
-         "Direct Prediction", "SynthCP-separate", "SynthCP-joint"]
+         "Direct Prediction", *SYNTHCP]
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +37,22 @@ def test_every_stage_ran_and_table_printed(study_run):
     out, _, timings = study_run
     assert list(timings) == list(STUDIES["cityscapes"].stages)
     report = (out / "evaluate" / "report.md").read_text()
-    for run in ("fcn8", "deeplabv2", "fcn8 masks judged by comparators trained on deeplabv2 (cross-model)"):
-        assert f"## {run} — image level" in report
-        assert f"## {run} — pixel level, reduction `pooled`" in report
-        assert f"## {run} — pixel level, reduction `per_image`" in report
+    miou = json.loads((out / "evaluate" / "report.json").read_text())["segmenter_miou"]
+    for key, run in (("fcn8", "fcn8"), ("deeplabv2", "deeplabv2"),
+                     ("fcn8_judged_by_deeplabv2", "fcn8 masks judged by comparators trained on deeplabv2 (cross-model)")):
+        title = f"{run} (segmenter val mIoU {miou[key]:.3f})"
+        assert f"## {title} — image level" in report
+        assert f"## {title} — pixel level, reduction `pooled`" in report
+        assert f"## {title} — pixel level, reduction `per_image`" in report
+        assert f"## {key}: does the comparator use x̂? Mean |change| of SynthCP-joint's predicted quality" in report
     for method in PIXEL:
         assert f"| {method} |" in report
+    assert "## Synthesis quality: G(ground truth) vs the real image" in report
+    assert "| 2D SPADE G(y) |" in report and "| class-mean painter |" in report
     assert "| VAE alarm |" in report and "| Pairwise IoU (fold ensemble) |" in report
     assert (out / "evaluate" / "fig5.png").stat().st_size > 1000
     pixel = json.loads((out / "evaluate" / "report.json").read_text())["pixel"]
-    assert set(pixel["fcn8_judged_by_deeplabv2"]["pooled"]) == {
-        "Direct Prediction",
-        "SynthCP-separate",
-        "SynthCP-joint",
-    }
+    assert set(pixel["fcn8_judged_by_deeplabv2"]["pooled"]) == {"Direct Prediction", *SYNTHCP}
 
 
 def test_folds_are_contiguous_blocks_of_cities(study_run):
@@ -105,6 +109,50 @@ def test_image_table_recomputed_with_scipy(study_run):
         assert image[method]["STD"] == pytest.approx(np.mean(std), abs=1e-6)
         if pc:
             assert image[method]["PC"] == pytest.approx(np.mean(pc), abs=1e-6)
+
+
+def test_segmenter_miou_and_painter_synthesis_recomputed_with_numpy(study_run):
+    """The header's mIoU from the saved predictions and the cached labels with scikit-learn (pooled over the val
+    images), and the painter's synthesis-quality row recomputed with numpy from painter.json (same seeds, so the
+    same noisy images)."""
+    import torch
+
+    from synthcp2d.data.cityscapes import CITYSCAPES_CLASSES
+    from synthcp2d.studies.common import image_tensor, load_cached
+    from synthcp3d.scoring.synthesis import ClassMeanPainter
+
+    out, _, _ = study_run
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    val = json.loads((out / "prepare" / "cases.json").read_text())["val"]
+    y, p = [], []
+    for record in val:
+        with np.load(out / "evaluate" / "fcn8" / "scores" / f"{record['case']}.npz") as data:
+            p.append(data["pred"].ravel())
+        y.append(load_cached(record["cache"])["label"].ravel())
+    y, p = np.concatenate(y).astype(int), np.concatenate(p).astype(int)
+    keep = y != 255
+    present = sorted(set(y[keep]) | set(p[keep]))
+    expected = jaccard_score(y[keep], p[keep], labels=present, average=None)
+    assert report["segmenter_miou"]["fcn8"] == pytest.approx(expected.mean(), abs=1e-9)
+    painter = ClassMeanPainter.load(out / "models" / "painter.json")
+    assert painter.mean.shape == (19, 3)
+    per_class = {c: [] for c in CITYSCAPES_CLASSES}
+    for k, record in enumerate(val):
+        case = load_cached(record["cache"])
+        x = image_tensor(case["image"]).numpy()
+        label = case["label"][0].astype(np.int64)
+        painted = painter(torch.as_tensor(label)[None], seed=0 + k, ignore_index=255)[0].numpy()
+        for c, name in enumerate(CITYSCAPES_CLASSES):
+            inside = label == c
+            if inside.any():
+                per_class[name].append(127.5 * np.abs(painted[:, inside].mean(1) - x[:, inside].mean(1)).mean())
+    row = report["synthesis"]["class-mean painter"]
+    for name, values in per_class.items():
+        if values:
+            assert row[f"mean_error/{name}"] == pytest.approx(np.mean(values), rel=1e-4, abs=1e-3), name
+    defined = [np.mean(v) for v in per_class.values() if v]
+    assert row["mean_error/mean over classes"] == pytest.approx(np.mean(defined), rel=1e-4)
+    assert -1.0 <= report["synthesis"]["2D SPADE G(y)"]["ssim"] <= 1.0
 
 
 def test_rerun_skips_finished_stages(study_run):

@@ -11,6 +11,7 @@ from synthcp3d.evidence import (
     pixel_section,
     quality_spread,
     segmenter_section,
+    synthesis_section,
     synthesis_use_section,
 )
 from synthcp3d.metrics import pixel_failure_metrics
@@ -39,6 +40,38 @@ def test_synthesis_use_section_mean_change():
     assert data["mean_abs_change"]["blank"] == pytest.approx({"a": 0.1, "b": 0.3})
     assert data["prediction_sd"]["a"] == pytest.approx(np.std([0.5, 0.7]))
     assert "| blank | 0.100 | 0.300 |" in md
+
+
+def test_synthesis_use_section_chosen_columns_mean_and_undefined_pairs():
+    """2D use: the classes shown are chosen, a first column averages every class with a value, NaN pairs are left
+    out (a class never defined gives n/a and stays out of the mean)."""
+    nan = np.nan
+    ref = np.array([[0.5, 0.2, nan, 0.9], [0.7, nan, nan, 0.1]])
+    blank = np.array([[0.6, 0.5, 0.3, 0.9], [0.4, 0.0, 0.2, 0.3]])
+    md, data = synthesis_use_section(ref, {"blank": blank}, ["road", "car", "train", "sky"], name="SynthCP-joint",
+                                     shown=["road", "train"], average=True)
+    change = data["mean_abs_change"]["blank"]
+    assert change["road"] == pytest.approx(0.2) and change["car"] == pytest.approx(0.3)
+    assert change["sky"] == pytest.approx(0.1) and np.isnan(change["train"])
+    assert change["mean over 3 classes"] == pytest.approx(0.2)  # road, car, sky
+    assert data["prediction_sd"]["car"] == 0.0 and data["prediction_sd"]["sky"] == pytest.approx(0.4)
+    assert "| x̂ replaced by | mean over 3 classes | road | train |" in md
+    assert "| blank | 0.200 | 0.200 | n/a |" in md and "SynthCP-joint" in md
+
+
+def test_synthesis_section_mean_over_classes_and_shown_columns():
+    cases = {
+        "G": [{"mean_error/a": 2.0, "mean_error/b": 4.0, "mae/a": 5.0, "mae/b": 7.0, "ssim": 0.5},
+              {"mean_error/a": 4.0, "mean_error/b": np.nan, "mae/a": 7.0, "mae/b": np.nan, "ssim": 0.7}],
+        "painter": [{"mean_error/a": 1.0, "mean_error/b": 1.0, "mae/a": 1.0, "mae/b": 1.0, "ssim": 0.1}],
+    }
+    md, rows = synthesis_section(cases, ["a", "b"], "levels", shown=["b"], where="2 images", element="pixel",
+                                 average=True)
+    assert rows["G"]["mean_error/a"] == pytest.approx(3.0) and rows["G"]["mean_error/b"] == pytest.approx(4.0)
+    assert rows["G"]["mean_error/mean over classes"] == pytest.approx(3.5)
+    assert rows["G"]["mae/mean over classes"] == pytest.approx(6.5) and rows["G"]["ssim"] == pytest.approx(0.6)
+    assert "| G | 3.50 | 6.50 | 4.00 | 7.00 | 0.60 |" in md and "a: mean" not in md
+    assert "pixel-wise" in md and "n=2" in md
 
 
 def test_pixel_section_matches_metrics():

@@ -142,7 +142,7 @@ def test_gan_stage_on_two_processes_resumes_exactly(prepared, tmp_path, rank_wri
     checkpoints = whole / "train_synthesizer" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_2.pt", "checkpoint_4.pt"]
     _assert_rank0_wrote(rank_writes(whole), [
-        "models/generator.pt", "models/networks.json", "train_synthesizer/done.json",
+        "models/generator.pt", "models/painter.json", "models/networks.json", "train_synthesizer/done.json",
         "train_synthesizer/checkpoints/checkpoint_4.pt",
     ])
 

@@ -68,3 +68,52 @@ def test_synthesis_quality_against_numpy():
     assert torch.equal(blank_like(real), torch.zeros_like(real))
     with pytest.raises(SynthCPInputError):
         synthesis_quality(real[:, :8], real, label, ["bg"])
+
+
+def test_rgb_painter_and_quality_against_numpy_on_a_known_2d_example(tmp_path):
+    """Three colour channels in 2D: the painter's per-channel means and the per-class mean colour error by hand."""
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    image = np.zeros((3, 2, 4), dtype=np.float32)
+    image[:, label == 0] = np.array([[-1.0], [0.0], [0.5]])  # class 0: one colour
+    image[:, label == 1] = np.array([[0.2, 0.4, 0.6], [0.0, 0.0, 0.0], [-0.5, -0.5, -0.5]])
+    image[:, label == 255] = 0.9  # an ignore pixel: counted for no class
+    painter = ClassMeanPainter(2, image_channels=3).fit([(image, label)])
+    np.testing.assert_allclose(painter.mean, [[-1.0, 0.0, 0.5], [0.4, 0.0, -0.5]], atol=1e-7)
+    np.testing.assert_allclose(painter.std[1], [np.std([0.2, 0.4, 0.6]), 0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(painter.overall_mean, (4 * painter.mean[0] + 3 * painter.mean[1]) / 7, atol=1e-7)
+    flat = painter(torch.as_tensor(label)[None], noise=False, ignore_index=255)[0].numpy()
+    assert flat.shape == (3, 2, 4)
+    np.testing.assert_allclose(flat[:, 1, 3], painter.overall_mean, atol=1e-6)  # ignore -> overall mean
+    np.testing.assert_allclose(flat[:, 0, 2], painter.mean[1], atol=1e-6)
+    noisy = painter(torch.as_tensor(label)[None], seed=5, ignore_index=255)[0].numpy()
+    assert noisy[0, 1, 3] == pytest.approx(flat[0, 1, 3])  # no noise where no class is known
+    painter.save(tmp_path / "painter.json")
+    assert torch.equal(ClassMeanPainter.load(tmp_path / "painter.json")(torch.as_tensor(label)[None], seed=5,
+                                                                         ignore_index=255)[0], torch.as_tensor(noisy))
+    with pytest.raises(SynthCPInputError, match="missing"):
+        ClassMeanPainter.load(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SynthCPInputError, match="unreadable"):
+        ClassMeanPainter.load(tmp_path / "bad.json")
+    # the synthesis-quality measure, by hand: the painter's flat image against the real one, in 0-255 levels
+    q = synthesis_quality(torch.as_tensor(flat), torch.as_tensor(image), torch.as_tensor(label), ["a", "b"],
+                          scale=127.5)
+    assert q["mean_error/a"] == pytest.approx(0.0, abs=1e-4) and q["mean_error/b"] == pytest.approx(0.0, abs=1e-4)
+    assert q["mae/b"] == pytest.approx(127.5 * np.mean([0.2, 0.0, 0.2]) / 3, rel=1e-5)  # red only: |x - 0.4|
+    shifted = torch.as_tensor(image).clone()
+    shifted[0] += 0.3  # red +0.3 everywhere: mean colour error = 0.3 / 3 channels, in levels
+    q2 = synthesis_quality(shifted, torch.as_tensor(image), torch.as_tensor(label), ["a", "b"], scale=127.5)
+    assert q2["mean_error/a"] == pytest.approx(127.5 * 0.1, rel=1e-5)
+
+
+def test_ssim_trivial_cases_rgb():
+    """MONAI's SSIM as used here: 1 for identical images, the mean over channels, below 1 for a noisy copy."""
+    rng = np.random.default_rng(3)
+    real = torch.as_tensor(rng.uniform(-1, 1, size=(3, 16, 24)).astype(np.float32))
+    label = torch.zeros(16, 24, dtype=torch.long)
+    assert synthesis_quality(real, real, label, ["a"])["ssim"] == pytest.approx(1.0, abs=1e-5)
+    other = real.clone()
+    other[1] = torch.as_tensor(rng.uniform(-1, 1, size=(16, 24)).astype(np.float32))  # one channel replaced
+    per_channel = [synthesis_quality(other[c:c + 1], real[c:c + 1], label, ["a"])["ssim"] for c in range(3)]
+    assert per_channel[0] == pytest.approx(1.0, abs=1e-5) and per_channel[1] < 0.2
+    assert synthesis_quality(other, real, label, ["a"])["ssim"] == pytest.approx(np.mean(per_channel), abs=1e-5)

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_score, roc_curve
 
 from synthcp2d.data import make_streethazards_dataset
 from synthcp3d.errors import SynthCPInputError
@@ -37,7 +37,7 @@ TINY = {
     "train_synthesizer": {"iterations": 2, "batch_size": 2},
     "train_autoencoder": {"iterations": 2, "batch_size": 2},
 }
-METHODS = ["SynthCP (t=0.999)", "MSP", "MSP+CRF", "MSP+CRF (image-guided)", "MC-Dropout", "AE", "Max-logit", "Entropy"]
+METHODS = ["SynthCP (t=0.999)", "SynthCP (t=0.999), x̂ = class-mean painter", "SynthCP (t=0.999), x̂ = blank", "MSP", "MSP+CRF", "MSP+CRF (image-guided)", "MC-Dropout", "AE", "Max-logit", "Entropy"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,10 @@ def test_every_stage_ran_and_tables_printed(study_run):
     for t in ("0.8", "0.9", "0.99", "0.999", "1"):
         assert f"| SynthCP (t={t}) |" in report
     assert "reduction `per_image`" in report and "reduction `pooled`" in report
+    assert "## Synthesis quality: G(ground truth) vs the real image" in report
+    assert "| 2D SPADE G(y) |" in report and "| class-mean painter |" in report
+    miou = json.loads((out / "evaluate" / "report.json").read_text())["segmenter_miou"]
+    assert f"(segmenter mIoU {miou:.3f})" in report
     assert (out / "evaluate" / "fig7.png").stat().st_size > 1000
     tables = json.loads((out / "evaluate" / "report.json").read_text())["tables"]
     for reduction in ("per_image", "pooled"):
@@ -108,6 +112,27 @@ def test_pooled_table_recomputed_with_sklearn(study_run):
         # streaming histograms (65536 bins) vs the exact sort: equal up to binning
         assert tables[method]["AUROC"] == pytest.approx(100 * roc_auc_score(target, score), abs=0.5)
         assert tables[method]["AUPR"] == pytest.approx(100 * average_precision_score(target, score), abs=0.5)
+
+
+def test_segmenter_miou_recomputed_with_sklearn(study_run):
+    """The headings' mIoU: the saved predictions against the cached labels, pooled over the test images, the 13
+    known classes, anomaly pixels excluded."""
+    from synthcp2d.studies.common import load_cached
+
+    out, _, _ = study_run
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    y, p = [], []
+    for record in json.loads((out / "prepare" / "cases.json").read_text())["test"]:
+        with np.load(out / "evaluate" / "scores" / f"{record['case'].replace('/', '_')}.npz") as data:
+            p.append(data["pred"].ravel())
+        y.append(load_cached(record["cache"])["label"].ravel())
+    y, p = np.concatenate(y).astype(int), np.concatenate(p).astype(int)
+    keep = y != 13
+    present = sorted(set(y[keep]) | set(p[keep]))
+    expected = jaccard_score(y[keep], p[keep], labels=present, average=None)
+    assert report["segmenter_miou"] == pytest.approx(expected.mean(), abs=1e-9)
+    assert set(report["synthesis"]) == {"2D SPADE G(y)", "class-mean painter"}
+    assert (out / "models" / "painter.json").is_file()
 
 
 def test_threshold_sweep_is_msp_postprocessing(study_run):

@@ -33,8 +33,16 @@ from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
+from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import StudyBase, fit_synthesizer, require_file, save_network_spec, study_stage
+from synthcp3d.workflows.common import (
+    StudyBase,
+    fit_synthesizer,
+    on_main_process,
+    require_file,
+    save_network_spec,
+    study_stage,
+)
 
 __all__ = [
     "StreetStudy",
@@ -51,6 +59,7 @@ __all__ = [
     "load_net",
     "segment",
     "synthesize",
+    "load_painter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -338,7 +347,19 @@ def train_synthesizer(
     )
     save_weights({"generator": g}, study.models / "generator.pt")
     save_network_spec(study, "generator", generator)
+    on_main_process(_fit_painter, study, train)
     return {"num_train": len(train), "iterations": int(iterations)}
+
+
+def _fit_painter(study: StreetStudy, train: Sequence[Mapping[str, Any]]) -> None:
+    """The class-mean painter (SPADE's non-learned replacement) on the training images -> ``models/painter.json``."""
+    pairs = ((image_tensor(c["image"]), c["label"]) for c in (load_cached(r["cache"]) for r in train))
+    ClassMeanPainter(study.num_classes, image_channels=3).fit(pairs).save(study.models / "painter.json")
+
+
+def load_painter(study: StreetStudy) -> ClassMeanPainter:
+    """The class-mean painter of ``models/painter.json`` (written by ``train_synthesizer``)."""
+    return ClassMeanPainter.load(require_file(study.models / "painter.json", "train_synthesizer"))
 
 
 @study_stage("train_autoencoder", training=True)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from synthcp2d.data.streethazards import (
     ANOMALY_INDEX,
+    STREETHAZARDS_CLASSES,
     STREETHAZARDS_NUM_KNOWN_CLASSES,
     check_streethazards_folder,
     load_streethazards_datalist,
@@ -45,10 +46,13 @@ from synthcp2d.studies.common import (
     image_tensor,
     load_cached,
     load_net,
+    load_painter,
     segment,
     synthesize,
 )
 from synthcp2d.studies.figures import metrics_markdown, panel_figure, to_display_image
+from synthcp2d.studies.measures import X_HAT_ABLATIONS, DatasetIoU, replaced_syntheses, synthesis_per_case
+from synthcp3d.evidence import synthesis_section
 from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
 from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
@@ -77,6 +81,8 @@ BASELINES: dict[str, str] = {
 #: the StreetHazards benchmark's CRF: one bilateral kernel with the softmax as its feature, no smoothness kernel
 BENCHMARK_CRF = {"smooth_compat": 0.0, "bilateral_sxy": 10.0, "bilateral_schan": 13.0, "bilateral_compat": 10.0}
 ANOMALY_COLUMNS = (("FPR95", "FPR95 ↓"), ("AUROC", "AUROC ↑"), ("AUPR", "AUPR ↑"))
+#: the known classes given their own column in the synthesis-quality section (all 13 are in its mean)
+SHOWN_CLASSES = ("road", "building", "vegetation", "car", "sidewalk")
 REDUCTIONS = ("per_image", "pooled")
 
 
@@ -200,6 +206,10 @@ def evaluate(
 ) -> dict:
     """Tables 3 and 4 on the test split, both reductions, streamed one image at a time.
 
+    With them: SynthCP at ``t`` with ``x̂`` replaced by the class-mean painter's image of ``ŷ`` and by a blank image
+    (Table 3 rows), the synthesis quality of ``G(y)`` against the painter on the test images, and the segmenter's
+    test mIoU over the 13 known classes (anomaly pixels excluded) in the tables' headings.
+
     Writes ``evaluate/report.{md,json,csv}``, ``evaluate/per_image.csv`` (every method's FPR95 / AUROC / AUPR on each
     image with an anomaly), ``evaluate/scores/<case>.npz`` (score maps; with ``save_pixel_scores``) and
     ``evaluate/fig7.png``.
@@ -207,9 +217,11 @@ def evaluate(
     dev = study.torch_device
     seg = load_net(segmenter, require_file(study.models / "segmenter.pt", "train_segmenter"), "segmenter", dev)
     gen = load_net(generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", dev)
+    painter = load_painter(study)
     ae = load_net(autoencoder, require_file(study.models / "autoencoder.pt", "train_autoencoder"), "autoencoder", dev)
     test = study.cases()["test"]
-    methods = [synthcp_name(t) for t in study.thresholds] + list(BASELINES)
+    ablated = [synthcp_name(study.t) + suffix for suffix in X_HAT_ABLATIONS]
+    methods = [synthcp_name(t) for t in study.thresholds] + ablated + list(BASELINES)
     meters = {
         (m, r): StreamingAnomalyMetrics(r, num_bins=study.num_bins, score_range=_pooled_range(m), device=dev)
         for m in methods
@@ -223,7 +235,8 @@ def evaluate(
     out = study.stage_dir("evaluate")
     per_image_rows: list[dict[str, Any]] = []
     figure_rows = []
-    for item in tqdm(test, desc="evaluate", disable=not study.progress, unit="image"):
+    iou = DatasetIoU(study.num_classes, ignore_index=ANOMALY_INDEX)
+    for k, item in enumerate(tqdm(test, desc="evaluate", disable=not study.progress, unit="image")):
         case = load_cached(item["cache"])
         x = image_tensor(case["image"])[None].to(dev)
         label = torch.as_tensor(case["label"][0].astype(np.int64), device=dev)[None]
@@ -232,7 +245,10 @@ def evaluate(
         probs = torch.softmax(logits.float(), dim=1)
         pred = probs.argmax(1)
         synth = synthesize(gen, pred, study.num_classes)
+        iou.update(pred[0], label[0])
         scores = {synthcp_name(t): s for t, s in threshold_sweep(seg, x, synth, study.thresholds, study.scales).items()}
+        for suffix, x_hat in replaced_syntheses(painter, pred, synth, seed=int(study.seed) + k).items():
+            scores[synthcp_name(study.t) + suffix] = threshold_sweep(seg, x, x_hat, [study.t], study.scales)[study.t]
         inputs = {"segmenter": seg, "image": x, "probs": probs, "logits": logits, "autoencoder": ae}
         for method, scorer in BASELINES.items():
             given = {k: v for k, v in inputs.items() if not (method == "MSP+CRF" and k == "image")}  # softmax-guided
@@ -253,6 +269,7 @@ def evaluate(
                 np.savez_compressed(
                     f,
                     is_anomaly=is_anomaly[0].cpu().numpy(),
+                    pred=pred[0].to(torch.uint8).cpu().numpy(),
                     **{m: s[0].float().cpu().numpy() for m, s in scores.items()},
                 )
         if len(figure_rows) < study.figure_cases and row["anomaly_pixels"] > 0:
@@ -261,7 +278,14 @@ def evaluate(
     write_csv_rows(per_image_rows, out / "per_image.csv")
     if figure_rows:
         panel_figure(figure_rows, out / "fig7.png", title="StreetHazards: SynthCP anomaly segmentation (cf. Fig. 7)")
-    report = _write_report(study, tables, test, per_image_rows, out)
+    known = list(STREETHAZARDS_CLASSES[: study.num_classes])
+    synthesis = synthesis_section(
+        synthesis_per_case(study, gen, painter, test, known, ANOMALY_INDEX), known, "levels", shown=SHOWN_CLASSES,
+        where=f"the {len(test)} test images' ground-truth label maps (anomaly pixels: no class; levels: colour values "
+        "0-255)",
+        element="pixel", average=True,
+    )
+    report = _write_report(study, tables, test, per_image_rows, iou.per_class(), synthesis, out)
     print(report, flush=True)
     print(
         f"report: {out / 'report.md'} (+ .json, .csv); per-image: {out / 'per_image.csv'}; figure: {out / 'fig7.png'}"
@@ -282,9 +306,13 @@ def _figure_row(case: dict, pred: torch.Tensor, synth: torch.Tensor, scores: dic
     ]
 
 
-def _write_report(study: StreetHazardsStudy, tables: dict, test: list, per_image_rows: list, out) -> str:
-    main_rows = [synthcp_name(study.t)] + list(BASELINES)
+def _write_report(
+    study: StreetHazardsStudy, tables: dict, test: list, per_image_rows: list, class_iou: np.ndarray,
+    synthesis: tuple, out: Any,
+) -> str:
+    main_rows = [synthcp_name(study.t)] + [synthcp_name(study.t) + s for s in X_HAT_ABLATIONS] + list(BASELINES)
     n_anom = len(per_image_rows)
+    miou = float(np.nanmean(class_iou)) if np.isfinite(class_iou).any() else float("nan")
     lines = [
         "# StreetHazards anomaly segmentation (SynthCP Tables 3 and 4)",
         "",
@@ -293,6 +321,12 @@ def _write_report(study: StreetHazardsStudy, tables: dict, test: list, per_image
         f"'{study.crf_backend}' (the benchmark's, on the softmax: {study.crf_iterations} mean-field iterations; "
         f"image-guided: {study.crf_image_iterations}), SynthCP scales {list(study.scales)}.",
         "All values ×100; anomaly pixels positive; no pixel ignored.",
+        f"Segmenter test mIoU {miou:.3f}: dataset-level IoU over the {study.num_classes} known classes (intersections "
+        "and unions summed over the test images, anomaly pixels excluded), averaged over the classes labelled or "
+        "predicted there.",
+        f"Rows '{synthcp_name(study.t)}, x̂ = class-mean painter' and '…, x̂ = blank': the same score with the "
+        "class-mean painter's image of ŷ (training mean colour per class plus noise of its training SD) or a blank "
+        "mid-grey image in place of G(ŷ).",
         "",
     ]
     for reduction in REDUCTIONS:
@@ -302,19 +336,25 @@ def _write_report(study: StreetHazardsStudy, tables: dict, test: list, per_image
             if reduction == "per_image"
             else f"all test pixels pooled ({study.num_bins}-bin streaming histograms; Fishyscapes / SMIYC style)"
         )
-        lines += [f"## Table 3 — reduction `{reduction}`: {note}", ""]
+        lines += [f"## Table 3 — reduction `{reduction}`: {note} (segmenter mIoU {miou:.3f})", ""]
         lines += [metrics_markdown({m: tables[reduction][m] for m in main_rows}, ANOMALY_COLUMNS), ""]
-    lines += ["## Table 4 — SynthCP MSP post-processing threshold sweep (reduction `per_image`)", ""]
+    lines += [f"## Table 4 — SynthCP MSP post-processing threshold sweep (reduction `per_image`; segmenter mIoU "
+              f"{miou:.3f})", ""]
     lines += [
         metrics_markdown(
             {synthcp_name(t): tables["per_image"][synthcp_name(t)] for t in study.thresholds}, ANOMALY_COLUMNS
         ),
         "",
+        synthesis[0],
+        "",
     ]
     markdown = "\n".join(lines)
     atomic_save_text(markdown, out / "report.md")
+    known = STREETHAZARDS_CLASSES[: study.num_classes]
     atomic_save_json(
-        {"tables": tables, "settings": study.describe(), "num_test": len(test), "num_images_with_anomaly": n_anom},
+        {"tables": tables, "settings": study.describe(), "num_test": len(test), "num_images_with_anomaly": n_anom,
+         "segmenter_miou": miou, "segmenter_class_iou": dict(zip(known, class_iou.tolist())),
+         "synthesis": synthesis[1]},
         out / "report.json",
     )
     rows = [

@@ -12,7 +12,9 @@ Images are in the study's normalised units; ``scale`` converts errors to physica
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 from monai.metrics import SSIMMetric
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.utils.atomic import atomic_save_json
 
 __all__ = ["ClassMeanPainter", "synthesis_quality", "blank_like"]
 
@@ -62,20 +65,34 @@ class ClassMeanPainter:
                 self.mean[c] = overall
         return self
 
-    def __call__(self, label: torch.Tensor, seed: int = 0, noise: bool = True) -> torch.Tensor:
+    @property
+    def overall_mean(self) -> np.ndarray:
+        """The training mean over every labelled voxel ``(Ci,)`` (what an ignore-label voxel is painted with)."""
+        total = max(int(self.count.sum()), 1)
+        return (self.mean * self.count[:, None]).sum(0) / total
+
+    def __call__(
+        self, label: torch.Tensor, seed: int = 0, noise: bool = True, ignore_index: int | None = None
+    ) -> torch.Tensor:
         """Paint label maps ``(B, *S)`` or ``(B, 1, *S)`` -> images ``(B, Ci, *S)`` (float32, same device).
 
-        The noise comes from a generator seeded with ``seed``: the same label map paints the same image.
+        The noise comes from a generator seeded with ``seed``: the same label map paints the same image. Voxels
+        labelled ``ignore_index`` (no class: the synthesizer sees an all-zero one-hot vector there) are painted with
+        the overall training mean, without noise.
         """
         if label.ndim >= 2 and label.shape[1] == 1:
             label = label[:, 0]
-        index = label.long().clamp(0, self.num_classes - 1)
-        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=label.device)[index]  # (B, *S, Ci)
-        image = mean.movedim(-1, 1).contiguous()
+        label = label.long()
+        index = label.clamp(0, self.num_classes - 1)
+        if ignore_index is not None:
+            index = torch.where(label == int(ignore_index), self.num_classes, index)
+        mean = np.concatenate([self.mean, self.overall_mean[None]])
+        std = np.concatenate([self.std, np.zeros((1, self.image_channels))])
+        image = torch.as_tensor(mean, dtype=torch.float32, device=label.device)[index].movedim(-1, 1).contiguous()
         if noise:
             gen = torch.Generator().manual_seed(int(seed))
-            std = torch.as_tensor(self.std, dtype=torch.float32, device=label.device)[index].movedim(-1, 1)
-            image = image + std * torch.randn(image.shape, generator=gen).to(label.device)
+            sd = torch.as_tensor(std, dtype=torch.float32, device=label.device)[index].movedim(-1, 1)
+            image = image + sd * torch.randn(image.shape, generator=gen).to(label.device)
         return image
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,6 +106,21 @@ class ClassMeanPainter:
         painter.std = np.asarray(state["std"], dtype=np.float64).reshape(painter.num_classes, painter.image_channels)
         painter.count = np.asarray(state["count"], dtype=np.int64)
         return painter
+
+    def save(self, path: str | Path) -> Path:
+        """Write the state as JSON, atomically (a study's ``models/painter.json``)."""
+        return atomic_save_json(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassMeanPainter:
+        """Read a painter written by :meth:`save`; a missing or unreadable file is a one-line `SynthCPInputError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise SynthCPInputError(f"painter {path} is missing: run the train_synthesizer stage first")
+        try:
+            return cls.from_state_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SynthCPInputError(f"painter {path} is unreadable ({err})") from None
 
 
 def blank_like(image: torch.Tensor, value: float = 0.0) -> torch.Tensor:

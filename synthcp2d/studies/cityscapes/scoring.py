@@ -27,6 +27,7 @@ from synthcp2d.studies.cityscapes.study import (
 )
 from synthcp2d.studies.common import Factory, image_tensor, load_cached, load_net, segment, synthesize
 from synthcp2d.studies.figures import to_display_image
+from synthcp2d.studies.measures import X_HAT_ABLATIONS, DatasetIoU, replaced_syntheses
 from synthcp3d.metrics import StreamingPixelFailureMetrics
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring import run_scorer
@@ -37,11 +38,12 @@ from synthcp3d.scoring.mc_dropout import (
     mean_entropy_per_class,
 )
 from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.targets import not_predicted_is_zero
 from synthcp3d.utils.atomic import atomic_path
 from synthcp3d.workflows.common import require_file
 
-__all__ = ["Judges", "load_judges", "score_segmenter"]
+__all__ = ["Judges", "SegmenterScores", "load_judges", "score_segmenter"]
 
 
 @dataclass
@@ -100,20 +102,44 @@ def load_judges(
     return Judges(seg, comps, head, mc, mc_full, vr, fold_nets)
 
 
+@dataclass
+class SegmenterScores:
+    """One segmenter's val split, scored: pixel tables by reduction (method -> metrics), image-level predictions by
+    method ``(N, C)``, true IoU ``(N, C)``, the Fig. 5 rows and the segmenter's dataset-level IoU per class."""
+
+    tables: dict
+    preds: dict[str, np.ndarray]
+    true: np.ndarray
+    fig_rows: list
+    class_iou: np.ndarray
+
+    @property
+    def miou(self) -> float:
+        """Mean over the classes labelled or predicted in the split."""
+        return float(np.nanmean(self.class_iou)) if np.isfinite(self.class_iou).any() else float("nan")
+
+
+def _ablated_rows(comparators: Mapping[str, torch.nn.Module]) -> list[str]:
+    """The x̂-ablation rows of the SynthCP comparators among ``comparators`` (Direct Prediction has no x̂)."""
+    return [row + suffix for row in comparators if row != "Direct Prediction" for suffix in X_HAT_ABLATIONS]
+
+
 def score_segmenter(
     study: CityscapesStudy,
     judges: Judges,
     generator: torch.nn.Module,
+    painter: ClassMeanPainter,
     vae: torch.nn.Module,
     val: list,
     out: Any,
     baselines: bool,
     figure: bool,
-) -> tuple[dict, dict, np.ndarray, list]:
-    """Score every val image of one segmenter; returns (pixel tables by reduction, image-level predictions by method,
-    true IoU (N, C), Fig. 5 rows)."""
+) -> SegmenterScores:
+    """Score every val image of one segmenter with every method, and SynthCP with ``x̂`` replaced by the painter's
+    image of ``ŷ`` and by a blank image."""
     dev = study.torch_device
-    methods = (["MSP", "MC-Dropout", "TCP"] if baselines else []) + list(judges.comparators)
+    compared = list(judges.comparators) + _ablated_rows(judges.comparators)
+    methods = (["MSP", "MC-Dropout", "TCP"] if baselines else []) + compared
     meters = {
         (m, r): StreamingPixelFailureMetrics(r, num_bins=study.num_bins, device=dev)
         for m in methods
@@ -122,10 +148,11 @@ def score_segmenter(
     pairwise = "Pairwise IoU (fold ensemble)"
     image_preds: dict[str, list[np.ndarray]] = {
         m: [] for m in IMAGE_METHODS
-        if m in judges.comparators or (baselines and (m != pairwise or judges.fold_segmenters))
+        if m in compared or (baselines and (m != pairwise or judges.fold_segmenters))
     }
     true_rows, fig_rows = [], []
-    for item in tqdm(val, desc=f"evaluate {out.name}", disable=not study.progress, unit="image"):
+    iou = DatasetIoU(study.num_classes, IGNORE)
+    for k, item in enumerate(tqdm(val, desc=f"evaluate {out.name}", disable=not study.progress, unit="image")):
         case = load_cached(item["cache"])
         x = image_tensor(case["image"])[None].to(dev)
         label = torch.as_tensor(case["label"][0].astype(np.int64), device=dev)
@@ -136,6 +163,7 @@ def score_segmenter(
         ignore = label == IGNORE
         error = (pred[0] != label) & ~ignore
         true_rows.append(true_iou(pred[0], label, study.num_classes))
+        iou.update(pred[0], label)
         inputs = {
             "segmenter": judges.segmenter,
             "image": x,
@@ -161,12 +189,17 @@ def score_segmenter(
             members = [pred] + [segment(net, x)[0].argmax(1) for net in judges.fold_segmenters]
             agreement = pairwise_agreement(members, study.num_classes, "iou")[0].cpu().numpy()
             image_preds[pairwise].append(not_predicted_is_zero(agreement, pred.cpu().numpy()))
+        replaced = replaced_syntheses(painter, pred, synth, seed=int(study.seed) + k)
         for row, comparator in judges.comparators.items():
             # the registry names Direct Prediction's network "direct_comparator", SynthCP's "comparator"
             scorer, key = ("direct", "direct_comparator") if row == "Direct Prediction" else ("synthcp", "comparator")
-            result = run_scorer(scorer, {**inputs, key: comparator})
-            maps[row] = result.pixel_error
-            image_preds[row].append(result.quality[0].cpu().numpy())
+            runs = {row: inputs} if row == "Direct Prediction" else {
+                row: inputs, **{row + suffix: {**inputs, "synthesis": x_hat} for suffix, x_hat in replaced.items()}
+            }
+            for name, given in runs.items():
+                result = run_scorer(scorer, {**given, key: comparator})
+                maps[name] = result.pixel_error
+                image_preds[name].append(result.quality[0].cpu().numpy())
         for m, s in maps.items():
             for r in REDUCTIONS:
                 meters[(m, r)].update(s[0], error, ignore)
@@ -175,6 +208,7 @@ def score_segmenter(
                 np.savez_compressed(
                     f,
                     error=error.cpu().numpy(),
+                    pred=pred[0].to(torch.uint8).cpu().numpy(),
                     ignore=ignore.cpu().numpy(),
                     **{m: s[0].float().cpu().numpy() for m, s in maps.items()},
                 )
@@ -182,7 +216,7 @@ def score_segmenter(
             fig_rows.append(_figure_row(case, pred, synth, error, ignore, maps["SynthCP-joint"]))
     tables = {r: {m: meters[(m, r)].compute() for m in methods} for r in REDUCTIONS}
     preds = {m: np.array(v, dtype=np.float64) for m, v in image_preds.items()}
-    return tables, preds, np.array(true_rows, dtype=np.float64), fig_rows
+    return SegmenterScores(tables, preds, np.array(true_rows, dtype=np.float64), fig_rows, iou.per_class())
 
 
 def _figure_row(

@@ -15,6 +15,7 @@ from scipy.ndimage import distance_transform_edt
 
 from synthcp2d.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_IGNORE_INDEX
 from synthcp2d.studies.common import Factory, StreetStudy
+from synthcp2d.studies.measures import X_HAT_ABLATIONS
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
@@ -28,6 +29,7 @@ __all__ = [
     "PIXEL_COLUMNS",
     "PIXEL_METHODS",
     "REDUCTIONS",
+    "SYNTHCP_ROWS",
     "CityscapesStudy",
     "cv_records",
     "feature_channels",
@@ -39,16 +41,17 @@ __all__ = [
 
 IGNORE = CITYSCAPES_IGNORE_INDEX
 MODE_NAMES = {"direct": "Direct Prediction", "separate": "SynthCP-separate", "joint": "SynthCP-joint"}
+#: SynthCP's rows, each followed by its x̂ ablation (the same comparator fed the painter's image, a blank image)
+SYNTHCP_ROWS = tuple(row + suffix for row in ("SynthCP-separate", "SynthCP-joint") for suffix in ("", *X_HAT_ABLATIONS))
 #: Table 1 rows, in order (comparator rows only for the trained modes).
-PIXEL_METHODS = ("MSP", "MC-Dropout", "TCP", "Direct Prediction", "SynthCP-separate", "SynthCP-joint")
+PIXEL_METHODS = ("MSP", "MC-Dropout", "TCP", "Direct Prediction", *SYNTHCP_ROWS)
 IMAGE_METHODS = (
     "MC-Dropout",
     "MC-Dropout (full linear map)",
     "VAE alarm",
     "Pairwise IoU (fold ensemble)",
     "Direct Prediction",
-    "SynthCP-separate",
-    "SynthCP-joint",
+    *SYNTHCP_ROWS,
 )
 PIXEL_COLUMNS = (
     ("FPR95", "FPR95 ↓"),
@@ -113,13 +116,6 @@ class CityscapesStudy(StreetStudy):
 
     def cv_dir(self, name: str) -> Any:
         return self.out / "crossval" / name
-
-
-def _factories(segmenters: Mapping[str, Factory], study: CityscapesStudy) -> dict[str, Factory]:
-    missing = [s for s in study.segmenters if s not in segmenters]
-    if missing:
-        raise SynthCPInputError(f"segmenters {missing} have no factory in the config's 'segmenters' mapping")
-    return {s: segmenters[s] for s in study.segmenters}
 
 
 def segmenter_factories(segmenters: Mapping[str, Factory], study: CityscapesStudy) -> dict[str, Factory]:
