@@ -16,6 +16,8 @@ from synthcp2d.data import make_cityscapes_dataset
 from synthcp3d.report import read_per_case_csv
 from synthcp3d.study_cli import STUDIES, run_study
 
+pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
+
 
 SYNTHCP = [f"SynthCP-{mode}{x_hat}" for mode in ("separate", "joint")
            for x_hat in ("", ", x̂ = class-mean painter", ", x̂ = blank")]

@@ -15,6 +15,8 @@ from synthcp2d.data import make_streethazards_dataset
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.study_cli import STUDIES, bundle_dir, run_study, stage_command
 
+pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
+
 TINY = {
     "common": {
         "image_size": [64, 32],
