@@ -170,3 +170,22 @@ def write_dicom_series(
                 f.unlink()
             tmp_dir.rmdir()
     return folder
+
+
+def sklearn_saved_miou(records: list[dict], scores_dir: Path, ignore: int) -> float:
+    """A 2D study's segmenter mIoU recomputed with scikit-learn: the predictions its evaluate stage saved
+    (``<scores_dir>/<case>.npz``, key ``pred``) against the cached labels, pixels of every record pooled, ``ignore``
+    pixels left out, the mean over the classes labelled or predicted."""
+    from sklearn.metrics import jaccard_score
+
+    from synthcp2d.studies.common import load_cached
+
+    y, p = [], []
+    for record in records:
+        with np.load(scores_dir / f"{record['case'].replace('/', '_')}.npz") as data:
+            p.append(data["pred"].ravel())
+        y.append(load_cached(record["cache"])["label"].ravel())
+    y, p = np.concatenate(y).astype(int), np.concatenate(p).astype(int)
+    keep = y != ignore
+    present = sorted(set(y[keep]) | set(p[keep]))
+    return float(jaccard_score(y[keep], p[keep], labels=present, average=None).mean())

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from helpers import TINY_CITYSCAPES
+from helpers import TINY_CITYSCAPES, sklearn_saved_miou
 
 from synthcp2d.data import make_cityscapes_dataset
 from synthcp3d.report import read_per_case_csv
@@ -126,16 +126,8 @@ def test_segmenter_miou_and_painter_synthesis_recomputed_with_numpy(study_run):
     out, _, _ = study_run
     report = json.loads((out / "evaluate" / "report.json").read_text())
     val = json.loads((out / "prepare" / "cases.json").read_text())["val"]
-    y, p = [], []
-    for record in val:
-        with np.load(out / "evaluate" / "fcn8" / "scores" / f"{record['case']}.npz") as data:
-            p.append(data["pred"].ravel())
-        y.append(load_cached(record["cache"])["label"].ravel())
-    y, p = np.concatenate(y).astype(int), np.concatenate(p).astype(int)
-    keep = y != 255
-    present = sorted(set(y[keep]) | set(p[keep]))
-    expected = jaccard_score(y[keep], p[keep], labels=present, average=None)
-    assert report["segmenter_miou"]["fcn8"] == pytest.approx(expected.mean(), abs=1e-9)
+    expected = sklearn_saved_miou(val, out / "evaluate" / "fcn8" / "scores", ignore=255)
+    assert report["segmenter_miou"]["fcn8"] == pytest.approx(expected, abs=1e-9)
     painter = ClassMeanPainter.load(out / "models" / "painter.json")
     assert painter.mean.shape == (19, 3)
     per_class = {c: [] for c in CITYSCAPES_CLASSES}

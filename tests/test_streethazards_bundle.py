@@ -9,7 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from helpers import sklearn_saved_miou
 
 from synthcp2d.data import make_streethazards_dataset
 from synthcp3d.errors import SynthCPInputError
@@ -119,20 +121,10 @@ def test_pooled_table_recomputed_with_sklearn(study_run):
 def test_segmenter_miou_recomputed_with_sklearn(study_run):
     """The headings' mIoU: the saved predictions against the cached labels, pooled over the test images, the 13
     known classes, anomaly pixels excluded."""
-    from synthcp2d.studies.common import load_cached
-
     out, _, _ = study_run
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    y, p = [], []
-    for record in json.loads((out / "prepare" / "cases.json").read_text())["test"]:
-        with np.load(out / "evaluate" / "scores" / f"{record['case'].replace('/', '_')}.npz") as data:
-            p.append(data["pred"].ravel())
-        y.append(load_cached(record["cache"])["label"].ravel())
-    y, p = np.concatenate(y).astype(int), np.concatenate(p).astype(int)
-    keep = y != 13
-    present = sorted(set(y[keep]) | set(p[keep]))
-    expected = jaccard_score(y[keep], p[keep], labels=present, average=None)
-    assert report["segmenter_miou"] == pytest.approx(expected.mean(), abs=1e-9)
+    test = json.loads((out / "prepare" / "cases.json").read_text())["test"]
+    assert report["segmenter_miou"] == pytest.approx(sklearn_saved_miou(test, out / "evaluate" / "scores", 13), abs=1e-9)
     assert set(report["synthesis"]) == {"2D SPADE G(y)", "class-mean painter"}
     assert (out / "models" / "painter.json").is_file()
 
