@@ -96,7 +96,7 @@ def train_synthesizer(
 def _fit_painter(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, iterations: int) -> dict:
     """The class-mean painter on the synthesizer's training crops -> ``models/painter.json``; the stage's info."""
     painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
-    atomic_save_json(painter.state_dict(), study.models / "painter.json")
+    painter.save(study.models / "painter.json")
     return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
 
 

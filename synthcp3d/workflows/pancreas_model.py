@@ -286,11 +286,7 @@ def load_regressor(study: PancreasStudy, name: str) -> Any:
 
 def load_painter(study: PancreasStudy) -> Any:
     """The class-mean painter of ``models/painter.json`` (written by ``train_synthesizer``)."""
-    path = require_file(study.models / "painter.json", "train_synthesizer")
-    try:
-        return ClassMeanPainter.from_state_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SynthCPInputError(f"painter {path} is unreadable ({err})") from None
+    return ClassMeanPainter.load(study.models / "painter.json")
 
 
 def segmenter_name(study: PancreasStudy, factory: Factory | None = None) -> str:
