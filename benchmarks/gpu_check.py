@@ -472,7 +472,7 @@ def build_trainer(kind: str, check: Check, variant: Variant, iterations: int) ->
     from synthcp3d.engines.segmentation import SegmenterTrainer
     from synthcp3d.networks.comparator import comparator_loss
     from synthcp3d.networks.gan_losses import make_gan_optimizers
-    from synthcp3d.workflows.pancreas import SegmenterRecipe
+    from synthcp3d.workflows.protocol import SegmenterRecipe
 
     cfg = check.config(STEP_KINDS[kind][0])
     device, n = check.device, cfg["num_classes"]
@@ -722,7 +722,7 @@ def distributed_worker(local_rank: int, overrides: dict[str, Any], root: str, it
     from synthcp3d.engines.sampling import make_train_loader
     from synthcp3d.engines.segmentation import SegmenterTrainer
     from synthcp3d.engines.training import run_training
-    from synthcp3d.workflows.pancreas import SegmenterRecipe
+    from synthcp3d.workflows.protocol import SegmenterRecipe
 
     device = idist.device()
     if device.type == "cpu":

@@ -8,13 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-STAGES = ("synthcp3d.workflows.pancreas", "synthcp3d.workflows.pancreas_judges", "synthcp3d.workflows.pancreas_report")
+STAGES = (
+    "synthcp3d.workflows.pancreas",
+    "synthcp3d.workflows.pancreas_judges",
+    "synthcp3d.workflows.pancreas_report",
+    # the training bodies and the trainers they drive
+    "synthcp3d.workflows.protocol",
+    "synthcp3d.engines.training",
+    "synthcp3d.engines.segmentation",
+    "synthcp3d.engines.gan",
+    "synthcp3d.engines.comparator",
+    "synthcp3d.engines.mask_vae",
+)
 
-# Imports the alarm's modules and the trained model, records which training-stage modules came with them, then imports
-# the stages (the second record shows the probe can see them).
+# Imports the alarm's modules and the trained model, records which training modules (stages, bodies, trainers) came
+# with them, then imports the stages (the second record shows the probe can see them).
 PROBE = f"""
 import json, sys
-import synthcp3d.alarm, synthcp3d.alarm.bundle_predictor
+import synthcp3d.alarm, synthcp3d.alarm.api, synthcp3d.alarm.cli, synthcp3d.alarm.bundle_predictor
 import synthcp3d.workflows.pancreas_model, synthcp3d.workflows.pancreas_scoring
 after_alarm = [m for m in {STAGES!r} if m in sys.modules]
 import {", ".join(STAGES)}

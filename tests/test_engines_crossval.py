@@ -84,7 +84,7 @@ class _Recorder:
         n = int(case["case"][4:])
         pred = np.full((1, 4, 5), n % 3, dtype=np.int64)
         prob = np.random.default_rng(n).dirichlet(np.ones(3), size=(4, 5)).transpose(2, 0, 1)
-        return {"pred": pred, "prob": prob}
+        return {"pred": pred, "prob": prob, "record": {"n": n, "trained_on": len(model or ())}}
 
 
 def _cases() -> list[dict]:
@@ -106,6 +106,7 @@ def test_run_crossval_predicts_each_case_once_out_of_fold(tmp_path: Path) -> Non
     entry = manifest[4]
     assert entry["fold"] == next(i for i, f in enumerate(split["folds"]) if "case04" in f)
     assert entry["image"] == "/data/case04_img.nii.gz" and entry["pred"] == "predictions/case04_pred.npy"
+    assert entry["record"] == {"n": 4, "trained_on": len(split["train"][entry["fold"]])}  # kept with the prediction
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
 
     loaded = load_manifest(tmp_path)
@@ -130,7 +131,9 @@ def test_run_crossval_resumes_after_a_crash(tmp_path: Path) -> None:
     assert len(second.trained) == 2  # fold 0 is not retrained
     assert folds[1][0] not in [c for c, _ in second.predicted]  # its prediction exists already
     assert Counter(c for c, _ in first.predicted + second.predicted) == Counter(IDS)
-    assert len(load_manifest(tmp_path)) == len(IDS)
+    manifest = load_manifest(tmp_path)
+    assert len(manifest) == len(IDS)
+    assert [e["record"]["n"] for e in manifest] == list(range(len(IDS)))  # also those predicted before the crash
 
     with pytest.raises(SynthCPInputError, match="different fold split"):
         run_crossval(_cases(), 3, tmp_path, second.train, second.predict, seed=99, progress=False)

@@ -14,7 +14,7 @@ from monai.utils import set_determinism
 
 from synthcp3d.engines.checkpoint import find_latest_checkpoint, load_checkpoint, load_weights, save_weights
 from synthcp3d.engines.gan import GanTrainer
-from synthcp3d.workflows.common import linear_decay_schedule
+from synthcp3d.workflows.protocol import linear_decay_schedule
 from synthcp3d.engines.sampling import make_train_loader
 from synthcp3d.engines.segmentation import SegmenterTrainer
 from synthcp3d.engines.training import run_training

@@ -29,7 +29,7 @@ from synthcp3d.networks import (
     make_gan_optimizers,
     one_hot_labels,
 )
-from synthcp3d.workflows.common import linear_decay_schedule
+from synthcp3d.workflows.protocol import linear_decay_schedule
 
 LEVELS = torch.tensor([-0.8, 0.0, 0.8])
 

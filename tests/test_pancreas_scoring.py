@@ -10,7 +10,7 @@ from monai.losses import DiceCELoss
 from synthcp3d.engines.segmentation import SegmentationLoss
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.transforms import segmenter_train_augmentation
-from synthcp3d.workflows.pancreas import SegmenterRecipe
+from synthcp3d.workflows.protocol import SegmenterRecipe
 from synthcp3d.workflows.pancreas_model import PancreasStudy
 from synthcp3d.workflows.pancreas_scoring import not_predicted_is_zero, vae_input
 

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +21,25 @@ import torch
 from monai.data import Dataset
 from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, RandFlipd
-from monai.utils import set_determinism
 from PIL import Image
 from tqdm.auto import tqdm
 
 from synthcp3d.engines.checkpoint import load_weights, save_weights
 from synthcp3d.engines.crossval import load_prediction
-from synthcp3d.engines.distributed import unwrap
-from synthcp3d.engines.sampling import make_train_loader
-from synthcp3d.engines.segmentation import SegmenterTrainer
-from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
-from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
 from synthcp3d.scoring.synthesis import ClassMeanPainter
+from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import (
-    StudyBase,
+from synthcp3d.workflows.common import StudyBase, on_main_process, require_file, save_network, study_stage
+from synthcp3d.workflows.protocol import (
+    SEED_OFFSETS,
+    SegmenterRecipe,
+    fit_segmenter,
     fit_synthesizer,
-    on_main_process,
-    require_file,
-    save_network_spec,
-    study_stage,
+    run_trainer,
+    seed_stage,
+    train_loader,
 )
 
 __all__ = [
@@ -52,7 +50,7 @@ __all__ = [
     "LoadCase",
     "case_dataset",
     "image_tensor",
-    "fit_segmenter",
+    "fit_street_segmenter",
     "fit_confidnet",
     "train_synthesizer",
     "train_autoencoder",
@@ -193,29 +191,27 @@ def load_net(factory: Factory, path: Path, key: str, device: torch.device) -> to
     return net.eval()
 
 
-def fit_segmenter(
+def fit_street_segmenter(
     study: StreetStudy,
     factory: Factory,
     records: Sequence[Mapping[str, Any]],
-    out_dir: Path,
+    checkpoint_dir: Path,
     weights: Path,
     iterations: int,
     batch_size: int,
     lr: float,
     seed: int,
+    recipe: Mapping | None = None,
 ) -> torch.nn.Module:
-    """Train one segmenter (Dice + CE, `SegmenterTrainer`) on cached cases; resumable; weights saved atomically.
-    Returns it unwrapped, in eval mode (distributed runs: every rank holds the same weights)."""
-    if weights.is_file() and not study.force:
-        return load_net(factory, weights, "segmenter", study.torch_device)
-    set_determinism(seed=seed)
-    net = study.prepare_network(factory())
-    loader = make_train_loader(case_dataset(records), batch_size, seed=seed, num_workers=study.num_workers)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
-    trainer = SegmenterTrainer(study.torch_device, loader, net, optimizer, ignore_index=study.ignore_index)
-    run_training(trainer, int(iterations), out_dir, **study.train_kwargs(iterations))
-    save_weights({"segmenter": net}, weights)
-    return unwrap(net).eval()
+    """The core's `fit_segmenter` on whole cached images of ``records`` (random horizontal flip); the study's ignore
+    label has no target. Returns it in eval mode."""
+    recipe = SegmenterRecipe.of(recipe)
+    if recipe.crop_ratios is not None:
+        raise SynthCPInputError("segmenter_recipe.crop_ratios: the 2D studies train on whole images, not patches")
+    return fit_segmenter(
+        study, factory, partial(case_dataset, records), checkpoint_dir, weights, iterations, batch_size, lr, seed,
+        recipe, ignore_index=study.ignore_index,
+    )
 
 
 def _fit_supervised(
@@ -234,7 +230,7 @@ def _fit_supervised(
     """MONAI ``SupervisedTrainer`` on cached cases, ``prepare_batch`` making ``(input, target)``; only ``trainable``'s
     parameters (a part of ``model``, or ``model`` itself) are optimised and checkpointed (resumable through
     `run_training`); ``model`` runs wrapped by `StudyBase.prepare_network`."""
-    loader = make_train_loader(case_dataset(records), batch_size, seed=seed, num_workers=study.num_workers)
+    loader = train_loader(study, case_dataset(records), batch_size, seed)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=lr)
     trainer = SupervisedTrainer(
         device=study.torch_device,
@@ -246,13 +242,7 @@ def _fit_supervised(
         prepare_batch=prepare_batch,
         decollate=False,
     )
-    run_training(
-        trainer,
-        int(iterations),
-        out_dir,
-        to_save={"network": trainable, "optimizer": optimizer},
-        **study.train_kwargs(iterations),
-    )
+    run_trainer(study, trainer, iterations, out_dir, to_save={"network": trainable, "optimizer": optimizer})
 
 
 def _image_pair(batch: Mapping[str, torch.Tensor], device: torch.device, non_blocking: bool = False, **_: Any):
@@ -291,7 +281,8 @@ def fit_confidnet(
 ) -> torch.nn.Module:
     """TCP baseline (ConfidNet): a head on the frozen segmenter's features regresses the true-class probability
     (`tcp_loss`, MSE over labelled pixels) -> ``weights`` (``{"confidnet": ...}``)."""
-    set_determinism(seed=int(study.seed) + 500)
+    offset = SEED_OFFSETS["tcp"]
+    seed_stage(study, offset)
     head = head_factory().to(study.torch_device)
 
     def prepare(batch: Mapping[str, torch.Tensor], device: torch.device, non_blocking: bool = False, **_: Any):
@@ -311,7 +302,7 @@ def fit_confidnet(
         iterations,
         batch_size,
         lr,
-        seed=int(study.seed) + 500,
+        seed=int(study.seed) + offset,
     )
     save_weights({"confidnet": head}, weights)
     return head.eval()
@@ -335,18 +326,11 @@ def train_synthesizer(
     the training split -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot vectors.
     ``lr_decay_fraction``: SPADE's linear LR decay (see `fit_synthesizer`)."""
     train = study.cases()["train"]
-    set_determinism(seed=int(study.seed) + 100)
-    loader = make_train_loader(
-        case_dataset(train), batch_size, seed=int(study.seed) + 100, num_workers=study.num_workers
+    fit_synthesizer(
+        study, generator, discriminator, case_dataset(train), iterations, batch_size, num_classes=study.num_classes,
+        ignore_index=study.ignore_index, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
+        class_mean_weight=class_mean_weight, lr_decay_fraction=lr_decay_fraction,
     )
-    g = fit_synthesizer(
-        study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
-        num_classes=study.num_classes, ignore_index=study.ignore_index, lr_g=lr_g, lr_d=lr_d,
-        feature_matching_weight=feature_matching_weight, class_mean_weight=class_mean_weight,
-        lr_decay_fraction=lr_decay_fraction,
-    )
-    save_weights({"generator": g}, study.models / "generator.pt")
-    save_network_spec(study, "generator", generator)
     on_main_process(_fit_painter, study, train)
     return {"num_train": len(train), "iterations": int(iterations)}
 
@@ -368,7 +352,8 @@ def train_autoencoder(
 ) -> dict:
     """The AE baseline's auto-encoder reconstructing the training images (L1) -> ``models/autoencoder.pt``."""
     train = study.cases()["train"]
-    set_determinism(seed=int(study.seed) + 400)
+    offset = SEED_OFFSETS["autoencoder"]
+    seed_stage(study, offset)
     net = autoencoder().to(study.torch_device)
     _fit_supervised(
         study,
@@ -381,10 +366,9 @@ def train_autoencoder(
         iterations,
         batch_size,
         lr,
-        seed=int(study.seed) + 400,
+        seed=int(study.seed) + offset,
     )
-    save_weights({"autoencoder": net}, study.models / "autoencoder.pt")
-    save_network_spec(study, "autoencoder", autoencoder)
+    save_network(study, "autoencoder", "autoencoder", net, autoencoder)
     return {"num_train": len(train), "iterations": int(iterations)}
 
 

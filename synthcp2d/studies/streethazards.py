@@ -21,7 +21,7 @@ Anomaly pixels (index 13) are positives; no pixel is ignored ("unlabeled" is an 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from synthcp2d.studies.common import (
     Factory,
     StreetStudy,
     cache_cases,
-    fit_segmenter,
+    fit_street_segmenter,
     image_tensor,
     load_cached,
     load_net,
@@ -154,20 +154,19 @@ def prepare(study: StreetHazardsStudy) -> dict:
 
 @study_stage("train_segmenter", training=True)
 def train_segmenter(
-    study: StreetHazardsStudy, segmenter: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-4
+    study: StreetHazardsStudy,
+    segmenter: Factory,
+    iterations: int = 20000,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    recipe: Mapping | None = None,
 ) -> dict:
-    """The segmenter on the 13 known classes of the training split -> ``models/segmenter.pt``."""
+    """The segmenter on the 13 known classes of the training split -> ``models/segmenter.pt`` (``recipe``: the
+    core's `SegmenterRecipe`)."""
     train = study.cases()["train"]
-    fit_segmenter(
-        study,
-        segmenter,
-        train,
-        study.stage_dir("train_segmenter") / "checkpoints",
-        study.models / "segmenter.pt",
-        iterations,
-        batch_size,
-        lr,
-        seed=int(study.seed),
+    fit_street_segmenter(
+        study, segmenter, train, study.stage_dir("train_segmenter") / "checkpoints", study.models / "segmenter.pt",
+        iterations, batch_size, lr, seed=int(study.seed), recipe=recipe,
     )
     save_network_spec(study, "segmenter", segmenter)
     return {"num_train": len(train), "iterations": int(iterations)}

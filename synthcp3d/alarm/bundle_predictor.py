@@ -40,6 +40,7 @@ from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.ensemble import mean_ensemble
 from synthcp3d.workflows import pancreas_model as wf
+from synthcp3d.workflows.common import save_network
 from synthcp3d.workflows.pancreas_scoring import (
     pairwise_dice_quality,
     segment_volume,
@@ -250,7 +251,7 @@ def make_untrained_bundle(out: str | os.PathLike, overrides: Mapping[str, Any] |
     wf.save_settings(study)
     for name in REQUIRED:
         factory = parser.get_parsed_content("comparator" if name == "comparator_synthcp" else name)
-        wf.save_network(study, name, factory().eval(), factory)
+        save_network(study, name, wf.NETWORKS[name][1], factory().eval(), factory)
     n = study.num_classes
     feats = np.tile(np.linspace(0.0, 1.0, 5)[:, None], (1, n))
     regressor = LinearQualityRegressor(n, missing_feature_quality=0.0).fit(feats, feats)

@@ -13,7 +13,10 @@ On-disk layout written by `run_crossval` (all files atomic; paths inside JSON ar
       predictions/{case}_pred.{npy|nii.gz|png}   label map (uint8; int16 above 255 classes)
       predictions/{case}_prob.npz                optional softmax: "prob" float16 (C, *S), or top-k:
                                                  "indices" (k, *S), "values" float16 (k, *S), "num_classes"
-      manifest.json               [{"case", "fold", "image", "label", "pred", "prob"}, ...] (``prob`` may be null)
+      predictions/{case}_record.json             optional: what ``predict_fn`` measured on the case (features,
+                                                 true quality), kept with its prediction
+      manifest.json               [{"case", "fold", "image", "label", "pred", "prob", "record"}, ...]
+                                  (``prob`` and ``record`` may be null)
 
 `load_manifest` returns the manifest with absolute paths; `load_prediction` / `load_probabilities` read the files.
 A rerun skips finished folds (``fold.json`` present) and already written predictions. In a distributed run (world
@@ -36,6 +39,7 @@ from PIL import Image
 from sklearn.model_selection import KFold
 from tqdm.auto import tqdm
 
+from synthcp3d.data.volume_io import save_like
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.arrays import to_numpy
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json
@@ -179,12 +183,14 @@ def save_prediction(pred: Any, path: str | os.PathLike, affine: Any | None = Non
     arr = arr.astype(np.uint8 if (arr.size == 0 or arr.max() <= 255) else np.int16)
     if fmt == "png" and (arr.ndim != 2 or arr.dtype != np.uint8):
         raise SynthCPInputError(f"{path.name}: PNG predictions must be 2D with at most 256 classes")
+    if fmt == "nii.gz":  # the project's one NIfTI writer (qform/sform set, reproducible bytes)
+        if arr.ndim != 3:
+            raise SynthCPInputError(f"{path.name}: NIfTI predictions must be 3D, got shape {arr.shape}")
+        return save_like(arr, np.eye(4) if affine is None else to_numpy(affine), path)
     with atomic_path(path) as tmp:
         if fmt == "npy":
             with open(tmp, "wb") as f:
                 np.save(f, arr)
-        elif fmt == "nii.gz":
-            nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else to_numpy(affine).astype(np.float64)), tmp)
         else:
             Image.fromarray(arr).save(tmp, format="PNG")
     return path
@@ -277,7 +283,8 @@ def run_crossval(
             crash, so it should resume itself (e.g. `run_training` with checkpoints under ``fold_dir``). Distributed:
             called on every rank.
         predict_fn: ``(model, case) -> {"pred": label map (*S) or (1, *S), "prob": optional (C, *S),
-            "affine": optional 4x4 for NIfTI}``. Distributed: called on rank 0 only.
+            "affine": optional 4x4 for NIfTI, "record": optional JSON-able dict}``. Distributed: called on rank 0
+            only.
         seed, group_key, contiguous: how `make_folds` splits (``group_key`` names the cases' group entry).
         folds: explicit folds (lists of case ids) instead of `make_folds`.
         pred_format: ``"npy"``, ``"nii.gz"`` (3D) or ``"png"`` (2D, < 256 classes).
@@ -333,6 +340,9 @@ def run_crossval(
     def prob_path(case: str) -> Path:
         return pred_dir / f"{case}_prob.npz"
 
+    def record_path(case: str) -> Path:
+        return pred_dir / f"{case}_record.json"
+
     def predict_fold(model: Any, fold: int, held_out: Sequence[str]) -> None:
         todo = [
             c for c in held_out if not pred_path(c).is_file() or (prob_format != "none" and not prob_path(c).is_file())
@@ -345,6 +355,8 @@ def run_crossval(
                 if out.get("prob") is None:
                     raise ValueError(f"prob_format={prob_format!r} but predict_fn returned no 'prob' for {case}")
                 save_probabilities(out["prob"], prob_path(case), prob_format, top_k)
+            if out.get("record") is not None:  # before the prediction, whose presence marks the case done
+                atomic_save_json(out["record"], record_path(case))
             save_prediction(out["pred"], pred_path(case), out.get("affine"))
 
     for i, (held_out, train_ids) in enumerate(zip(folds, train)):
@@ -372,6 +384,7 @@ def run_crossval(
             "label": by_id[case].get("label"),
             "pred": pred_path(case).relative_to(out_dir).as_posix(),
             "prob": prob_path(case).relative_to(out_dir).as_posix() if prob_format != "none" else None,
+            "record": _read_json(record_path(case)) if record_path(case).is_file() else None,
         }
         manifest.append(entry)
     if main:

@@ -32,7 +32,8 @@ class SegmentationLoss(nn.Module):
     from many patches) need ``include_background=False, batch=True`` (the Dice of a class summed over the batch, so a
     patch without the class does not reward predicting nothing) and a class-weighted CE; MONAI applies
     ``class_weights`` to both terms. MONAI's DiceCELoss has no ignore label (Cityscapes' 255), so with one the Dice
-    term is ``MaskedDiceLoss`` over the valid pixels and the CE term is torch's ``cross_entropy(ignore_index=...)``.
+    term is ``MaskedDiceLoss`` over the valid pixels and the CE term is torch's ``cross_entropy(ignore_index=...)``,
+    with the same ``include_background``, ``batch`` and ``class_weights``.
     """
 
     def __init__(
@@ -47,14 +48,19 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
         self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
+        weight = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         if ignore_index is None:
-            weight = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
             self.loss = DiceCELoss(
                 to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
                 include_background=include_background, batch=batch, weight=weight,
             )
         else:
-            self.dice = MaskedDiceLoss(to_onehot_y=True, softmax=True)
+            # as DiceCELoss does: without the background in the Dice term, its weight is dropped there only
+            dice_weight = weight[1:] if weight is not None and not include_background else weight
+            self.dice = MaskedDiceLoss(
+                to_onehot_y=True, softmax=True, include_background=include_background, batch=batch, weight=dice_weight
+            )
+            self.register_buffer("ce_weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if label.ndim == logits.ndim - 1:
@@ -64,7 +70,7 @@ class SegmentationLoss(nn.Module):
         label = label.long()
         valid = label != self.ignore_index
         dice = self.dice(logits, torch.where(valid, label, 0), mask=valid)
-        ce = F.cross_entropy(logits.float(), label[:, 0], ignore_index=self.ignore_index)
+        ce = F.cross_entropy(logits.float(), label[:, 0], weight=self.ce_weight, ignore_index=self.ignore_index)
         return self.lambda_dice * dice + self.lambda_ce * ce
 
 

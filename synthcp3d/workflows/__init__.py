@@ -3,11 +3,12 @@
 Each stage reads what earlier stages wrote below ``output_dir``, writes its own outputs atomically and a
 ``<stage>/done.json`` marker last, and is skipped when that marker exists (unless ``force``). The pancreas study's
 stages are ``pancreas`` (prepare, segmenter, cross-validation), ``pancreas_judges`` (synthesizer, comparators, VAE
-alarm) and ``pancreas_report`` (evaluate, inference). ``pancreas_model`` (settings, loading a trained output folder)
+alarm) and ``pancreas_report`` (evaluate, inference); the training bodies they (and the 2D studies' stages) run
+are ``protocol``'s, written once for any ``spatial_dims``. ``pancreas_model`` (settings, loading a trained output folder)
 and ``pancreas_scoring`` (scoring one case) are the trained model those stages write: what inference and the DSC
 alarm need, without the training stages.
 """
 
 from __future__ import annotations
 
-__all__ = ["common", "pancreas", "pancreas_judges", "pancreas_report", "pancreas_model", "pancreas_scoring"]
+__all__ = ["common", "protocol", "pancreas", "pancreas_judges", "pancreas_report", "pancreas_model", "pancreas_scoring"]

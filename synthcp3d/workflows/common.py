@@ -33,11 +33,9 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from synthcp3d.engines.distributed import prepare_network, unwrap
-from synthcp3d.engines.gan import GanTrainer
-from synthcp3d.engines.training import run_training
+from synthcp3d.engines.checkpoint import save_weights
+from synthcp3d.engines.distributed import prepare_network
 from synthcp3d.errors import SynthCPInputError
-from synthcp3d.networks.gan_losses import make_gan_optimizers
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 
 __all__ = [
@@ -47,6 +45,7 @@ __all__ = [
     "on_main_process",
     "to_json",
     "describe_factory",
+    "save_network",
     "save_network_spec",
     "load_network_spec",
     "build_network",
@@ -149,58 +148,6 @@ class StudyBase:
         return {k: to_json(v) for k, v in asdict(self).items()}
 
 
-def fit_synthesizer(
-    study: StudyBase,
-    generator: Callable[[], torch.nn.Module],
-    discriminator: Callable[[], torch.nn.Module],
-    loader: Any,
-    iterations: int,
-    checkpoint_dir: Path,
-    num_classes: int,
-    ignore_index: int | None = None,
-    lr_g: float = 1e-4,
-    lr_d: float = 4e-4,
-    feature_matching_weight: float = 10.0,
-    reconstruction_weight: float = 0.0,
-    class_mean_weight: float = 0.0,
-    lr_decay_fraction: float = 0.0,
-) -> torch.nn.Module:
-    """SPADE training shared by every study (2D and 3D): fresh G and D from their factories, TTUR Adam,
-    `GanTrainer` (hinge + feature matching [+ L1 reconstruction] [+ per-class mean]) on the ``loader``'s (label,
-    image) pairs, resumable; distributed when the study is (`StudyBase.prepare_network`). Returns G (unwrapped).
-
-    ``lr_decay_fraction``: SPADE's schedule (``niter`` then ``niter_decay``): both LRs constant, then linearly to 0
-    over this final fraction of the iterations (SPADE's Cityscapes setting: 0.5; 0 keeps them constant). With Adam's
-    beta1 = 0 the weights of a constant-LR run keep jumping at the last step; the decay lets them settle.
-    """
-    g, d = study.prepare_network(generator()), study.prepare_network(discriminator())
-    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
-    schedulers = {
-        name: linear_decay_schedule(opt, int(iterations), lr_decay_fraction)
-        for name, opt in (("scheduler_g", opt_g), ("scheduler_d", opt_d))
-    } if lr_decay_fraction > 0 else None
-    trainer = GanTrainer(
-        study.torch_device, loader, g, d, opt_g, opt_d, num_classes=num_classes, ignore_index=ignore_index,
-        feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
-        class_mean_weight=class_mean_weight, schedulers=schedulers,
-    )
-    run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
-    return unwrap(g)
-
-
-def linear_decay_schedule(
-    optimizer: torch.optim.Optimizer, iterations: int, fraction: float
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Constant LR, then linear to 0 over the last ``fraction`` of ``iterations`` (stepped once per iteration)."""
-    if not 0.0 < fraction <= 1.0:
-        raise SynthCPInputError(f"lr_decay_fraction must be in (0, 1], got {fraction}")
-    decay = max(int(round(fraction * iterations)), 1)
-    start = iterations - decay
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 if step < start else max(iterations - step, 0) / decay
-    )
-
-
 def study_stage(
     name: str, training: bool = False
 ) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:
@@ -292,6 +239,15 @@ def save_network_spec(study: StudyBase, name: str, factory: Any) -> None:
     specs = json.loads(path.read_text()) if path.is_file() else {}
     specs[name] = describe_factory(factory)
     atomic_save_json(specs, path)
+
+
+def save_network(study: StudyBase, name: str, key: str, net: torch.nn.Module, factory: Any) -> Path:
+    """The one way a trained network is kept: weights ``{key: state}`` in ``models/<name>.pt`` (`save_weights`:
+    atomic, rank 0) and how to build it in ``models/networks.json``. Returns the weights' path."""
+    path = study.models / f"{name}.pt"
+    save_weights({key: net}, path)
+    save_network_spec(study, name, factory)
+    return path
 
 
 def load_network_spec(models: str | Path, name: str, stage: str) -> dict:

@@ -7,8 +7,8 @@ the end). Outputs, all below ``output_dir`` (see the bundle README for the full 
 - ``prepare``: seeded split (``train_fraction`` of the labelled cases for training, paper: 200 of 281), the K folds
   of the training part, every case resampled/windowed once (``prepare/volumes``);
 - ``train_segmenter``: AH-Net on all training cases -> ``models/segmenter.pt``;
-- ``crossval``: K AH-Nets, each predicts its held-out fold (every training case exactly once) ->
-  ``crossval/predictions``, ``crossval/cases.json`` (true DSC, ROI, MC-Dropout features), and the MC-Dropout
+- ``crossval``: K AH-Nets, each predicts its held-out fold (every training case exactly once; the core's
+  `run_crossval` layout) -> ``crossval/predictions``, ``crossval/cases.json`` (true DSC, ROI, MC-Dropout features), and the MC-Dropout
   regressor fitted on them -> ``models/mc_dropout_regressor.json``;
 - ``train_synthesizer``: 3D SPADE on ground-truth (label, image) pancreas-ROI pairs -> ``models/generator.pt``;
 - ``train_comparator``: SynthCP comparator (``x``, ``G(ŷ)``, ``ŷ``) and Direct Prediction (``x``, ``ŷ``) on the
@@ -19,18 +19,19 @@ the end). Outputs, all below ``output_dir`` (see the bundle README for the full 
 - ``inference``: segmentation + predicted DSC for a folder of new volumes.
 
 Crop rule (``synthcp3d.roi``): a fixed ``roi_size`` box centred on the bounding box of the predicted pancreas
-(the largest connected component of labels > 0 of ``ŷ``), shifted to stay inside the volume; an empty prediction falls back to the volume centre
-(counted in the report). Undefined DSC (tumour absent from both ground truth and prediction) is NaN: excluded from
+(the largest connected component of labels > 0 of ``ŷ``), shifted to stay inside the volume; an empty prediction falls back to the volume
+centre (counted in the report). Undefined DSC (tumour absent from both ground truth and prediction) is NaN: excluded from
 the metrics and counted. True DSC (reports, regressors) is computed on each case's own label grid (``native_dsc``);
 the comparator is trained on the DSC inside its ROI on the working grid (the two differ by predictions outside the
 ROI and by the resampling).
 
-Modules: this one (``prepare``, ``train_segmenter``, ``crossval``, and the training helpers the others share),
+Modules: this one (``prepare``, ``train_segmenter``, ``crossval``),
 :mod:`synthcp3d.workflows.pancreas_judges` (``train_synthesizer``, ``train_comparator``, ``train_vae_alarm``) and
 :mod:`synthcp3d.workflows.pancreas_report` (``evaluate``, ``inference``). The trained model these stages write
 (settings, networks, regressors) is :mod:`synthcp3d.workflows.pancreas_model`, and the per-case scoring that
 ``evaluate`` and ``inference`` share with the DSC alarm is :mod:`synthcp3d.workflows.pancreas_scoring`: neither holds
-training code or imports a stage module.
+training code or imports a stage module. The training bodies are the core's, shared with the 2D studies
+(:mod:`synthcp3d.workflows.protocol`): these stages only say what the pancreas study trains on.
 """
 
 from __future__ import annotations
@@ -38,76 +39,37 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
-from monai.utils import set_determinism
 from tqdm.auto import tqdm
 
 from synthcp3d.data.msd import check_msd_folder, load_msd_datalist
 from synthcp3d.data.volume_io import save_like
-from synthcp3d.engines.checkpoint import load_weights, save_weights
-from synthcp3d.engines.crossval import make_folds
-from synthcp3d.engines.distributed import unwrap
-from synthcp3d.engines.sampling import make_train_loader
-from synthcp3d.engines.segmentation import SegmentationLoss, SegmenterTrainer
-from synthcp3d.engines.training import run_training
+from synthcp3d.engines.crossval import make_folds, run_crossval
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.evidence import quality_spread
 from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
 from synthcp3d.transforms import load_preprocessed, segmenter_train_augmentation
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
-from synthcp3d.workflows.pancreas_model import (
-    TUMOUR,
-    Factory,
-    PancreasStudy,
-    load_volume,
-    save_label_map,
-    save_settings,
-)
+from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, TUMOUR, load_volume, save_settings
 from synthcp3d.workflows.pancreas_scoring import mc_features, native_dsc, roi_tensors, segment_volume
+from synthcp3d.workflows.protocol import SegmenterRecipe, fit_quality_regressor, fit_segmenter, fold_seed
 
-__all__ = [
-    # stages, in order
-    "prepare",
-    "train_segmenter",
-    "crossval",
-    "SegmenterRecipe",
-    # shared with the other stage modules
-    "seed_stage",
-    "train_loader",
-    "run_trainer",
-    "cv_records",
-]
+__all__ = ["prepare", "train_segmenter", "crossval", "cv_records"]  # stages in order, and what they leave
 
 logger = logging.getLogger(__name__)
 
 
 def _make_folds(case_ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
     return [list(f) for f in make_folds(list(case_ids), k=k, seed=seed)]
-
-
-def seed_stage(study: PancreasStudy, offset: int = 0) -> None:
-    """Seed every generator (MONAI ``set_determinism``) with the study seed + ``offset`` (one offset per stage)."""
-    set_determinism(seed=int(study.seed) + offset)
-
-
-def train_loader(study: PancreasStudy, dataset: Dataset, batch_size: int, seed: int, drop_last: bool = False):
-    """A seeded, shuffling training loader of ``dataset`` (split over the ranks in a distributed run)."""
-    return make_train_loader(
-        dataset, batch_size=batch_size, seed=seed, num_workers=study.num_workers, drop_last=drop_last
-    )
-
-
-def run_trainer(study: PancreasStudy, trainer: Any, iterations: int, checkpoint_dir: Path) -> None:
-    """Run ``trainer`` for ``iterations`` (resumable from ``checkpoint_dir`` unless ``force``)."""
-    run_training(trainer, int(iterations), checkpoint_dir, **study.train_kwargs(iterations))
 
 
 # ================================================================================================================
@@ -174,86 +136,28 @@ def prepare(study: PancreasStudy) -> dict:
 # ================================================================================================================
 # segmenter
 # ================================================================================================================
-@dataclass
-class SegmenterRecipe:
-    """How the segmenter is trained (bundle config ``segmenter_recipe``; the same for the final model and the folds).
-
-    Attributes:
-        include_background: count the background in the Dice term.
-        batch_dice: Dice of each class summed over the batch (a patch without tumour does not reward missing it).
-        class_weights: per-class weights of the loss (MONAI ``DiceCELoss(weight=...)``), e.g. ``[1, 1, 3]``.
-        crop_ratios: patch centres per class, e.g. background : pancreas : tumour ``[1, 1, 2]``; None = 1:2
-            background : foreground (``RandCropByPosNegLabeld``).
-        lr_decay: ``"poly"`` (``(1 - t/T) ** 0.9``, nnU-Net's schedule) or ``"none"``.
-        weight_decay: Adam's weight decay.
-    """
-
-    include_background: bool = True
-    batch_dice: bool = False
-    class_weights: Sequence[float] | None = None
-    crop_ratios: Sequence[float] | None = None
-    lr_decay: str = "none"
-    weight_decay: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.lr_decay not in ("poly", "none"):
-            raise SynthCPInputError(f"segmenter_recipe.lr_decay must be 'poly' or 'none', got {self.lr_decay!r}")
-
-    def loss(self) -> torch.nn.Module:
-        return SegmentationLoss(
-            include_background=self.include_background, batch=self.batch_dice, class_weights=self.class_weights
-        )
-
-
-def _segmenter_loader(
-    study: PancreasStudy, case_ids: Sequence[str], batch_size: int, num_samples: int, seed: int,
-    crop_ratios: Sequence[float] | None = None,
-):
+def _segmenter_dataset(study: PancreasStudy, case_ids: Sequence[str], num_samples: int, crop_ratios: Any) -> Dataset:
+    """Patches of the preprocessed training volumes (``RandCropByPosNegLabeld`` / ``RandCropByLabelClassesd``)."""
     cases = study.cases()["cases"]
     data = [{"image": cases[c]["image"], "label": cases[c]["label"]} for c in case_ids]
     # one flat chain: CacheDataset caches the deterministic prefix (loading) and stops at the first random transform
     augmentation = segmenter_train_augmentation(study.patch_size, num_samples=num_samples, class_ratios=crop_ratios)
     transform = Compose([*load_preprocessed().transforms, *augmentation.transforms])
-    dataset = CacheDataset(data, transform, cache_rate=study.cache_rate, progress=False)
-    # drop_last: AH-Net's batch norm cannot train on a last batch of one 32^3 patch (a 1-voxel deepest map)
-    return train_loader(study, dataset, batch_size, seed, drop_last=True)
+    return CacheDataset(data, transform, cache_rate=study.cache_rate, progress=False)
 
 
 def _fit_segmenter(
-    study: PancreasStudy,
-    segmenter: Factory,
-    case_ids: Sequence[str],
-    out_dir: Path,
-    weights_path: Path,
-    iterations: int,
-    batch_size: int,
-    num_samples: int,
-    lr: float,
-    seed: int,
-    recipe: SegmenterRecipe | Mapping | None = None,
+    study: PancreasStudy, segmenter: Factory, case_ids: Sequence[str], fold_dir: Path, weights: Path,
+    iterations: int, batch_size: int, num_samples: int, lr: float, seed: int, recipe: Mapping | None,
 ) -> torch.nn.Module:
-    """Train one segmenter on ``case_ids`` (resumable from ``out_dir`` checkpoints); save weights atomically.
-    Returns it unwrapped (distributed runs: every rank holds the same weights)."""
-    recipe = recipe if isinstance(recipe, SegmenterRecipe) else SegmenterRecipe(**dict(recipe or {}))
-    set_determinism(seed=seed)
-    if weights_path.is_file() and not study.force:
-        net = segmenter().to(study.torch_device)
-        load_weights({"segmenter": net}, weights_path)
-        return net
-    net = study.prepare_network(segmenter())
-    loader = _segmenter_loader(study, case_ids, batch_size, num_samples, seed, recipe.crop_ratios)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=recipe.weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(iterations), power=0.9)
-        if recipe.lr_decay == "poly" else None
+    """`fit_segmenter` on patches of ``case_ids`` (checkpoints in ``fold_dir/checkpoints``)."""
+    recipe = SegmenterRecipe.of(recipe)
+    return fit_segmenter(
+        study, segmenter, partial(_segmenter_dataset, study, case_ids, num_samples, recipe.crop_ratios),
+        fold_dir / "checkpoints", weights, iterations, batch_size, lr, seed, recipe,
+        # drop_last: AH-Net's batch norm cannot train on a last batch of one 32^3 patch (a 1-voxel deepest map)
+        drop_last=True,
     )
-    trainer = SegmenterTrainer(
-        study.torch_device, loader, net, optimizer, loss_function=recipe.loss().to(study.torch_device),
-        lr_scheduler=scheduler,
-    )
-    run_trainer(study, trainer, iterations, out_dir)
-    save_weights({"segmenter": net}, weights_path)
-    return unwrap(net)
 
 
 @study_stage("train_segmenter", training=True)
@@ -266,10 +170,11 @@ def train_segmenter(
     lr: float = 1e-4,
     recipe: Mapping | None = None,
 ) -> dict:
-    """Train the final segmenter on every training case -> ``models/segmenter.pt`` (``recipe``: `SegmenterRecipe`)."""
+    """Train the final segmenter on every training case -> ``models/segmenter.pt`` (``recipe``: `SegmenterRecipe`,
+    the bundle's ``segmenter_recipe``)."""
     train = study.cases()["train"]
     _fit_segmenter(
-        study, segmenter, train, study.stage_dir("train_segmenter") / "checkpoints", study.models / "segmenter.pt",
+        study, segmenter, train, study.stage_dir("train_segmenter"), study.models / "segmenter.pt",
         iterations, batch_size, num_samples, lr, seed=int(study.seed), recipe=recipe,
     )
     save_network_spec(study, "segmenter", segmenter)
@@ -279,13 +184,6 @@ def train_segmenter(
 # ================================================================================================================
 # cross-validation predictions (+ MC-Dropout features)
 # ================================================================================================================
-def _case_record(study: PancreasStudy, net: torch.nn.Module, case: Mapping, pred: np.ndarray) -> dict:
-    image = load_volume(case["image"]).astype(np.float32)
-    x_roi, p_roi, box = roi_tensors(study, image, pred)
-    mc, _ = mc_features(study, net, x_roi, p_roi)
-    return {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
-
-
 @study_stage("crossval", training=True)
 def crossval(
     study: PancreasStudy,
@@ -296,70 +194,60 @@ def crossval(
     lr: float = 1e-4,
     recipe: Mapping | None = None,
 ) -> dict:
-    """K-fold CV on the training cases: each fold's AH-Net predicts its held-out cases (each case exactly once).
-
-    Writes ``crossval/fold_{i}/segmenter.pt``, ``crossval/predictions/{case}_pred.nii.gz`` and ``crossval/cases.json``
-    (per case: fold, paths, true DSC per class (NaN = undefined), ROI box, MC-Dropout feature), and fits the
-    MC-Dropout quality regressor on them -> ``models/mc_dropout_regressor.json``. Finished folds are skipped.
+    """K-fold CV on the training cases (the core's `run_crossval` layout in ``crossval/``): each fold's segmenter
+    (``crossval/fold_{i}/segmenter.pt``) predicts its held-out cases, each case exactly once ->
+    ``crossval/predictions/{case}_pred.nii.gz`` and ``_record.json`` (true DSC per class on the native grid, NaN =
+    undefined; ROI box; MC-Dropout feature). Then ``crossval/cases.json`` (every case's record with its paths) and
+    the MC-Dropout quality regressor fitted on them -> ``models/mc_dropout_regressor.json``. Resumable per fold.
     """
     meta = study.cases()
-    folds = meta["folds"]
-    out = study.stage_dir("crossval")
-    for i, held_out in enumerate(folds):
-        fold_dir = out / f"fold_{i}"
-        if (fold_dir / "cases.json").is_file() and not study.force:
-            continue
-        train_ids = [c for j, f in enumerate(folds) if j != i for c in f]
-        logger.info(f"crossval fold {i + 1}/{len(folds)}: train on {len(train_ids)}, predict {len(held_out)}")
-        net = _fit_segmenter(
-            study, segmenter, train_ids, fold_dir / "checkpoints", fold_dir / "segmenter.pt",
-            iterations, batch_size, num_samples, lr, seed=int(study.seed) + 1 + i, recipe=recipe,
+    cases = [{"case": c, **meta["cases"][c]} for c in meta["train"]]
+
+    def train_fold(train_cases: list[dict], fold_dir: Path) -> torch.nn.Module:
+        return _fit_segmenter(
+            study, segmenter, [c["case"] for c in train_cases], fold_dir, fold_dir / "segmenter.pt",
+            iterations, batch_size, num_samples, lr, seed=fold_seed(study, fold_dir), recipe=recipe,
         )
-        on_main_process(_predict_fold, study, net, i, held_out, len(train_ids))
-    return on_main_process(_crossval_summary, study, iterations)
+
+    manifest = run_crossval(
+        cases, len(meta["folds"]), study.stage_dir("crossval"), train_fold, partial(_predict_case, study),
+        seed=int(study.seed), folds=meta["folds"], pred_format="nii.gz", progress=study.progress,
+    )
+    return on_main_process(_crossval_summary, study, manifest, iterations)
 
 
-def _predict_fold(
-    study: PancreasStudy, net: torch.nn.Module, fold: int, held_out: Sequence[str], num_train: int
-) -> None:
-    """Fold ``fold``'s segmenter predicts its held-out cases -> ``crossval/predictions``, then
-    ``crossval/fold_{fold}/cases.json`` (the fold's completion marker)."""
-    cases = study.cases()["cases"]
+def _predict_case(study: PancreasStudy, net: torch.nn.Module, case: Mapping) -> dict:
+    """A fold's segmenter on one held-out case: the label map (on the working grid) and its record."""
+    image = load_volume(case["image"]).astype(np.float32)
+    pred = segment_volume(study, net, image)
+    x_roi, p_roi, box = roi_tensors(study, image, pred)
+    mc, _ = mc_features(study, net, x_roi, p_roi)
+    record = {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
+    return {"pred": pred, "affine": nib.load(case["image"]).affine, "record": record}
+
+
+def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterations: int) -> dict:
+    """The manifest's records -> ``crossval/cases.json`` (absolute paths), the MC-Dropout regressor fitted on them,
+    the stage's info."""
     out = study.stage_dir("crossval")
-    fold_records = {}
-    for case_id in tqdm(held_out, desc=f"fold {fold} predict", disable=not study.progress):
-        case = cases[case_id]
-        pred = segment_volume(study, net, load_volume(case["image"]).astype(np.float32))
-        pred_path = save_label_map(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
-        record = _case_record(study, net, case, pred)
-        fold_records[case_id] = {
-            "fold": fold, "image": case["image"], "label": case["label"], "pred": str(pred_path),
-            "train_cases": num_train, **record,
-        }
-    atomic_save_json(fold_records, out / f"fold_{fold}" / "cases.json")
-
-
-def _crossval_summary(study: PancreasStudy, iterations: int) -> dict:
-    """Every fold's records -> ``crossval/cases.json``, the MC-Dropout regressor fitted on them, the stage's info."""
-    out = study.stage_dir("crossval")
-    folds = study.cases()["folds"]
-    records: dict[str, dict] = {}
-    for i in range(len(folds)):
-        records.update(json.loads((out / f"fold_{i}" / "cases.json").read_text()))
-    ordered = {c: records[c] for c in sorted(records)}
-    atomic_save_json(ordered, out / "cases.json")
-    true = np.array([r["true_dsc"] for r in ordered.values()], dtype=np.float64)
-    feats = np.array([r["mc_feature"] for r in ordered.values()], dtype=np.float64)
-    regressor = MCDropoutQualityRegressor(study.num_classes).fit(feats, true)
+    records = {
+        e["case"]: {"fold": e["fold"], "image": e["image"], "label": e["label"], "pred": str(out / e["pred"]),
+                    **e["record"]}
+        for e in sorted(manifest, key=lambda e: e["case"])
+    }
+    atomic_save_json(records, out / "cases.json")
+    true = np.array([r["true_dsc"] for r in records.values()], dtype=np.float64)
+    feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
+    regressor, _ = fit_quality_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
     atomic_save_json(regressor.state_dict(), study.models / "mc_dropout_regressor.json")
     return {
-        "num_cases": len(ordered),
-        "num_folds": len(folds),
+        "num_cases": len(records),
+        "num_folds": len(study.cases()["folds"]),
         "iterations": int(iterations),
         "cv_mean_dsc": {n: nanmean(true[:, k]) for k, n in enumerate(study.class_names)},
         "cv_dsc_spread": {n: quality_spread(true[:, k]) for k, n in enumerate(study.class_names) if k},
         "tumour_dsc_undefined": int(np.isnan(true[:, TUMOUR]).sum()),
-        "roi_fallbacks": int(sum(r["roi_box"]["fallback"] for r in ordered.values())),
+        "roi_fallbacks": int(sum(r["roi_box"]["fallback"] for r in records.values())),
     }
 
 

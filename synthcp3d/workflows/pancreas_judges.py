@@ -9,7 +9,6 @@ synthesizer from the ground-truth (label, image) pairs of the training cases.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 import torch
@@ -17,11 +16,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, RandFlipd
 from tqdm.auto import tqdm
 
-from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
-from synthcp3d.engines.distributed import unwrap
-from synthcp3d.engines.mask_vae import MaskVAETrainer
 from synthcp3d.errors import SynthCPInputError
-from synthcp3d.networks.comparator import comparator_loss
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import PancreasROICropd
 from synthcp3d.scoring.regression import LinearQualityRegressor
@@ -29,10 +24,11 @@ from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.transforms import load_preprocessed
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import fit_synthesizer, on_main_process, study_stage
-from synthcp3d.workflows.pancreas import cv_records, run_trainer, seed_stage, train_loader
-from synthcp3d.workflows.pancreas_model import NETWORKS, Factory, PancreasStudy, load_network, load_volume, save_network
+from synthcp3d.workflows.common import on_main_process, study_stage
+from synthcp3d.workflows.pancreas import cv_records
+from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, load_network, load_volume
 from synthcp3d.workflows.pancreas_scoring import vae_input
+from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fit_quality_regressor, fit_synthesizer
 
 __all__ = ["train_synthesizer", "train_comparator", "train_vae_alarm"]
 
@@ -78,18 +74,14 @@ def train_synthesizer(
     ``class_mean_weight`` a per-class mean-intensity term (see `GanTrainer`); ``lr_decay_fraction`` is SPADE's
     linear LR decay (see `fit_synthesizer`).
     """
-    seed_stage(study, 100)
     meta = study.cases()
     items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
     dataset = _roi_pair_dataset(study, items, "label", jitter, ("image", "label"))
-    loader = train_loader(study, dataset, batch_size, int(study.seed) + 100)
     g = fit_synthesizer(
-        study, generator, discriminator, loader, iterations, study.stage_dir("train_synthesizer") / "checkpoints",
-        num_classes=study.num_classes, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
-        reconstruction_weight=reconstruction_weight, class_mean_weight=class_mean_weight,
-        lr_decay_fraction=lr_decay_fraction,
+        study, generator, discriminator, dataset, iterations, batch_size, num_classes=study.num_classes, lr_g=lr_g,
+        lr_d=lr_d, feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
+        class_mean_weight=class_mean_weight, lr_decay_fraction=lr_decay_fraction,
     )
-    save_network(study, "generator", g, generator)
     return on_main_process(_fit_painter, study, g, dataset, iterations)
 
 
@@ -139,19 +131,11 @@ def train_comparator(
     dataset = _roi_pair_dataset(study, items, "pred", jitter, ("image", "label", "pred"))
     g = load_network(study, "generator", generator)
     for name, factory in (("comparator_synthcp", comparator), ("comparator_direct", direct)):
-        if (study.models / NETWORKS[name][0]).is_file() and not study.force:
-            continue
-        seed_stage(study, 200)
-        net = study.prepare_network(factory())
-        loader = train_loader(study, dataset, batch_size, int(study.seed) + 200)
-        optimizer = comparator_optimizer(net, lr, weight_decay)
-        trainer = ComparatorTrainer(
-            study.torch_device, loader, net, optimizer, num_classes=study.num_classes, generator=g, metric="dice",
-            loss_function=partial(comparator_loss, quality_loss=quality_loss),
-        )
         checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
-        run_trainer(study, trainer, iterations, checkpoints)
-        save_network(study, name, net, factory)
+        fit_comparator(
+            study, name, factory, dataset, g, checkpoints, iterations, batch_size, lr, weight_decay, metric="dice",
+            quality_loss=quality_loss,
+        )
     return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss}
 
 
@@ -176,20 +160,19 @@ def train_vae_alarm(
     """
     if feature not in ("loss", "dice"):
         raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
-    seed_stage(study, 300)
     meta = study.cases()
-    masks = []
-    for c in tqdm(meta["train"], desc="VAE masks", disable=not study.progress):
-        onehot = vae_input(study, load_volume(meta["cases"][c]["label"]))
-        masks.append({"label": onehot.argmax(1).cpu()})  # (1, *vae_shape)
-    dataset = Dataset(masks, RandFlipd("label", prob=0.5, spatial_axis=2))
-    loader = train_loader(study, dataset, batch_size, int(study.seed) + 300)
-    vae = study.prepare_network(mask_vae())
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    trainer = MaskVAETrainer(study.torch_device, loader, vae, optimizer, num_classes=study.num_classes, beta=beta)
-    run_trainer(study, trainer, iterations, study.stage_dir("train_vae_alarm") / "checkpoints")
-    save_network(study, "mask_vae", vae, mask_vae)
-    return on_main_process(_fit_vae_regressor, study, unwrap(vae), iterations, feature)
+
+    def masks() -> Dataset:
+        labels = [
+            {"label": vae_input(study, load_volume(meta["cases"][c]["label"])).argmax(1).cpu()}  # (1, *vae_shape)
+            for c in tqdm(meta["train"], desc="VAE masks", disable=not study.progress)
+        ]
+        return Dataset(labels, RandFlipd("label", prob=0.5, spatial_axis=2))
+
+    vae = fit_mask_vae(
+        study, mask_vae, masks, study.stage_dir("train_vae_alarm") / "checkpoints", iterations, batch_size, lr, beta
+    )
+    return on_main_process(_fit_vae_regressor, study, vae, iterations, feature)
 
 
 def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: int, feature: str) -> dict:
@@ -203,7 +186,9 @@ def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: i
             feats.append(per_class_vae_feature(vae, vae_input(study, load_volume(r["pred"])), feature))
         true.append(r["true_dsc"])
     feats_arr, true_arr = np.array(feats, dtype=np.float64), np.array(true, dtype=np.float64)
-    regressor = LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0).fit(feats_arr, true_arr)
+    regressor, _ = fit_quality_regressor(
+        LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats_arr, true_arr
+    )
     atomic_save_json({**regressor.state_dict(), "vae_feature": feature}, study.models / "vae_alarm_regressor.json")
     features = {c: f.tolist() for c, f in zip(records, feats_arr)}
     atomic_save_json(features, study.stage_dir("train_vae_alarm") / "cv_features.json")

@@ -25,14 +25,14 @@ import torch
 from monai.transforms import Compose
 
 from synthcp3d.data.volume_io import save_like
-from synthcp3d.engines.checkpoint import load_weights, save_weights
+from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.transforms import HU_RANGE, ct_preprocessing
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import StudyBase, build_network, load_network_spec, require_file, save_network_spec
+from synthcp3d.workflows.common import StudyBase, build_network, load_network_spec, require_file
 
 __all__ = [
     "PancreasStudy",
@@ -49,7 +49,6 @@ __all__ = [
     # a trained output folder
     "save_settings",
     "load_study",
-    "save_network",
     "load_network",
     "load_regressor",
     "load_painter",
@@ -199,13 +198,6 @@ def load_study(folder: str | Path, device: str | torch.device = "cpu") -> Pancre
         )
     except (OSError, ValueError, TypeError) as err:  # SynthCPInputError (a ValueError) included
         raise SynthCPInputError(f"settings file {path} is unusable ({str(err).splitlines()[0]})") from None
-
-
-def save_network(study: PancreasStudy, name: str, net: torch.nn.Module, factory: Factory) -> None:
-    """Save the weights of network ``name`` (:data:`NETWORKS`) and record how it is built in ``networks.json``."""
-    filename, key, _ = NETWORKS[name]
-    save_weights({key: net}, study.models / filename)
-    save_network_spec(study, name, factory)
 
 
 def load_network(

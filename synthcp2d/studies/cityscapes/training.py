@@ -4,17 +4,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.utils import set_determinism
 
 from synthcp2d.data.cityscapes import check_cityscapes_folder, load_cityscapes_datalist, load_label_train_ids
 from synthcp2d.studies.cityscapes.study import (
@@ -32,19 +31,13 @@ from synthcp2d.studies.common import (
     cache_cases,
     case_dataset,
     fit_confidnet,
-    fit_segmenter,
+    fit_street_segmenter,
     image_tensor,
     load_cached,
     load_net,
     segment,
 )
-from synthcp3d.engines.checkpoint import save_weights
-from synthcp3d.engines.comparator import ComparatorTrainer, comparator_optimizer
 from synthcp3d.engines.crossval import load_prediction, make_folds, run_crossval
-from synthcp3d.engines.distributed import unwrap
-from synthcp3d.engines.mask_vae import MaskVAETrainer
-from synthcp3d.engines.sampling import make_train_loader
-from synthcp3d.engines.training import run_training
 from synthcp3d.scoring.mc_dropout import (
     MCDropoutFullLinearRegressor,
     MCDropoutQualityRegressor,
@@ -54,6 +47,7 @@ from synthcp3d.scoring.mc_dropout import (
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
+from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fit_quality_regressor, fold_seed
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
@@ -102,20 +96,15 @@ def train_segmenter(
     iterations: int = 20000,
     batch_size: int = 8,
     lr: float = 1e-4,
+    recipe: Mapping | None = None,
 ) -> dict:
-    """Every segmenter on the whole training split -> ``models/segmenter_<name>.pt`` (finished ones are kept)."""
+    """Every segmenter on the whole training split -> ``models/segmenter_<name>.pt`` (finished ones are kept;
+    ``recipe``: the core's `SegmenterRecipe`)."""
     train = study.cases()["train"]
     for name, factory in segmenter_factories(segmenters, study).items():
-        fit_segmenter(
-            study,
-            factory,
-            train,
-            study.stage_dir("train_segmenter") / f"checkpoints_{name}",
-            study.models / f"segmenter_{name}.pt",
-            iterations,
-            batch_size,
-            lr,
-            seed=int(study.seed),
+        fit_street_segmenter(
+            study, factory, train, study.stage_dir("train_segmenter") / f"checkpoints_{name}",
+            study.models / f"segmenter_{name}.pt", iterations, batch_size, lr, seed=int(study.seed), recipe=recipe,
         )
         save_network_spec(study, f"segmenter_{name}", factory)
     return {"num_train": len(train), "iterations": int(iterations)}
@@ -135,60 +124,46 @@ def crossval(
     iterations: int = 20000,
     batch_size: int = 8,
     lr: float = 1e-4,
+    recipe: Mapping | None = None,
 ) -> dict:
     """K-fold CV predictions of every segmenter on the training split (the comparators' training data).
 
-    Per segmenter ``name``: the core's `run_crossval` layout in ``crossval/<name>/`` (PNG label maps), then
-    ``crossval/<name>/cases.json`` (per case: fold, prediction path, true per-class IoU, MC-Dropout feature) and the
-    MC-Dropout regressor fitted on them -> ``models/mc_dropout_<name>.json``. Finished folds are skipped.
+    Per segmenter ``name``: the core's `run_crossval` layout in ``crossval/<name>/`` (PNG label maps, each case's
+    MC-Dropout feature in its record), then ``crossval/<name>/cases.json`` (per case: fold, prediction path, true
+    per-class IoU, MC-Dropout feature) and the MC-Dropout regressors fitted on them -> ``models/mc_dropout_<name>.json``.
+    Finished folds are skipped.
     """
     meta = study.cases()
     info: dict[str, Any] = {"num_folds": len(meta["folds"]), "iterations": int(iterations), "cv_mean_iou": {}}
     for name, factory in segmenter_factories(segmenters, study).items():
-        out = study.cv_dir(name)
-        feature_dir = out / "mc_features"
 
-        def train_fold(cases: list[dict], fold_dir: Any, factory: Factory = factory) -> torch.nn.Module:
-            seed = int(study.seed) + 1 + int(fold_dir.name.split("_")[-1])
-            return fit_segmenter(
-                study,
-                factory,
-                cases,
-                fold_dir / "checkpoints",
-                fold_dir / "segmenter.pt",
-                iterations,
-                batch_size,
-                lr,
-                seed=seed,
+        def train_fold(cases: list[dict], fold_dir: Path, factory: Factory = factory) -> torch.nn.Module:
+            return fit_street_segmenter(
+                study, factory, cases, fold_dir / "checkpoints", fold_dir / "segmenter.pt", iterations, batch_size,
+                lr, seed=fold_seed(study, fold_dir), recipe=recipe,
             )
 
-        def predict(net: torch.nn.Module, case: dict, feature_dir: Any = feature_dir) -> dict:
-            x = image_tensor(load_cached(case["cache"])["image"])[None].to(study.torch_device)
-            pred = segment(net, x)[0].argmax(1)
-            feature = _mc_feature(study, net, x, pred)
-            atomic_save_json(feature.tolist(), feature_dir / f"{case['case']}.json")
-            return {"pred": pred[0].to(torch.uint8).cpu().numpy()}
-
         manifest = run_crossval(
-            meta["train"],
-            len(meta["folds"]),
-            out,
-            train_fold,
-            predict,
-            seed=int(study.seed),
-            folds=meta["folds"],
-            pred_format="png",
-            progress=study.progress,
+            meta["train"], len(meta["folds"]), study.cv_dir(name), train_fold, partial(_predict_case, study),
+            seed=int(study.seed), folds=meta["folds"], pred_format="png", progress=study.progress,
         )
         on_main_process(_cv_summary, study, name, manifest, info)
     return info
+
+
+def _predict_case(study: CityscapesStudy, net: torch.nn.Module, case: Mapping) -> dict:
+    """A fold's segmenter on one held-out image: the label map and its MC-Dropout feature."""
+    x = image_tensor(load_cached(case["cache"])["image"])[None].to(study.torch_device)
+    pred = segment(net, x)[0].argmax(1)
+    feature = _mc_feature(study, net, x, pred)
+    return {"pred": pred[0].to(torch.uint8).cpu().numpy(), "record": {"mc_feature": feature.tolist()}}
 
 
 def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: dict[str, Any]) -> None:
     """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json`` and its MC-Dropout regressors ->
     ``models/mc_dropout_<name>.json`` (per class) and ``models/mc_dropout_full_<name>.json`` (the authors'
     release's full linear map); its figures added to the stage's ``info``."""
-    out, feature_dir = study.cv_dir(name), study.cv_dir(name) / "mc_features"
+    out = study.cv_dir(name)
     cache = {r["case"]: r["cache"] for r in study.cases()["train"]}
     records = {}
     for entry in manifest:
@@ -201,12 +176,12 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
             "cache": cache[case],
             "pred": pred_path,
             "true_iou": true_iou(pred, label, study.num_classes).tolist(),
-            "mc_feature": json.loads((feature_dir / f"{case}.json").read_text()),
+            "mc_feature": entry["record"]["mc_feature"],
         }
     atomic_save_json(records, out / "cases.json")
     true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
     feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
-    regressor, unfit = _fit_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
+    regressor, unfit = fit_quality_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
     atomic_save_json(regressor.state_dict(), study.models / f"mc_dropout_{name}.json")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -218,18 +193,6 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
     info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
 
 
-def _fit_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -> tuple[Any, list[int]]:
-    """Fit a per-class linear regressor; a class with no usable (feature, IoU) pair in the CV predictions (the
-    core regressor leaves it NaN) predicts its mean CV IoU, or 0 if it never occurs. Returns the unfit classes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        regressor.fit(feats, true)
-    unfit = [int(k) for k in np.flatnonzero(np.isnan(regressor.coef))]
-    for k in unfit:
-        regressor.coef[k], regressor.intercept[k] = 0.0, nanmean(true[:, k]) or 0.0
-    return regressor, unfit
-
-
 @study_stage("train_comparator", training=True)
 def train_comparator(
     study: CityscapesStudy,
@@ -239,44 +202,25 @@ def train_comparator(
     batch_size: int = 8,
     lr: float = 1e-4,
     weight_decay: float = 1e-4,
+    quality_loss: str = "l1",
 ) -> dict:
     """Per segmenter and mode: the comparator on ``(x, G(ŷ), ŷ)`` (``direct``: ``(x, ŷ)``) of the CV predictions,
-    IoU + error-map targets (paper eq. 8) -> ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and
-    seed for every mode: Direct Prediction is the ablation without synthesis."""
+    IoU + error-map targets (paper eq. 8; ``quality_loss``: ``"l1"`` as published or ``"bce"``) ->
+    ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and seed for every mode: Direct Prediction is
+    the ablation without synthesis."""
     g = load_net(
         generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", study.torch_device
     )
     out = study.stage_dir("train_comparator")
     for name in study.segmenters:
-        records = list(cv_records(study, name).values())
+        dataset = case_dataset(list(cv_records(study, name).values()), with_pred=True)
         for mode in study.comparator_modes:
-            weights = study.models / f"comparator_{name}_{mode}.pt"
-            if weights.is_file() and not study.force:
-                continue
-            set_determinism(seed=int(study.seed) + 200)
-            net = study.prepare_network(comparators[mode]())
-            loader = make_train_loader(
-                case_dataset(records, with_pred=True),
-                batch_size,
-                seed=int(study.seed) + 200,
-                num_workers=study.num_workers,
-            )
-            optimizer = comparator_optimizer(net, lr, weight_decay)
-            trainer = ComparatorTrainer(
-                study.torch_device,
-                loader,
-                net,
-                optimizer,
-                num_classes=study.num_classes,
-                generator=g,
-                metric="iou",
-                ignore_index=IGNORE,
-            )
             logger.info(f"comparator {mode} on the CV predictions of {name}")
-            run_training(trainer, int(iterations), out / f"checkpoints_{name}_{mode}", **study.train_kwargs(iterations))
-            save_weights({"comparator": net}, weights)
-            save_network_spec(study, f"comparator_{name}_{mode}", comparators[mode])
-    return {"iterations": int(iterations), "modes": list(study.comparator_modes)}
+            fit_comparator(
+                study, f"comparator_{name}_{mode}", comparators[mode], dataset, g, out / f"checkpoints_{name}_{mode}",
+                iterations, batch_size, lr, weight_decay, metric="iou", ignore_index=IGNORE, quality_loss=quality_loss,
+            )
+    return {"iterations": int(iterations), "modes": list(study.comparator_modes), "quality_loss": quality_loss}
 
 
 @study_stage("train_baselines", training=True)
@@ -314,23 +258,12 @@ def train_baselines(
             lr,
         )
 
-    set_determinism(seed=int(study.seed) + 300)
-    masks = [
-        {
-            "label": vae_input(torch.as_tensor(load_cached(r["cache"])["label"].astype(np.int64)), study)[0].argmax(
-                0, keepdim=True
-            )
-        }
-        for r in train
-    ]
-    vae = study.prepare_network(mask_vae())
-    loader = make_train_loader(Dataset(masks), batch_size, seed=int(study.seed) + 300, num_workers=study.num_workers)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=vae_lr)
-    trainer = MaskVAETrainer(dev, loader, vae, optimizer, num_classes=study.num_classes, beta=vae_beta)
-    run_training(trainer, int(iterations), out / "checkpoints_vae", **study.train_kwargs(iterations))
-    save_weights({"vae": vae}, study.models / "mask_vae.pt")
-    save_network_spec(study, "mask_vae", mask_vae)
-    on_main_process(_fit_vae_regressors, study, unwrap(vae))
+    def masks() -> Dataset:
+        labels = (torch.as_tensor(load_cached(r["cache"])["label"].astype(np.int64)) for r in train)
+        return Dataset([{"label": vae_input(label, study)[0].argmax(0, keepdim=True)} for label in labels])
+
+    vae = fit_mask_vae(study, mask_vae, masks, out / "checkpoints_vae", iterations, batch_size, vae_lr, vae_beta)
+    on_main_process(_fit_vae_regressors, study, vae)
     return {"iterations": int(iterations), "num_train": len(train)}
 
 
@@ -346,7 +279,7 @@ def _fit_vae_regressors(study: CityscapesStudy, vae: torch.nn.Module) -> None:
             ]
         )
         true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
-        regressor, _ = _fit_regressor(
+        regressor, _ = fit_quality_regressor(
             LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats, true
         )
         atomic_save_json(regressor.state_dict(), study.models / f"vae_alarm_{name}.json")

@@ -1,0 +1,104 @@
+"""The stage bodies every study shares (`synthcp3d.workflows.protocol`): one body for 2D and 3D."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import Dataset
+from monai.losses import DiceCELoss
+from monai.networks.nets import BasicUNet
+
+from synthcp3d.engines.checkpoint import load_weights
+from synthcp3d.engines.segmentation import SegmentationLoss
+from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.workflows.common import StudyBase
+from synthcp3d.workflows.protocol import SegmenterRecipe, fit_quality_regressor, fit_segmenter, fold_seed
+
+
+@dataclass
+class _Study(StudyBase):
+    num_classes: int = 3
+
+
+def _segmenter(spatial_dims: int) -> torch.nn.Module:
+    return BasicUNet(spatial_dims=spatial_dims, in_channels=1, out_channels=3, features=(4, 4, 4, 4, 4, 4))
+
+
+def _samples(spatial_dims: int, n: int = 4) -> list[dict]:
+    rng = np.random.default_rng(0)
+    shape = (32,) * spatial_dims
+    out = []
+    for _ in range(n):
+        label = rng.integers(0, 3, size=(1, *shape))
+        out.append({"image": torch.as_tensor(label / 2.0, dtype=torch.float32), "label": torch.as_tensor(label)})
+    return out
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fit_segmenter_trains_saves_and_reloads_in_both_dims(tmp_path: Path, spatial_dims: int) -> None:
+    study = _Study(dataset_dir=str(tmp_path), output_dir=str(tmp_path), progress=False, checkpoint_every=100)
+    built = []
+
+    def dataset() -> Dataset:
+        built.append(1)
+        return Dataset(_samples(spatial_dims))
+
+    weights = tmp_path / "seg.pt"
+    factory = lambda: _segmenter(spatial_dims)  # noqa: E731
+    recipe = {"include_background": False, "batch_dice": True, "class_weights": [1, 1, 3], "lr_decay": "poly"}
+    net = fit_segmenter(study, factory, dataset, tmp_path / "ckpt", weights, 3, 2, 1e-2, seed=5, recipe=recipe)
+    assert not net.training and weights.is_file() and built == [1]
+    untrained = factory()
+    assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), untrained.state_dict().values()))
+
+    again = fit_segmenter(study, factory, dataset, tmp_path / "ckpt", weights, 3, 2, 1e-2, seed=5, recipe=recipe)
+    assert built == [1]  # loaded: the dataset is not even built
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    reference = factory()
+    load_weights({"segmenter": reference}, weights)
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), net.state_dict().values()))
+
+
+def test_segmentation_loss_with_an_ignore_label_keeps_the_recipe() -> None:
+    """With no pixel ignored, the masked loss is MONAI's DiceCELoss with the same options; ignored pixels count
+    for nothing, whatever the logits there."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 7)
+    label = torch.randint(0, 3, (2, 1, 6, 7))
+    options = {"include_background": False, "batch": True}
+    ours = SegmentationLoss(ignore_index=255, class_weights=[1.0, 2.0, 3.0], **options)
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.tensor([1.0, 2.0, 3.0]), **options)
+    assert torch.allclose(ours(logits, label), ref(logits, label), atol=1e-6)
+
+    ignored = label.clone()
+    ignored[:, :, :2] = 255
+    changed = logits.clone()
+    changed[:, :, :2] = torch.randn(2, 3, 2, 7) * 10
+    assert torch.allclose(ours(logits, ignored), ours(changed, ignored), atol=1e-6)
+    assert not torch.allclose(ours(logits, label), ours(changed, label))
+
+
+def test_recipe_from_config_mapping() -> None:
+    assert SegmenterRecipe.of(None) == SegmenterRecipe()
+    recipe = SegmenterRecipe.of({"batch_dice": True})
+    assert recipe.batch_dice and SegmenterRecipe.of(recipe) is recipe
+
+
+def test_fold_seed_follows_the_fold_folder(tmp_path: Path) -> None:
+    study = _Study(dataset_dir=str(tmp_path), output_dir=str(tmp_path), seed=7)
+    assert [fold_seed(study, tmp_path / f"fold_{i}") for i in (0, 1, 12)] == [8, 9, 20]
+
+
+def test_fit_quality_regressor_fills_an_unfit_class_with_its_mean() -> None:
+    feats = np.array([[0.1, 0.2, np.nan], [0.3, 0.5, np.nan], [0.6, 0.9, np.nan]])
+    true = np.array([[0.9, 0.2, np.nan], [0.7, 0.4, 0.5], [0.4, 0.8, np.nan]])
+    regressor, unfit = fit_quality_regressor(LinearQualityRegressor(3), feats, true)
+    assert unfit == [2]
+    assert regressor.coef[2] == 0.0 and regressor.intercept[2] == pytest.approx(0.5)
+    slope, intercept = np.polyfit(feats[:, 1], true[:, 1], 1)  # an independent least-squares fit
+    assert regressor.coef[1] == pytest.approx(slope) and regressor.intercept[1] == pytest.approx(intercept)
