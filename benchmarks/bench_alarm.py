@@ -33,11 +33,13 @@ import numpy as np
 import torch
 
 from synthcp3d.alarm.api import DSCAlarm
-from synthcp3d.alarm.bundle_predictor import make_untrained_bundle
 from synthcp3d.alarm.predictor import STAGES
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.data.volume_io import save_like
 from synthcp3d.study_cli import STUDIES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import make_untrained_bundle  # noqa: E402 - the tests' untrained bundle (speed does not need training)
 
 # ``--settings demo``: the small settings of the CPU demo (``synthcp run pancreas --demo``), exactly as it trains.
 DEMO = STUDIES["pancreas"].demo_settings["common"]

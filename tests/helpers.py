@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from synthcp3d.alarm.bundle_predictor import REQUIRED, pancreas_config
 from synthcp3d.data.volume_io import sitk_geometry_from_affine
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.utils.arrays import to_numpy
+from synthcp3d.utils.atomic import atomic_save_json
+from synthcp3d.workflows import pancreas_model
+from synthcp3d.workflows.common import save_network
 
 
 def assert_backward(module: torch.nn.Module, min_nonzero: float = 0.8) -> None:
@@ -189,3 +194,27 @@ def sklearn_saved_miou(records: list[dict], scores_dir: Path, ignore: int) -> fl
     keep = y != ignore
     present = sorted(set(y[keep]) | set(p[keep]))
     return float(jaccard_score(y[keep], p[keep], labels=present, average=None).mean())
+
+
+def make_untrained_bundle(out: str | os.PathLike, overrides: dict[str, Any] | None = None, seed: int = 0) -> Path:
+    """Write an *untrained* trained-bundle folder: the pancreas bundle's networks with random weights, in its layout
+    (for the alarm's tests and ``benchmarks/bench_alarm.py``: speed and memory do not depend on training).
+
+    The networks and study settings come from ``bundles/pancreas_ct_synthcp/configs/common.yaml`` with
+    ``overrides`` (e.g. the demo's small sizes); the VAE regressor is an identity map (predicted DSC = feature).
+    Returns the folder (pass it as ``--bundle``).
+    """
+    out = Path(out)
+    parser = pancreas_config(out, overrides)
+    study = parser.get_parsed_content("study")
+    torch.manual_seed(seed)
+    study.models.mkdir(parents=True, exist_ok=True)
+    pancreas_model.save_settings(study)
+    for name in REQUIRED:
+        factory = parser.get_parsed_content("comparator" if name == "comparator_synthcp" else name)
+        save_network(study, name, pancreas_model.NETWORKS[name][1], factory().eval(), factory)
+    n = study.num_classes
+    feats = np.tile(np.linspace(0.0, 1.0, 5)[:, None], (1, n))
+    regressor = LinearQualityRegressor(n, missing_feature_quality=0.0).fit(feats, feats)
+    atomic_save_json(regressor.state_dict(), study.models / pancreas_model.REGRESSORS["vae_alarm"][0])
+    return out

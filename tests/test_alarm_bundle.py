@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_PANCREAS, needs_cuda
+from helpers import TINY_PANCREAS, make_untrained_bundle, needs_cuda
 
 from synthcp3d import cli
 from synthcp3d.alarm import DSCAlarm
-from synthcp3d.alarm.bundle_predictor import BundlePredictor, make_untrained_bundle
+from synthcp3d.alarm.bundle_predictor import BundlePredictor
 from helpers import write_dicom_series
 from synthcp3d.data.volume_io import load_ct_volume, save_like
 from synthcp3d.errors import SynthCPInputError

@@ -20,11 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_PANCREAS, relative_files
+from helpers import TINY_PANCREAS, make_untrained_bundle, relative_files
 
 from synthcp3d import cli
 from synthcp3d.alarm import DSCAlarm
-from synthcp3d.alarm.bundle_predictor import make_untrained_bundle
 from synthcp3d.alarm.predictor import METHODS
 from synthcp3d.data.phantom import make_pancreas_case
 from synthcp3d.data.volume_io import save_like

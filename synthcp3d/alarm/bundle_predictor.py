@@ -40,7 +40,6 @@ from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.ensemble import mean_ensemble
 from synthcp3d.workflows import pancreas_model as wf
-from synthcp3d.workflows.common import save_network
 from synthcp3d.workflows.pancreas_scoring import (
     pairwise_dice_quality,
     segment_volume,
@@ -52,7 +51,6 @@ __all__ = [
     "BundlePredictor",
     "resolve_trained_folder",
     "models_dir",
-    "make_untrained_bundle",
     "pancreas_config",
     "REQUIRED",
 ]
@@ -228,32 +226,3 @@ def pancreas_config(
     paths = {"bundle_root": str(root), "output_dir": str(root), "dataset_dir": str(root), "device": "cpu"}
     parser.update({**paths, **(overrides or {})})
     return parser
-
-
-def make_untrained_bundle(out: str | os.PathLike, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
-    """Write an *untrained* trained-bundle folder: the bundle's networks with random weights, in its layout.
-
-    For tests and the benchmark (speed and memory do not depend on training). The networks and study settings come
-    from ``bundles/pancreas_ct_synthcp/configs/common.yaml`` with ``overrides`` (e.g. the demo's small sizes); the
-    VAE regressor is an identity map (predicted DSC = reconstruction Dice).
-
-    Returns:
-        the folder (pass it as ``--bundle``).
-    """
-    from synthcp3d.scoring.regression import LinearQualityRegressor
-    from synthcp3d.utils.atomic import atomic_save_json
-
-    out = Path(out)
-    parser = pancreas_config(out, overrides)
-    study = parser.get_parsed_content("study")
-    torch.manual_seed(seed)
-    study.models.mkdir(parents=True, exist_ok=True)
-    wf.save_settings(study)
-    for name in REQUIRED:
-        factory = parser.get_parsed_content("comparator" if name == "comparator_synthcp" else name)
-        save_network(study, name, wf.NETWORKS[name][1], factory().eval(), factory)
-    n = study.num_classes
-    feats = np.tile(np.linspace(0.0, 1.0, 5)[:, None], (1, n))
-    regressor = LinearQualityRegressor(n, missing_feature_quality=0.0).fit(feats, feats)
-    atomic_save_json(regressor.state_dict(), study.models / wf.REGRESSORS["vae_alarm"][0])
-    return out

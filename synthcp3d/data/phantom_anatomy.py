@@ -23,7 +23,7 @@ __all__ = ["ANATOMY_UNIT_MM", "Build", "Tumour", "draw_build", "draw_tumour", "c
 ANATOMY_UNIT_MM = 190.0
 
 # Drawn ranges (uniform unless said otherwise), each standing for real adult anatomy or acquisition; the figures are
-# common radiology figures (DESIGN.md), not from a specific study.
+# approximate textbook radiology figures, not taken from one checked published series (issue #9 names them).
 ABDOMEN_WIDTH_MM = (300.0, 370.0)  # transverse (left-right) body diameter at the pancreas: adult abdomen 300-400 mm
 ABDOMEN_AP_MM = (220.0, 265.0)  # anteroposterior body diameter, about two thirds to three quarters of the width
 SUBCUTANEOUS_FAT_MM = (8.0, 25.0)  # subcutaneous fat thickness, lean to obese
@@ -34,7 +34,7 @@ PANCREAS_LENGTH_MM = (120.0, 200.0)
 PANCREAS_HEAD_DIAMETER_MM = (25.0, 35.0)  # pancreatic head ~2.5-3.5 cm
 PANCREAS_BODY_THICKNESS_MM = (15.0, 25.0)  # body and tail ~1.5-2.5 cm thick (the tail no thicker than the body)
 LOBULE_CELL_MM = 10.0  # spacing of the random lattice behind the gland's lobulated outline
-# PDAC is 1.5-5 cm at diagnosis, median ~3 cm (DESIGN.md); issue #9 prescribes 1-5 cm log-uniform, whose median is
+# PDAC is mostly 1.5-5 cm at diagnosis, median ~3 cm; issue #9 prescribes 1-5 cm log-uniform, whose median is
 # ~22 mm: more small tumours than in a clinical series, on purpose (the hard cases).
 TUMOUR_DIAMETER_MM = (10.0, 50.0)  # log-uniform; nominal diameter = 2 x mean semi-axis
 TUMOUR_AXIS_RATIO = (0.8, 1.25)  # semi-axis factors: slightly ellipsoidal masses

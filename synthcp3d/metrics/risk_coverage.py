@@ -2,7 +2,8 @@
 failure-detection benchmarks (e.g. Zenk et al., Medical Image Analysis 2025).
 
 A predictor that says "this case is good" (high predicted quality) is used to accept cases, the most confident
-first; the risk of an accepted case is ``1 - true quality``. Definitions (``DESIGN.md``):
+first; the risk of an accepted case is ``1 - true quality``. Definitions (AURC and E-AURC as Geifman et al.,
+ICLR 2019 define them; the tie rule is this project's, see the README's "Metrics"):
 
 - confidence = predicted quality; thresholds only at distinct confidence values, so cases with equal confidence
   are accepted together (ties are never broken by input order);

@@ -8,8 +8,8 @@ cross-validated predictions maps that number to the DSC of the class of interest
 Features (:func:`vae_alarm_feature`):
 
 - ``"loss"`` (default): the VAE's own loss on the predicted mask (reconstruction + beta·KL, eval mode so the
-  posterior mean is decoded), as Liu et al. and ``DESIGN.md`` describe: a mask far from the learned shape
-  manifold reconstructs badly and costs more.
+  posterior mean is decoded), as Liu et al. describe: a mask far from the learned shape manifold reconstructs
+  badly and costs more.
 - ``"dice"``: Dice between the mask's class of interest and its reconstruction (``MaskVAE.reconstruction_dice``),
   bounded and in the same units as the target; an alternative worth comparing.
 
@@ -75,7 +75,7 @@ def per_class_vae_feature(vae: nn.Module, mask_onehot: torch.Tensor, feature: VA
     """The VAE alarm's feature of one mask ``(1, C, *in_shape)`` as one value per class ``(C,)``, the input of a
     per-class linear regressor (:class:`~synthcp3d.scoring.regression.LinearQualityRegressor`).
 
-    ``"loss"`` (Liu et al., DESIGN.md): the VAE's loss on the mask, the same number in every column (each class's
+    ``"loss"`` (Liu et al., ICCV 2019): the VAE's loss on the mask, the same number in every column (each class's
     regressor maps it to that class's quality). ``"dice"`` (a named variant): per-class Dice between the mask and its
     reconstruction (NaN: class absent from both).
     """
