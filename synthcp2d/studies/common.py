@@ -318,7 +318,7 @@ def fit_confidnet(
 
 
 # ---- stages shared by the 2D studies ------------------------------------------------------------------------------
-@study_stage("train_synthesizer", training=True)
+@study_stage("train_synthesizer", training=True, after=("prepare",))
 def train_synthesizer(
     study: StreetStudy,
     generator: Factory,
@@ -362,7 +362,7 @@ def load_painter(study: StreetStudy) -> ClassMeanPainter:
     return ClassMeanPainter.load(require_file(study.models / "painter.json", "train_synthesizer"))
 
 
-@study_stage("train_autoencoder", training=True)
+@study_stage("train_autoencoder", training=True, after=("prepare",))
 def train_autoencoder(
     study: StreetStudy, autoencoder: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-3
 ) -> dict:

@@ -256,7 +256,7 @@ def _fit_segmenter(
     return unwrap(net)
 
 
-@study_stage("train_segmenter", training=True)
+@study_stage("train_segmenter", training=True, after=("prepare",))
 def train_segmenter(
     study: PancreasStudy,
     segmenter: Factory,
@@ -286,7 +286,7 @@ def _case_record(study: PancreasStudy, net: torch.nn.Module, case: Mapping, pred
     return {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
 
 
-@study_stage("crossval", training=True)
+@study_stage("crossval", training=True, after=("prepare",))
 def crossval(
     study: PancreasStudy,
     segmenter: Factory,

@@ -95,7 +95,7 @@ def prepare(study: CityscapesStudy) -> dict:
     return info
 
 
-@study_stage("train_segmenter", training=True)
+@study_stage("train_segmenter", training=True, after=("prepare",))
 def train_segmenter(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -128,7 +128,7 @@ def _mc_feature(study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, p
     return mean_entropy_per_class(entropy, pred, study.num_classes)[0].cpu().numpy()
 
 
-@study_stage("crossval", training=True)
+@study_stage("crossval", training=True, after=("prepare",))
 def crossval(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -230,7 +230,7 @@ def _fit_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -> tuple
     return regressor, unfit
 
 
-@study_stage("train_comparator", training=True)
+@study_stage("train_comparator", training=True, after=("prepare", "crossval", "train_synthesizer"))
 def train_comparator(
     study: CityscapesStudy,
     comparators: Mapping[str, Factory],
@@ -279,7 +279,7 @@ def train_comparator(
     return {"iterations": int(iterations), "modes": list(study.comparator_modes)}
 
 
-@study_stage("train_baselines", training=True)
+@study_stage("train_baselines", training=True, after=("prepare", "train_segmenter", "crossval"))
 def train_baselines(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
