@@ -19,7 +19,7 @@ from synthcp3d.errors import SynthCPInputError
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("synthcp3d.data.cli", "make synthetic data sets in the real data sets' folder layouts, or check a folder"),
-    "run": ("synthcp3d.study_cli", "run every stage of a study bundle in order, skipping finished stages"),
+    "run": ("synthcp3d.study_cli", "run every stage of a study bundle in order, skipping up-to-date stages"),
     "alarm": ("synthcp3d.alarm.cli", "predict tumour Dice and flag CT volumes whose segmentation needs checking"),
     "export": ("synthcp3d.export.cli", "export a trained pancreas run as a self-contained MONAI inference bundle"),
 }

@@ -2,8 +2,12 @@
 
 Each stage is one bundle config merged onto ``configs/common.yaml`` and run with ``monai.bundle.run`` (in this
 process, or with ``--subprocess`` as ``python -m monai.bundle run ...``, the exact command printed for each stage).
-A stage writes ``<out>/<stage>/done.json`` atomically as its last act; stages whose marker exists are skipped, so an
-interrupted run resumes where it stopped (``--force`` reruns the chosen stages). ``--demo`` first generates the
+A stage writes ``<out>/<stage>/done.json`` atomically as its last act, recording the inputs it ran with (its settings
+and the run ids of the stages it reads); a stage whose marker records its current inputs is skipped, so an interrupted
+run resumes where it stopped, and a stale one reruns (``--force`` reruns the chosen stages). There is one staleness
+rule, :func:`synthcp3d.workflows.common.stale_reason`: before skipping a stage whose marker exists, the runner resolves
+the stage's config as ``monai.bundle run`` would (study and arguments, nothing run) and asks that rule, printing why a
+stale stage reruns; the stage itself asks it again when it starts. ``--demo`` first generates the
 synthetic data set of the study into ``<out>/data`` (if absent) and uses its small settings. What a study is (stages,
 training stages, demo data and settings) lives in its bundle's ``configs/study.yaml``; the bundles folder is scanned
 for them (:data:`STUDIES`), so no study is registered in Python.
@@ -236,6 +240,19 @@ def _run_stage(
             raise
 
 
+def _stale_reason(bundle: Path, stage: str, overrides: Mapping[str, Any]) -> str | None:
+    """Why a stage whose marker exists must rerun (``None``: it is complete), by the stages' own rule: its config
+    resolved as ``monai.bundle run`` resolves it (the study and the stage's arguments; nothing runs)."""
+    from monai.bundle import ConfigParser
+
+    from synthcp3d.workflows.common import configured_stale_reason
+
+    parser = ConfigParser()
+    parser.read_config(f=[str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / f"{stage}.yaml")])
+    parser.update(pairs=dict(overrides))
+    return configured_stale_reason(parser.get_parsed_content("stage"))
+
+
 def _resolve_device(device: str) -> str:
     if device != "auto":
         if device.startswith("cuda"):
@@ -331,22 +348,28 @@ def run_study(
     if seed is not None:
         base["seed"] = int(seed)
     extra = extra or {}
+    from synthcp3d.workflows.common import marker_run_id  # torch: not imported by `synthcp run --help`
+
     timings: dict[str, float] = {}
     for stage in study.stages:
         if stage not in chosen:
             continue
         marker = out / stage / DONE_MARKER
-        if marker.is_file() and not force:
-            print(f"[{stage}] complete ({marker}), skipped", flush=True)
-            continue
         overrides = stage_overrides(study_name, stage, base, demo, extra, profile)
+        if marker.is_file() and not force:
+            reason = _stale_reason(bundle, stage, overrides)
+            if reason is None:
+                print(f"[{stage}] complete ({marker}), skipped", flush=True)
+                continue
+            print(f"[{stage}] {reason}; rerunning", flush=True)
         if force:
             overrides["force"] = True
+        previous = marker_run_id(marker)
         start = time.perf_counter()
         _run_stage(bundle, stage, overrides, use_subprocess, nproc if stage in study.training_stages else 1)
         timings[stage] = time.perf_counter() - start
-        if not marker.is_file():
-            raise RuntimeError(f"stage {stage} ended without writing its completion marker {marker}")
+        if marker_run_id(marker) in (None, previous):
+            raise RuntimeError(f"stage {stage} ended without writing a new completion marker {marker}")
         print(f"[{stage}] done in {timings[stage]:.1f} s", flush=True)
     return timings
 

@@ -204,7 +204,7 @@ def test_study_runner_skips_finished_stages(run_dir, capsys):
     from synthcp3d.study_cli import run_study
 
     data, out = run_dir
-    timings = run_study("pancreas", out, data=data, device="cpu")
+    timings = run_study("pancreas", out, data=data, device="cpu", extra={"common": TINY})  # the settings they ran with
     assert timings == {}
     assert capsys.readouterr().out.count("skipped") == len(STAGES)
     with pytest.raises(SynthCPInputError, match="unknown stage"):

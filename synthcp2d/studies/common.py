@@ -125,15 +125,17 @@ def cache_cases(
 
     Args:
         items: data list entries with ``image``, ``label`` paths and a ``case`` id.
-        out_dir: where ``{case}.npz`` go (``image`` uint8 ``(3, H, W)``, ``label`` uint8 ``(1, H, W)``).
+        out_dir: where ``<W>x<H>/{case}.npz`` go (``image`` uint8 ``(3, H, W)``, ``label`` uint8 ``(1, H, W)``).
         read_label: annotation file -> class indices ``(H, W)``.
 
     Returns:
-        the items with ``cache`` (the npz path) added; an existing cache file is reused.
+        the items with ``cache`` (the npz path) added; an existing cache file of the same size is reused (the
+        folder is named by the size, so another ``image_size`` never reads a stale cache).
     """
+    out_dir = Path(out_dir) / f"{int(size[0])}x{int(size[1])}"
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for item in tqdm(items, desc=f"cache {out_dir.name}", disable=not progress, unit="image"):
+    for item in tqdm(items, desc=f"cache {out_dir.parent.name}", disable=not progress, unit="image"):
         path = out_dir / f"{item['case'].replace('/', '_')}.npz"
         if not path.is_file():
             image = _read_rgb(item["image"])
@@ -309,7 +311,7 @@ def fit_confidnet(
 
 
 # ---- stages shared by the 2D studies ------------------------------------------------------------------------------
-@study_stage("train_synthesizer", training=True)
+@study_stage("train_synthesizer", training=True, after=("prepare",))
 def train_synthesizer(
     study: StreetStudy,
     generator: Factory,
@@ -346,7 +348,7 @@ def load_painter(study: StreetStudy) -> ClassMeanPainter:
     return ClassMeanPainter.load(require_file(study.models / "painter.json", "train_synthesizer"))
 
 
-@study_stage("train_autoencoder", training=True)
+@study_stage("train_autoencoder", training=True, after=("prepare",))
 def train_autoencoder(
     study: StreetStudy, autoencoder: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-3
 ) -> dict:

@@ -152,7 +152,7 @@ def prepare(study: StreetHazardsStudy) -> dict:
     return {"num_train": len(record["train"]), "num_test": len(record["test"]), "image_sizes": summary["image_sizes"]}
 
 
-@study_stage("train_segmenter", training=True)
+@study_stage("train_segmenter", training=True, after=("prepare",))
 def train_segmenter(
     study: StreetHazardsStudy,
     segmenter: Factory,
@@ -196,7 +196,7 @@ def _pooled_score(method: str, score: torch.Tensor) -> torch.Tensor:
     return score
 
 
-@study_stage("evaluate")
+@study_stage("evaluate", after=("prepare", "train_segmenter", "train_synthesizer", "train_autoencoder"))
 def evaluate(
     study: StreetHazardsStudy,
     segmenter: Factory,

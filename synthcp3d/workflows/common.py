@@ -1,9 +1,16 @@
 """What every study's stage functions share, whatever the study or ``spatial_dims``: output layout, done-markers,
 network specs, CSV rows.
 
-A study's settings dataclass derives from :class:`StudyBase`; a stage function is decorated with :func:`study_stage`
-(or starts with ``if study.is_done(stage): return {}`` and ends with ``return study.mark_done(stage, info, started)``),
+A study's settings dataclass derives from :class:`StudyBase`; a stage function is decorated with :func:`study_stage`,
 which writes ``<output_dir>/<stage>/done.json`` atomically as the stage's last act (the marker ``synthcp run`` checks).
+
+Staleness: a ``done.json`` records the stage's inputs (:func:`stage_inputs`): its settings (the study's, less the
+run-time-only ``StudyBase.runtime_fields``, and the stage function's other arguments, factories by
+:func:`describe_factory`) with their sha256 fingerprint, and the ``run_id`` of the ``done.json`` of each stage it
+reads (``study_stage(..., after=...)``); each ``done.json`` gets a fresh ``run_id``. A stage is skipped only when its
+recorded inputs equal the current ones (:func:`stale_reason`, the one rule; ``synthcp run`` asks it through
+:func:`configured_stale_reason` before it skips a stage). Rerunning a stage thus makes every stage after it stale in
+turn. A stale stage reruns as with ``force`` (its own earlier weights, folds and checkpoints came from other inputs).
 
 Distributed runs (``torchrun`` with a bundle's ``configs/multi_gpu_train.yaml``, or ``synthcp run --nproc N``): a
 training stage runs on every rank, building its networks identically and wrapping them with
@@ -17,17 +24,20 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import inspect
 import io
 import json
 import logging
 import math
 import pydoc
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ignite.distributed as idist
 import numpy as np
@@ -42,6 +52,10 @@ __all__ = [
     "DONE",
     "StudyBase",
     "study_stage",
+    "stage_inputs",
+    "stale_reason",
+    "configured_stale_reason",
+    "marker_run_id",
     "on_main_process",
     "to_json",
     "describe_factory",
@@ -69,7 +83,7 @@ class StudyBase:
         output_dir: every stage writes below it; final weights go to ``output_dir/models``.
         device: "cpu", "cuda" or "cuda:N".
         seed: seeds the split, the folds, every training run.
-        force: rerun a stage even if its ``done.json`` exists.
+        force: rerun a stage even if its ``done.json`` is up to date.
         progress: progress bars.
         settings_name: "demo" or "full" (printed in the reports).
         checkpoint_every: checkpoint period (iterations) of every training run.
@@ -85,6 +99,12 @@ class StudyBase:
     settings_name: str = "full"
     checkpoint_every: int = 1000
     num_workers: int = 0
+
+    #: fields that change how a stage runs, not what it computes: left out of the settings a ``done.json`` records,
+    #: so changing them reruns nothing (a subclass adds its own, e.g. a cache size)
+    runtime_fields: ClassVar[tuple[str, ...]] = (
+        "output_dir", "device", "force", "progress", "checkpoint_every", "num_workers",
+    )
 
     @property
     def out(self) -> Path:
@@ -117,19 +137,29 @@ class StudyBase:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def is_done(self, stage: str) -> bool:
-        done = (self.out / stage / DONE).is_file() and not self.force
-        if done:
-            logger.info(f"stage {stage}: complete ({self.out / stage / DONE}); skipped (force=true reruns it)")
-        return done
+    def is_done(self, stage: str, inputs: Mapping[str, Any]) -> bool:
+        """Whether ``stage`` can be skipped: ``force`` is off and its ``done.json`` records these ``inputs``
+        (:func:`stage_inputs`). Logs why a stage that was done reruns."""
+        marker = self.out / stage / DONE
+        if self.force or not marker.is_file():
+            return False
+        reason = stale_reason(marker, inputs)
+        if reason:
+            logger.info(f"stage {stage}: {reason}; rerunning it")
+            return False
+        logger.info(f"stage {stage}: complete ({marker}); skipped (force=true reruns it)")
+        return True
 
-    def mark_done(self, stage: str, info: Mapping[str, Any], started: float) -> dict:
-        """Write ``<stage>/done.json`` (seconds, settings, ``info``) atomically; return the record."""
+    def mark_done(self, stage: str, info: Mapping[str, Any], started: float, inputs: Mapping[str, Any]) -> dict:
+        """Write ``<stage>/done.json`` (seconds, settings, ``info``, a fresh ``run_id``, the ``inputs`` it ran with)
+        atomically; return the record."""
         record = {
             "stage": stage,
             "seconds": round(time.perf_counter() - started, 2),
             "settings": self.describe(),
             **info,
+            "run_id": uuid.uuid4().hex,
+            "inputs": dict(inputs),
         }
         atomic_save_json(record, self.stage_dir(stage) / DONE)
         logger.info(f"stage {stage}: done in {record['seconds']} s")
@@ -149,32 +179,131 @@ class StudyBase:
 
 
 def study_stage(
-    name: str, training: bool = False
+    name: str, training: bool = False, after: Sequence[str] = ()
 ) -> Callable[[Callable[..., Mapping[str, Any] | None]], Callable[..., dict]]:
-    """Decorate ``fn(study, ...) -> info`` into a stage: skipped (returns ``{}``) when ``<name>/done.json`` exists
-    and ``study.force`` is off, otherwise run and timed, its ``info`` recorded in the marker written last.
+    """Decorate ``fn(study, ...) -> info`` into a stage: skipped (returns ``{}``) when ``<name>/done.json`` records
+    the inputs it would run with and ``study.force`` is off, otherwise run and timed, its ``info`` and inputs
+    recorded in the marker written last. ``after``: the stages whose outputs it reads (their ``done.json`` run ids
+    are among its inputs). A stale stage (a done stage whose inputs changed) reruns with ``force`` on.
 
     In a distributed run a ``training`` stage runs on every rank (it trains with `StudyBase.prepare_network` and
     writes on rank 0 only); any other stage runs on rank 0 alone. Rank 0 writes the marker while the others wait,
-    and returns the record (the other ranks ``{}``). The decorated function's ``training`` attribute says which.
+    and returns the record (the other ranks ``{}``). The decorated function's ``training`` attribute says which;
+    ``stage_name`` and ``inputs(study, ...)`` (:func:`stage_inputs` of a call) serve :func:`configured_stale_reason`.
     """
 
     def decorate(fn: Callable[..., Mapping[str, Any] | None]) -> Callable[..., dict]:
+        def inputs(study: StudyBase, *args: Any, **kwargs: Any) -> dict:
+            return stage_inputs(study, fn, after, args, kwargs)
+
         @functools.wraps(fn)
         def run(study: StudyBase, *args: Any, **kwargs: Any) -> dict:
             idist.get_world_size()  # ignite adopts a torchrun process group at its first call, a collective: all ranks
-            if study.is_done(name):
+            current = inputs(study, *args, **kwargs)
+            if study.is_done(name, current):
                 return {}
+            if (study.out / name / DONE).is_file():  # stale: its own earlier outputs must not be reused
+                study = replace(study, force=True)
             started = time.perf_counter()
             if training:
                 info = fn(study, *args, **kwargs) or {}
-                return on_main_process(study.mark_done, name, info, started) or {}
-            return on_main_process(lambda: study.mark_done(name, fn(study, *args, **kwargs) or {}, started)) or {}
+                return on_main_process(study.mark_done, name, info, started, current) or {}
+            return on_main_process(
+                lambda: study.mark_done(name, fn(study, *args, **kwargs) or {}, started, current)
+            ) or {}
 
         run.training = training  # type: ignore[attr-defined]
+        run.stage_name = name  # type: ignore[attr-defined]
+        run.inputs = inputs  # type: ignore[attr-defined]
         return run
 
     return decorate
+
+
+def stage_inputs(
+    study: StudyBase, fn: Callable[..., Any], after: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> dict:
+    """What the call ``fn(study, *args, **kwargs)`` of a stage function depends on, as its ``done.json`` records it:
+    ``settings`` (``study``: the study's less its ``runtime_fields``; ``stage``: the function's other arguments,
+    defaults included), their sha256 ``fingerprint``, and ``after``: the ``run_id`` of each upstream ``done.json``
+    (``None`` where there is none)."""
+    bound = inspect.signature(fn).bind(study, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = list(bound.arguments.items())[1:]  # the first is the study
+    settings = {
+        "study": {k: v for k, v in study.describe().items() if k not in study.runtime_fields},
+        "stage": {k: _describe_argument(v) for k, v in arguments},
+    }
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return {
+        "fingerprint": hashlib.sha256(canonical.encode()).hexdigest(),
+        "settings": settings,
+        "after": {stage: marker_run_id(study.out / stage / DONE) for stage in after},
+    }
+
+
+def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
+    """Why the existing ``marker`` (a stage's ``done.json``) does not record ``inputs`` (:func:`stage_inputs`), or
+    ``None`` when it does: the one staleness rule, of the stages and of ``synthcp run``."""
+    recorded = _read_marker(marker).get("inputs")
+    if not isinstance(recorded, Mapping):
+        return "stale: its done.json records no inputs (written by an older synthcp, or unreadable)"
+    before = recorded.get("after") if isinstance(recorded.get("after"), Mapping) else {}
+    rerun = [stage for stage, run_id in inputs["after"].items() if before.get(stage) != run_id]
+    if rerun:
+        return f"stale: upstream {', '.join(rerun)} ran again since"
+    if recorded.get("fingerprint") != inputs["fingerprint"]:
+        changed = _changed_keys(recorded.get("settings"), inputs["settings"])
+        return f"stale: settings changed ({', '.join(changed) or 'fingerprint'})"
+    return None
+
+
+def configured_stale_reason(configured: partial) -> str | None:
+    """:func:`stale_reason` of a bundle's configured stage, its config's ``stage`` resolved (a ``partial`` of a
+    :func:`study_stage` function with the study and its arguments), against its existing ``done.json``."""
+    stage = configured.func
+    bound = inspect.signature(stage).bind(*configured.args, **configured.keywords)
+    study = next(iter(bound.arguments.values()))
+    marker = study.out / stage.stage_name / DONE
+    return stale_reason(marker, stage.inputs(*configured.args, **configured.keywords))
+
+
+def _describe_argument(value: Any) -> Any:
+    """A stage argument as JSON: a network factory by :func:`describe_factory`, containers entry by entry."""
+    if isinstance(value, Mapping):
+        return {str(k): _describe_argument(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_describe_argument(v) for v in value]
+    if callable(value):
+        try:
+            return describe_factory(value)
+        except SynthCPInputError:
+            pass
+    return to_json(value)
+
+
+def marker_run_id(path: Path) -> str | None:
+    """The ``run_id`` of a ``done.json`` (``None``: missing, unreadable, or written by an older synthcp)."""
+    return _read_marker(path).get("run_id")
+
+
+def _read_marker(path: Path) -> dict:
+    """A ``done.json`` as a dict (``{}`` if missing or unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _changed_keys(old: Any, new: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``part.key`` of each top-level setting that differs between recorded ``old`` and current ``new`` settings."""
+    old = old if isinstance(old, Mapping) else {}
+    changed = []
+    for part, values in new.items():
+        before = old.get(part) if isinstance(old.get(part), Mapping) else {}
+        changed += [f"{part}.{k}" for k in sorted({*before, *values}) if before.get(k, ...) != values.get(k, ...)]
+    return changed
 
 
 def on_main_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

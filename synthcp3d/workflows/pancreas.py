@@ -160,7 +160,7 @@ def _fit_segmenter(
     )
 
 
-@study_stage("train_segmenter", training=True)
+@study_stage("train_segmenter", training=True, after=("prepare",))
 def train_segmenter(
     study: PancreasStudy,
     segmenter: Factory,
@@ -184,7 +184,7 @@ def train_segmenter(
 # ================================================================================================================
 # cross-validation predictions (+ MC-Dropout features)
 # ================================================================================================================
-@study_stage("crossval", training=True)
+@study_stage("crossval", training=True, after=("prepare",))
 def crossval(
     study: PancreasStudy,
     segmenter: Factory,

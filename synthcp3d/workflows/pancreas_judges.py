@@ -51,7 +51,7 @@ def _roi_pair_dataset(
     return CacheDataset(items, transform, cache_rate=study.cache_rate, progress=False)
 
 
-@study_stage("train_synthesizer", training=True)
+@study_stage("train_synthesizer", training=True, after=("prepare",))
 def train_synthesizer(
     study: PancreasStudy,
     generator: Factory,
@@ -108,7 +108,7 @@ def _synthesis_l1(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, n:
 # ================================================================================================================
 # comparators (SynthCP + Direct Prediction)
 # ================================================================================================================
-@study_stage("train_comparator", training=True)
+@study_stage("train_comparator", training=True, after=("prepare", "crossval", "train_synthesizer"))
 def train_comparator(
     study: PancreasStudy,
     comparator: Factory,
@@ -142,7 +142,7 @@ def train_comparator(
 # ================================================================================================================
 # VAE alarm
 # ================================================================================================================
-@study_stage("train_vae_alarm", training=True)
+@study_stage("train_vae_alarm", training=True, after=("prepare", "crossval"))
 def train_vae_alarm(
     study: PancreasStudy,
     mask_vae: Factory,

@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -123,6 +123,9 @@ class PancreasStudy(StudyBase):
     sw_overlap: float = 0.25
     cache_rate: float = 1.0
     class_names: Sequence[str] = field(default=CLASS_NAMES)
+
+    #: also run-time only: the share of volumes cached and the windows per network call change no result
+    runtime_fields: ClassVar[tuple[str, ...]] = (*StudyBase.runtime_fields, "cache_rate", "sw_batch_size")
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)

@@ -54,7 +54,10 @@ __all__ = ["evaluate", "inference"]
 # ================================================================================================================
 # evaluate
 # ================================================================================================================
-@study_stage("evaluate")
+@study_stage(
+    "evaluate",
+    after=("prepare", "train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm"),
+)
 def evaluate(
     study: PancreasStudy,
     segmenter: Factory,
@@ -177,7 +180,9 @@ def _figure_panel(scores: CaseScores, label_roi: np.ndarray, case_id: str, true:
 # ================================================================================================================
 # inference on a folder of new volumes
 # ================================================================================================================
-@study_stage("inference")
+@study_stage(
+    "inference", after=("train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm")
+)
 def inference(
     study: PancreasStudy,
     segmenter: Factory,

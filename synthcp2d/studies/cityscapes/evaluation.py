@@ -34,7 +34,10 @@ __all__ = ["evaluate"]
 SHOWN_CLASSES = ("road", "building", "vegetation", "sky", "car", "person")
 
 
-@study_stage("evaluate")
+@study_stage(
+    "evaluate",
+    after=("prepare", "train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_baselines"),
+)
 def evaluate(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],

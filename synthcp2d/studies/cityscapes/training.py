@@ -89,7 +89,7 @@ def prepare(study: CityscapesStudy) -> dict:
     return info
 
 
-@study_stage("train_segmenter", training=True)
+@study_stage("train_segmenter", training=True, after=("prepare",))
 def train_segmenter(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -117,7 +117,7 @@ def _mc_feature(study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, p
     return mean_entropy_per_class(entropy, pred, study.num_classes)[0].cpu().numpy()
 
 
-@study_stage("crossval", training=True)
+@study_stage("crossval", training=True, after=("prepare",))
 def crossval(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
@@ -193,7 +193,7 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
     info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
 
 
-@study_stage("train_comparator", training=True)
+@study_stage("train_comparator", training=True, after=("prepare", "crossval", "train_synthesizer"))
 def train_comparator(
     study: CityscapesStudy,
     comparators: Mapping[str, Factory],
@@ -223,7 +223,7 @@ def train_comparator(
     return {"iterations": int(iterations), "modes": list(study.comparator_modes), "quality_loss": quality_loss}
 
 
-@study_stage("train_baselines", training=True)
+@study_stage("train_baselines", training=True, after=("prepare", "train_segmenter", "crossval"))
 def train_baselines(
     study: CityscapesStudy,
     segmenters: Mapping[str, Factory],
