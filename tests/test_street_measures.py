@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score
 
-from synthcp2d.studies.measures import X_HAT_ABLATIONS, DatasetIoU, replaced_syntheses
+from synthcp2d.studies.measures import DatasetIoU
+from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 
 

@@ -1,6 +1,6 @@
 """What the 2D studies measure beside their tables: the synthesis quality of ``G`` against the class-mean painter
-(`synthesis_per_case`), the x̂ ablation's inputs (`replaced_syntheses`) and the judged segmenter's dataset-level
-IoU (`DatasetIoU`). The measures themselves are the dimension-generic core's (``synthcp3d.scoring.synthesis``)."""
+(`synthesis_per_case`) and the judged segmenter's dataset-level IoU (`DatasetIoU`). The measures themselves, and
+the x̂ ablation's inputs, are the dimension-generic core's (``synthcp3d.scoring.synthesis``)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,14 @@ import numpy as np
 import torch
 
 from synthcp2d.studies.common import StreetStudy, image_tensor, load_cached, synthesize
-from synthcp3d.scoring.synthesis import ClassMeanPainter, blank_like, synthesis_quality
+from synthcp3d.scoring.synthesis import ClassMeanPainter, synthesis_quality
 
-__all__ = ["SYNTHESIZERS", "X_HAT_ABLATIONS", "LEVELS_PER_UNIT", "DatasetIoU", "replaced_syntheses",
-           "synthesis_per_case"]
+__all__ = ["SYNTHESIZERS", "LEVELS_PER_UNIT", "DatasetIoU", "synthesis_per_case"]
 
 #: the synthesizers of the synthesis-quality table: SPADE and its non-learned replacement
 SYNTHESIZERS = ("2D SPADE G(y)", "class-mean painter")
-#: SynthCP with another x̂ than G(ŷ) (suffixes of a SynthCP row's name): does the comparison use the synthesis?
-X_HAT_ABLATIONS = (", x̂ = class-mean painter", ", x̂ = blank")
 #: colour levels (0-255) per unit of the [-1, 1] images
 LEVELS_PER_UNIT = 127.5
-
-
-def replaced_syntheses(painter: ClassMeanPainter, pred: torch.Tensor, synthesis: torch.Tensor, seed: int) -> dict:
-    """The x̂ ablation's inputs for a prediction ``(B, H, W)``: row-name suffix -> the painter's image of ``ŷ`` and
-    a blank image (0, mid-grey), in place of ``G(ŷ)`` (``synthesis``)."""
-    painted = painter(pred, seed=seed).to(synthesis.device)
-    return dict(zip(X_HAT_ABLATIONS, (painted, blank_like(synthesis))))
 
 
 @torch.no_grad()

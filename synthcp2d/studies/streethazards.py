@@ -51,7 +51,8 @@ from synthcp2d.studies.common import (
     synthesize,
 )
 from synthcp2d.studies.figures import metrics_markdown, panel_figure, to_display_image
-from synthcp2d.studies.measures import X_HAT_ABLATIONS, DatasetIoU, replaced_syntheses, synthesis_per_case
+from synthcp2d.studies.measures import DatasetIoU, synthesis_per_case
+from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses
 from synthcp3d.evidence import synthesis_section
 from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
 from synthcp3d.scoring import run_scorer, threshold_sweep

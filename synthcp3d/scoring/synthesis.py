@@ -24,7 +24,7 @@ from monai.metrics import SSIMMetric
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_save_json
 
-__all__ = ["ClassMeanPainter", "synthesis_quality", "blank_like"]
+__all__ = ["ClassMeanPainter", "synthesis_quality", "blank_like", "X_HAT_ABLATIONS", "replaced_syntheses"]
 
 
 class ClassMeanPainter:
@@ -126,6 +126,20 @@ class ClassMeanPainter:
 def blank_like(image: torch.Tensor, value: float = 0.0) -> torch.Tensor:
     """The "no synthesis" input of the ablation: a constant image of ``image``'s shape (0 = mid-window)."""
     return torch.full_like(image, float(value))
+
+
+#: SynthCP with another x̂ than G(ŷ) (suffixes of a SynthCP row's name): does the comparison use the synthesis?
+X_HAT_ABLATIONS = (", x̂ = class-mean painter", ", x̂ = blank")
+
+
+def replaced_syntheses(
+    painter: ClassMeanPainter, pred: torch.Tensor, synthesis: torch.Tensor, seed: int
+) -> dict[str, torch.Tensor]:
+    """The x̂ ablation's inputs for a prediction ``(B, *S)``: row-name suffix (:data:`X_HAT_ABLATIONS`) -> the
+    painter's image of ``ŷ`` and a blank image (`blank_like`), each shaped as ``synthesis`` = ``G(ŷ)``
+    ``(B, Cimg, *S)``, in its place."""
+    painted = painter(pred, seed=seed).to(synthesis.device)
+    return dict(zip(X_HAT_ABLATIONS, (painted, blank_like(synthesis))))
 
 
 def synthesis_quality(

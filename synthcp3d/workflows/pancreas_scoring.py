@@ -29,7 +29,7 @@ from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, roi_box, tight_box
 from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
 from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
-from synthcp3d.scoring.synthesis import blank_like, synthesis_quality
+from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses, synthesis_quality
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.targets import per_class_quality
 from synthcp3d.workflows.pancreas_model import PancreasStudy, TrainedModels
@@ -63,7 +63,7 @@ METHODS = (
     "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice",
 )
 #: SynthCP's comparator with another x̂ than G(ŷ): does it use the synthesis?
-ABLATIONS = ("SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank")
+ABLATIONS = tuple("SynthCP" + suffix for suffix in X_HAT_ABLATIONS)
 #: error maps scored voxel by voxel (+ SynthCP's with x̂ replaced, :data:`ABLATIONS`)
 PIXEL_METHODS = ("SynthCP", "Direct Prediction", "MC-Dropout entropy", "MSP (1 - max softmax)", *ABLATIONS)
 #: ``timer(stage) -> context manager`` timing a named stage (the alarm's ``StageTimer`` is one)
@@ -295,11 +295,9 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
     x_roi, p_roi, onehot = judged.x_roi, judged.pred_roi, judged.onehot
     direct = nets.direct(x_roi, onehot)
     mc_feat, entropy = mc_features(study, nets.segmenter, x_roi, p_roi)
-    painted = nets.painter(p_roi, seed=int(study.seed)).to(x_roi.device)
-    ablated = {
-        ABLATIONS[0]: nets.synthcp(x_roi, onehot, painted),
-        ABLATIONS[1]: nets.synthcp(x_roi, onehot, blank_like(x_roi)),
-    }
+    replaced = replaced_syntheses(nets.painter, p_roi, judged.synthesis, seed=int(study.seed))
+    painted = replaced[X_HAT_ABLATIONS[0]]
+    ablated = {"SynthCP" + suffix: nets.synthcp(x_roi, onehot, x_hat) for suffix, x_hat in replaced.items()}
     raw = {
         "Direct Prediction": direct["quality"][0],
         "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],

@@ -22,7 +22,8 @@ from synthcp2d.studies.cityscapes.study import (
 )
 from synthcp2d.studies.common import Factory, load_net, load_painter
 from synthcp2d.studies.figures import metrics_markdown, panel_figure
-from synthcp2d.studies.measures import X_HAT_ABLATIONS, synthesis_per_case
+from synthcp2d.studies.measures import synthesis_per_case
+from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS
 from synthcp3d.evidence import synthesis_section, synthesis_use_section
 from synthcp3d.report import METRIC_COLUMNS, quality_report
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text

@@ -27,7 +27,8 @@ from synthcp2d.studies.cityscapes.study import (
 )
 from synthcp2d.studies.common import Factory, image_tensor, load_cached, load_net, segment, synthesize
 from synthcp2d.studies.figures import to_display_image
-from synthcp2d.studies.measures import X_HAT_ABLATIONS, DatasetIoU, replaced_syntheses
+from synthcp2d.studies.measures import DatasetIoU
+from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses
 from synthcp3d.metrics import StreamingPixelFailureMetrics
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring import run_scorer

@@ -15,7 +15,7 @@ from scipy.ndimage import distance_transform_edt
 
 from synthcp2d.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_IGNORE_INDEX
 from synthcp2d.studies.common import Factory, StreetStudy
-from synthcp2d.studies.measures import X_HAT_ABLATIONS
+from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
