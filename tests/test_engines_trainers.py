@@ -319,5 +319,26 @@ def test_comparator_optimizer_decay_does_not_erase_weights_without_gradient() ->
             optimizer.step()
         return float(idle.abs().mean())
 
-    assert run(lambda m: comparator_optimizer(m, lr=1e-3, weight_decay=1e-4)) == pytest.approx(0.02, rel=1e-5)
+    for name in ("adamw", "radam"):
+        kept = run(lambda m: comparator_optimizer(m, lr=1e-3, weight_decay=1e-4, name=name))
+        assert kept == pytest.approx(0.02, rel=1e-5)
     assert run(lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-4)) < 0.002
+    with pytest.raises(SynthCPInputError, match="radam"):
+        comparator_optimizer(torch.nn.Linear(2, 2), 1e-3, 1e-4, name="adam")
+
+
+def test_radam_first_steps_are_not_sign_steps() -> None:
+    """The collapse's mechanism: Adam's first step moves every weight by lr whatever its gradient (a sign step);
+    RAdam's first steps are momentum-SGD steps, proportional to the gradient (here 1000x smaller)."""
+
+    def first_step(name: str) -> torch.Tensor:
+        weight = torch.nn.Parameter(torch.zeros(3))
+        module = torch.nn.Module()
+        module.weight = weight
+        optimizer = comparator_optimizer(module, lr=1e-3, weight_decay=0.0, name=name)
+        (weight * torch.tensor([1e-3, 1e-4, 1e-5])).sum().backward()  # small, unequal gradients
+        optimizer.step()
+        return -weight.detach()
+
+    assert torch.allclose(first_step("adamw"), torch.full((3,), 1e-3), rtol=1e-2)
+    assert torch.allclose(first_step("radam"), torch.tensor([1e-6, 1e-7, 1e-8]), rtol=1e-2)

@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.optim import Optimizer
 
 from synthcp3d.engines.workflow import BaseTrainer
+from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.comparator import comparator_loss
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.targets import error_map, per_class_quality
@@ -23,17 +24,26 @@ from synthcp3d.targets import error_map, per_class_quality
 __all__ = ["ComparatorTrainer", "comparator_optimizer", "comparator_uses_synthesis"]
 
 
-def comparator_optimizer(network: nn.Module, lr: float, weight_decay: float) -> Optimizer:
-    """AdamW: weight decay decoupled from the adaptive step.
+def comparator_optimizer(network: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> Optimizer:
+    """The comparator's optimizer, weight decay decoupled from the adaptive step: ``"adamw"`` or ``"radam"``.
 
-    Adam with a coupled L2 term (``Adam(weight_decay=...)``) divides the decay by the gradient's running scale, so a
-    weight whose loss gradient is small shrinks by about ``lr`` per step whatever its size. In the comparator the
-    deep encoder stages get little gradient (the error head reads every stage, the quality head only the last):
-    measured on the pancreas demo study (400 iterations, lr 1e-3, decay 1e-4), the last stage's mean |weight| fell
-    from 0.019 at initialisation to 0.004 in all six comparators, and in three of them its pooled features no longer
-    varied across cases (SD 0.002-0.004 against 0.2-0.3): the quality head then predicts a constant.
+    Coupled L2 (``Adam(weight_decay=...)``) is not offered: it divides the decay by the gradient's running scale, so a
+    weight whose loss gradient is small shrinks by about ``lr`` per step whatever its size; in the comparator the deep
+    encoder stages get little gradient, and on the pancreas demo study three of six comparators ended with pooled
+    features that no longer varied across cases (the quality head then predicts a constant).
+
+    ``"radam"`` (``RAdam(decoupled_weight_decay=True)``): Adam's first steps are sign steps of size ``lr`` on every
+    weight; in the comparator they add a filter-wide, case-independent component that its per-sample GroupNorm then
+    normalises by, wiping out the differences between cases within ~10 steps, after which the quality head predicts
+    the training mean until the encoder recovers (150-400+ iterations, seed-dependent). RAdam's variance rectification
+    makes those early steps small: measured on the pancreas study, it removed the one remaining collapse
+    (``benchmarks/results/pancreas_demo_study/comparator_collapse_cause.md``).
     """
-    return torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "radam":
+        return torch.optim.RAdam(network.parameters(), lr=lr, weight_decay=weight_decay, decoupled_weight_decay=True)
+    raise SynthCPInputError(f"comparator optimizer must be 'adamw' or 'radam', got {name!r}")
 
 
 def comparator_uses_synthesis(comparator: nn.Module) -> bool:

@@ -120,11 +120,13 @@ def train_comparator(
     jitter: int = 2,
     quality_loss: str = "l1",
     weight_decay: float = 1e-4,
+    optimizer: str = "adamw",
 ) -> dict:
     """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
 
     Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
-    ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`).
+    ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`); ``optimizer``: ``"adamw"`` or
+    ``"radam"`` (see `comparator_optimizer`).
     """
     records = cv_records(study)
     items = [{"image": r["image"], "label": r["label"], "pred": r["pred"]} for r in records.values()]
@@ -134,9 +136,9 @@ def train_comparator(
         checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
         fit_comparator(
             study, name, factory, dataset, g, checkpoints, iterations, batch_size, lr, weight_decay, metric="dice",
-            quality_loss=quality_loss,
+            quality_loss=quality_loss, optimizer=optimizer,
         )
-    return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss}
+    return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss, "optimizer": optimizer}
 
 
 # ================================================================================================================

@@ -236,10 +236,12 @@ def fit_comparator(
     metric: str,
     ignore_index: int | None = None,
     quality_loss: str = "l1",
+    optimizer: str = "adamw",
 ) -> bool:
     """Train comparator ``name`` on ``dataset``'s ``{"image", "label", "pred"}`` cross-validated predictions
     (`ComparatorTrainer`: ``x̂ = G(ŷ)`` made on the fly when the network uses it; per-class ``metric`` ("dice" or
-    "iou") and error-map targets; `comparator_loss` with ``quality_loss``; AdamW) -> ``models/<name>.pt``.
+    "iou") and error-map targets; `comparator_loss` with ``quality_loss``; `comparator_optimizer` ``optimizer``) ->
+    ``models/<name>.pt``.
 
     Every comparator of a study starts from the same seed and sample order: Direct Prediction is then exactly the
     ablation without synthesis. Returns False (nothing done) when the weights exist and ``force`` is off.
@@ -253,7 +255,8 @@ def fit_comparator(
     ignore = {} if ignore_index is None else {"ignore_index": ignore_index}
     loss = partial(comparator_loss, quality_loss=quality_loss, **ignore)
     trainer = ComparatorTrainer(
-        study.torch_device, loader, net, comparator_optimizer(net, lr, weight_decay), num_classes=study.num_classes,
+        study.torch_device, loader, net, comparator_optimizer(net, lr, weight_decay, optimizer),
+        num_classes=study.num_classes,
         generator=generator, metric=metric, ignore_index=ignore_index, loss_function=loss,
     )
     run_trainer(study, trainer, iterations, checkpoint_dir)

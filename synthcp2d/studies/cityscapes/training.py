@@ -203,9 +203,11 @@ def train_comparator(
     lr: float = 1e-4,
     weight_decay: float = 1e-4,
     quality_loss: str = "l1",
+    optimizer: str = "adamw",
 ) -> dict:
     """Per segmenter and mode: the comparator on ``(x, G(ŷ), ŷ)`` (``direct``: ``(x, ŷ)``) of the CV predictions,
-    IoU + error-map targets (paper eq. 8; ``quality_loss``: ``"l1"`` as published or ``"bce"``) ->
+    IoU + error-map targets (paper eq. 8; ``quality_loss``: ``"l1"`` as published or ``"bce"``; ``optimizer``: see
+    `comparator_optimizer`) ->
     ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and seed for every mode: Direct Prediction is
     the ablation without synthesis."""
     g = load_net(
@@ -219,8 +221,10 @@ def train_comparator(
             fit_comparator(
                 study, f"comparator_{name}_{mode}", comparators[mode], dataset, g, out / f"checkpoints_{name}_{mode}",
                 iterations, batch_size, lr, weight_decay, metric="iou", ignore_index=IGNORE, quality_loss=quality_loss,
+                optimizer=optimizer,
             )
-    return {"iterations": int(iterations), "modes": list(study.comparator_modes), "quality_loss": quality_loss}
+    return {"iterations": int(iterations), "modes": list(study.comparator_modes), "quality_loss": quality_loss,
+            "optimizer": optimizer}
 
 
 @study_stage("train_baselines", training=True, after=("prepare", "train_segmenter", "crossval"))
