@@ -50,7 +50,9 @@ def difference_split(folder: Path, margin: int = 3) -> dict[str, float]:
         parts["far"].append(diff[~near])
         far_mass.append(diff[~near].sum() / max(diff.sum(), 1e-12))
         wrong_far.append((wrong & ~near).sum() / max(wrong.sum(), 1))
-    figures = {f"mean_hu_{k}": float(np.concatenate(v).mean()) for k, v in parts.items()}
+    # a part with no voxel (e.g. no wrong voxel at all) has no mean: NaN, said so rather than warned about
+    pooled = {k: np.concatenate(v) for k, v in parts.items()}
+    figures = {f"mean_hu_{k}": float(v.mean()) if v.size else float("nan") for k, v in pooled.items()}
     figures["far_share_of_difference"] = float(np.mean(far_mass))
     figures["far_share_of_wrong_voxels"] = float(np.mean(wrong_far))
     return figures
