@@ -91,7 +91,12 @@ def test_crossval_predicts_every_training_case_once(run_dir):
         assert Path(r["pred"]).is_file() and len(r["true_dsc"]) == 3 and len(r["mc_feature"]) == 3
         pred = np.asarray(nib.load(r["pred"]).dataobj)
         assert pred.shape == tuple(meta["cases"][case]["shape"]) and set(np.unique(pred)) <= {0, 1, 2}
+        voxel_ml = float(np.prod(np.abs(np.diag(nib.load(r["pred"]).affine)[:3]))) / 1000.0  # from the file
+        counts = [(pred == k).sum() for k in range(3)]
+        expected = [np.log(n * voxel_ml) if n else np.nan for n in counts]
+        np.testing.assert_allclose(r["volume_feature"], expected, rtol=1e-6, equal_nan=True)
     assert (out / "models" / "mc_dropout_regressor.json").is_file()
+    assert (out / "models" / "volume_regressor.json").is_file()
 
 
 def test_models_load_weights_only(run_dir):

@@ -8,8 +8,9 @@ the end). Outputs, all below ``output_dir`` (see the bundle README for the full 
   of the training part, every case resampled/windowed once (``prepare/volumes``);
 - ``train_segmenter``: AH-Net on all training cases -> ``models/segmenter.pt``;
 - ``crossval``: K AH-Nets, each predicts its held-out fold (every training case exactly once; the core's
-  `run_crossval` layout) -> ``crossval/predictions``, ``crossval/cases.json`` (true DSC, ROI, MC-Dropout features), and the MC-Dropout
-  regressor fitted on them -> ``models/mc_dropout_regressor.json``;
+  `run_crossval` layout) -> ``crossval/predictions``, ``crossval/cases.json`` (true DSC, ROI, MC-Dropout and
+  predicted-volume features), and the regressors fitted on them -> ``models/mc_dropout_regressor.json``,
+  ``models/volume_regressor.json``;
 - ``train_synthesizer``: 3D SPADE on ground-truth (label, image) pancreas-ROI pairs -> ``models/generator.pt``;
 - ``train_comparator``: SynthCP comparator (``x``, ``G(ŷ)``, ``ŷ``) and Direct Prediction (``x``, ``ŷ``) on the
   cross-validated predictions -> ``models/comparator_synthcp.pt``, ``models/comparator_direct.pt``;
@@ -56,11 +57,18 @@ from synthcp3d.engines.crossval import make_folds, run_crossval
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.evidence import quality_spread
 from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
+from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.transforms import load_preprocessed, segmenter_train_augmentation
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
 from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, TUMOUR, load_volume, save_settings
-from synthcp3d.workflows.pancreas_scoring import mc_features, native_dsc, roi_tensors, segment_volume
+from synthcp3d.workflows.pancreas_scoring import (
+    mc_features,
+    native_dsc,
+    roi_tensors,
+    segment_volume,
+    volume_feature,
+)
 from synthcp3d.workflows.protocol import SegmenterRecipe, fit_quality_regressor, fit_segmenter, fold_seed
 
 __all__ = ["prepare", "train_segmenter", "crossval", "cv_records"]  # stages in order, and what they leave
@@ -197,8 +205,9 @@ def crossval(
     """K-fold CV on the training cases (the core's `run_crossval` layout in ``crossval/``): each fold's segmenter
     (``crossval/fold_{i}/segmenter.pt``) predicts its held-out cases, each case exactly once ->
     ``crossval/predictions/{case}_pred.nii.gz`` and ``_record.json`` (true DSC per class on the native grid, NaN =
-    undefined; ROI box; MC-Dropout feature). Then ``crossval/cases.json`` (every case's record with its paths) and
-    the MC-Dropout quality regressor fitted on them -> ``models/mc_dropout_regressor.json``. Resumable per fold.
+    undefined; ROI box; MC-Dropout and predicted-volume features). Then ``crossval/cases.json`` (every case's record
+    with its paths) and the quality regressors fitted on them -> ``models/mc_dropout_regressor.json``,
+    ``models/volume_regressor.json`` (the label-only baseline). Resumable per fold.
     """
     meta = study.cases()
     cases = [{"case": c, **meta["cases"][c]} for c in meta["train"]]
@@ -222,13 +231,14 @@ def _predict_case(study: PancreasStudy, net: torch.nn.Module, case: Mapping) -> 
     pred = segment_volume(study, net, image)
     x_roi, p_roi, box = roi_tensors(study, image, pred)
     mc, _ = mc_features(study, net, x_roi, p_roi)
-    record = {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist()}
+    record = {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist(),
+              "volume_feature": volume_feature(study, pred).tolist()}
     return {"pred": pred, "affine": nib.load(case["image"]).affine, "record": record}
 
 
 def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterations: int) -> dict:
-    """The manifest's records -> ``crossval/cases.json`` (absolute paths), the MC-Dropout regressor fitted on them,
-    the stage's info."""
+    """The manifest's records -> ``crossval/cases.json`` (absolute paths), the MC-Dropout and predicted-volume
+    regressors fitted on them, the stage's info."""
     out = study.stage_dir("crossval")
     records = {
         e["case"]: {"fold": e["fold"], "image": e["image"], "label": e["label"], "pred": str(out / e["pred"]),
@@ -240,6 +250,7 @@ def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterati
     feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
     regressor, _ = fit_quality_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
     atomic_save_json(regressor.state_dict(), study.models / "mc_dropout_regressor.json")
+    fit_volume_regressor(study, records)
     return {
         "num_cases": len(records),
         "num_folds": len(study.cases()["folds"]),
@@ -249,6 +260,15 @@ def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterati
         "tumour_dsc_undefined": int(np.isnan(true[:, TUMOUR]).sum()),
         "roi_fallbacks": int(sum(r["roi_box"]["fallback"] for r in records.values())),
     }
+
+
+def fit_volume_regressor(study: PancreasStudy, records: Mapping[str, Mapping]) -> None:
+    """The label-only baseline: the CV predictions' volume features regressed onto their true DSC ->
+    ``models/volume_regressor.json``."""
+    feats = np.array([r["volume_feature"] for r in records.values()], dtype=np.float64)
+    true = np.array([r["true_dsc"] for r in records.values()], dtype=np.float64)
+    regressor, _ = fit_quality_regressor(predicted_volume_regressor(study.num_classes), feats, true)
+    atomic_save_json(regressor.state_dict(), study.models / "volume_regressor.json")
 
 
 def cv_records(study: PancreasStudy) -> dict[str, dict]:

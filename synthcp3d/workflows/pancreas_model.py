@@ -74,6 +74,7 @@ NETWORKS: dict[str, tuple[str, str, str]] = {
 REGRESSORS: dict[str, tuple[str, str]] = {
     "mc_dropout": ("mc_dropout_regressor.json", "crossval"),
     "vae_alarm": ("vae_alarm_regressor.json", "train_vae_alarm"),
+    "volume": ("volume_regressor.json", "crossval"),
 }
 #: the settings a trained model depends on, recorded in ``models/settings.json`` (see :func:`save_settings`)
 MODEL_SETTINGS = (
@@ -310,6 +311,7 @@ class TrainedModels:
         mc_regressor: MC-Dropout feature ``(N, C)`` -> DSC ``(N, C)``.
         vae_regressor: VAE alarm feature ``(N, C)`` -> DSC ``(N, C)``.
         painter: the class-mean painter (``G``'s non-learned replacement).
+        volume_regressor: predicted-volume feature ``(N, C)`` -> DSC ``(N, C)`` (the label-only baseline).
         fold_segmenters: the cross-validation folds' segmenters, the other members of the pairwise-Dice ensemble.
     """
 
@@ -321,6 +323,7 @@ class TrainedModels:
     mc_regressor: Any
     vae_regressor: Any
     painter: Any
+    volume_regressor: Any
     fold_segmenters: list[torch.nn.Module] = field(default_factory=list)
 
 
@@ -340,5 +343,5 @@ def load_trained_models(
     return TrainedModels(
         nets["segmenter"], nets["generator"], nets["comparator_synthcp"], nets["comparator_direct"], nets["mask_vae"],
         load_regressor(study, "mc_dropout"), load_regressor(study, "vae_alarm"), load_painter(study),
-        load_fold_segmenters(study, segmenter),
+        load_regressor(study, "volume"), load_fold_segmenters(study, segmenter),
     )

@@ -136,6 +136,9 @@ def evaluate(
         f"spacing {list(study.spacing)} mm, HU window {list(study.hu_range)}, patch {list(study.patch_size)}, "
         f"MC-Dropout samples {study.mc_samples}; VAE alarm feature: {getattr(nets.vae_regressor, 'vae_feature', '?')}.",
         "a class absent from the segmentation is predicted DSC 0 by every method (exact where the DSC is defined).",
+        "predicted volume (no image): a per-class linear map from the log of the predicted volume (mL) to the DSC, "
+        "fitted on the cross-validated predictions — what the label map's size alone tells; a method that reads "
+        "the image has to beat it.",
         f"pairwise Dice: the mean Dice over the pairs of {1 + len(nets.fold_segmenters)} segmentations (the judged one "
         "and each fold segmenter's), used as the predicted DSC without a fitted map (no pair of members is blind to a "
         "training case); 'SynthCP + pairwise Dice' is the mean of the two.",

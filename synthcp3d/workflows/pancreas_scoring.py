@@ -31,6 +31,7 @@ from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
 from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses, synthesis_quality
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+from synthcp3d.scoring.volume import predicted_volume_feature
 from synthcp3d.targets import per_class_quality
 from synthcp3d.workflows.pancreas_model import PancreasStudy, TrainedModels
 
@@ -48,6 +49,7 @@ __all__ = [
     "vae_input",
     "not_predicted_is_zero",
     "vae_alarm_dsc",
+    "volume_feature",
     # every method on one case
     "CaseScores",
     "Comparison",
@@ -59,7 +61,7 @@ __all__ = [
 
 #: Table 2 rows, in order.
 METHODS = (
-    "Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm",
+    "Predicted volume (no image)", "Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm",
     "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice",
 )
 #: SynthCP's comparator with another x̂ than G(ŷ): does it use the synthesis?
@@ -190,6 +192,12 @@ def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pr
     return not_predicted_is_zero(regressor.predict(feature[None])[0].cpu().numpy(), pred)
 
 
+def volume_feature(study: PancreasStudy, pred: np.ndarray) -> np.ndarray:
+    """The label-only baseline's feature of a working-grid segmentation ``pred (H, W, D)``: log predicted volume in
+    mL per class ``(C,)``, NaN = not predicted (:func:`~synthcp3d.scoring.volume.predicted_volume_feature`)."""
+    return predicted_volume_feature(pred, study.num_classes, voxel_volume=float(np.prod(study.spacing)) / 1000.0)
+
+
 # ================================================================================================================
 # scoring one case with every method (evaluate + inference)
 # ================================================================================================================
@@ -299,6 +307,7 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
     painted = replaced[X_HAT_ABLATIONS[0]]
     ablated = {"SynthCP" + suffix: nets.synthcp(x_roi, onehot, x_hat) for suffix, x_hat in replaced.items()}
     raw = {
+        "Predicted volume (no image)": nets.volume_regressor.predict(volume_feature(study, pred)[None])[0],
         "Direct Prediction": direct["quality"][0],
         "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
         "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
