@@ -254,4 +254,5 @@ def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterati
 def cv_records(study: PancreasStudy) -> dict[str, dict]:
     """Every cross-validated training case's record (``crossval/cases.json``: fold, paths, true DSC, ROI box,
     MC-Dropout feature), by case."""
-    return json.loads(require_file(study.out / "crossval" / "cases.json", "crossval").read_text())
+    records = json.loads(require_file(study.out / "crossval" / "cases.json", "crossval").read_text())
+    return study.resolve_paths(records, "crossval")
