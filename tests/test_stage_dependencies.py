@@ -1,13 +1,16 @@
 """Stages know what they depend on: a done stage reruns when the inputs its done.json records (settings less the
-run-time-only ones, the run ids of the stages it reads) differ from the current ones, in a stage and in `synthcp run`.
+run-time-only ones and the paths, the data set's listing, the run ids of the stages it reads) differ from the current
+ones, in a stage and in `synthcp run`.
 
 Three tiny stages, ``first`` -> ``second`` -> ``third``, each logging its runs in ``<out>/ran.jsonl``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, replace
 from functools import partial
@@ -18,7 +21,8 @@ import pytest
 import yaml
 
 from synthcp3d.study_cli import STUDIES, bundle_dir, read_study, run_study
-from synthcp3d.workflows.common import StudyBase, study_stage
+from synthcp3d.workflows.common import StudyBase, dataset_listing, stale_reason, study_stage
+from synthcp3d.workflows.pancreas_model import PancreasStudy
 
 
 @dataclass
@@ -117,6 +121,188 @@ def test_a_done_json_of_the_older_format_reruns(study: ToyStudy, stage_log) -> N
     (study.out / "first" / "done.json").write_text(json.dumps(old))
     assert run_all(study) == ["first", "second", "third"]
     assert "stage first: stale: its done.json records no inputs" in stage_log.text
+
+
+# ---- the data set: by its listing (names and sizes), not by its path -------------------------------------------------
+def _fake_dataset(folder: Path) -> Path:
+    """A tiny data set: a description and three "volumes"."""
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "dataset.json").write_text('{"name": "fake"}')
+    for i, size in enumerate((10, 20, 30)):
+        (folder / "imagesTr" / f"case_{i}.nii.gz").write_bytes(bytes([i]) * size)
+    return folder
+
+
+@pytest.fixture()
+def run_with_data(tmp_path: Path) -> ToyStudy:
+    """A run folder holding its data set, as the demo's ``OUT/data``, every stage done."""
+    run = tmp_path / "run"
+    study = ToyStudy(dataset_dir=str(_fake_dataset(run / "data")), output_dir=str(run), progress=False)
+    assert run_all(study) == ["first", "second", "third"]
+    return study
+
+
+def test_a_run_folder_copied_or_moved_with_its_data_is_up_to_date(run_with_data: ToyStudy, tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run_with_data.out, copy, copy_function=shutil.copy)  # shutil.copy: new modification times
+    copied = replace(run_with_data, dataset_dir=str(copy / "data"), output_dir=str(copy))
+    assert all(stale_reason(copied.out / s / "done.json", f.inputs(copied)) is None for s, f in (
+        ("first", first), ("second", second), ("third", third)))
+    assert run_all(copied) == []
+    moved = tmp_path / "moved"
+    shutil.move(str(copy), moved)
+    assert run_all(replace(copied, dataset_dir=str(moved / "data"), output_dir=str(moved))) == []
+    link = tmp_path / "link"  # the same data reached by another path
+    link.symlink_to(run_with_data.out / "data", target_is_directory=True)
+    assert run_all(replace(run_with_data, dataset_dir=str(link))) == []
+    assert _marker(run_with_data, "first")["inputs"]["dataset"]["files"] == 4
+
+
+@pytest.mark.parametrize("change", ["add", "resize", "remove", "rename"])
+def test_a_changed_listing_reruns_every_stage_naming_the_data_set(run_with_data: ToyStudy, stage_log, change) -> None:
+    images = run_with_data.out / "data" / "imagesTr"
+    if change == "add":
+        (images / "case_3.nii.gz").write_bytes(b"x" * 5)
+    elif change == "resize":
+        (images / "case_1.nii.gz").write_bytes(b"x" * 21)
+    elif change == "remove":
+        (images / "case_1.nii.gz").unlink()
+    else:
+        (images / "case_1.nii.gz").rename(images / "case_9.nii.gz")
+    assert run_all(run_with_data) == ["first", "second", "third"]
+    expected = {
+        "add": "4 files, 76 bytes -> 5 files, 81 bytes",
+        "resize": "4 files, 76 bytes -> 4 files, 77 bytes",
+        "remove": "4 files, 76 bytes -> 3 files, 56 bytes",
+        "rename": "4 files, 76 bytes, other names or sizes",
+    }[change]
+    assert f"stage first: stale: settings changed (dataset listing: {expected})" in stage_log.text
+    assert run_all(run_with_data) == []
+
+
+def test_the_listing_reads_names_and_sizes_only(tmp_path: Path) -> None:
+    """Same names and sizes, other bytes and times: the same listing (file contents are never read, by design, so
+    that a folder of tens of GB lists in milliseconds)."""
+    data = _fake_dataset(tmp_path / "data")
+    before = dataset_listing(data)
+    (data / "imagesTr" / "case_2.nii.gz").write_bytes(b"\xff" * 30)  # other bytes, same size
+    os.utime(data / "dataset.json", (1, 1))
+    (data / ".DS_Store").write_bytes(b"hidden")  # hidden entries are not data
+    assert dataset_listing(data) == before
+    assert before == {"listing": before["listing"], "files": 4, "bytes": 76}
+    (data / "out").mkdir()
+    (data / "out" / "done.json").write_text("{}")
+    assert dataset_listing(data, exclude=[data / "out"]) == before  # an output folder inside the data folder
+    assert dataset_listing(data) != before
+    assert dataset_listing(tmp_path / "absent") is None
+
+
+def test_a_missing_data_folder_is_recorded_as_none(tmp_path: Path, stage_log) -> None:
+    study = ToyStudy(dataset_dir=str(tmp_path / "absent"), output_dir=str(tmp_path / "out"), progress=False)
+    assert run_all(study) == ["first", "second", "third"]
+    assert _marker(study, "first")["inputs"]["dataset"] is None
+    assert run_all(study) == []
+    _fake_dataset(tmp_path / "absent")
+    assert run_all(study) == ["first", "second", "third"]
+    assert "dataset listing: no data folder -> 4 files, 76 bytes" in stage_log.text
+
+
+def test_a_done_json_recording_the_data_set_by_path_keeps_that_rule(run_with_data: ToyStudy, stage_log) -> None:
+    """A done.json of the previous format (``dataset_dir`` among the settings, no listing) is up to date while the
+    path and the other settings are unchanged, so that upgrading reruns nothing."""
+    for stage in ("first", "second", "third"):
+        path = run_with_data.out / stage / "done.json"
+        record = json.loads(path.read_text())
+        inputs = record["inputs"]
+        del inputs["dataset"], inputs["dataset_dir"]
+        inputs["settings"]["study"]["dataset_dir"] = run_with_data.dataset_dir
+        canonical = json.dumps(inputs["settings"], sort_keys=True, separators=(",", ":"))
+        inputs["fingerprint"] = hashlib.sha256(canonical.encode()).hexdigest()  # as the previous format computed it
+        path.write_text(json.dumps(record))
+    assert run_all(run_with_data) == []
+    assert run_all(run_with_data, width=4) == ["second", "third"]
+    assert "stage second: stale: settings changed (stage.width)" in stage_log.text
+    elsewhere = run_with_data.out.parent / "data_elsewhere"
+    shutil.copytree(run_with_data.out / "data", elsewhere)
+    assert run_all(replace(run_with_data, dataset_dir=str(elsewhere)), width=4) == ["first", "second", "third"]
+    assert "stage first: stale: settings changed (study.dataset_dir, recorded by path by an older synthcp)" in stage_log.text
+
+
+# ---- paths recorded by a stage follow a moved run -------------------------------------------------------------------
+@study_stage("listing")
+def write_listing(study: ToyStudy) -> dict:
+    """Records absolute paths as ``prepare`` does: a source file of the data set, a file of its own output."""
+    (study.stage_dir("listing") / "cache.npy").write_bytes(b"cache")
+    atomic = {"case": "case_0", "source": str(Path(study.dataset_dir) / "imagesTr" / "case_0.nii.gz"),
+              "cache": str(study.out / "listing" / "cache.npy"), "elsewhere": "/somewhere/else.nii.gz"}
+    (study.out / "listing" / "cases.json").write_text(json.dumps([atomic]))
+    return {}
+
+
+def test_paths_a_stage_recorded_follow_the_moved_run(run_with_data: ToyStudy, tmp_path: Path) -> None:
+    write_listing(run_with_data)
+    moved = tmp_path / "moved"
+    shutil.move(str(run_with_data.out), moved)
+    study = replace(run_with_data, dataset_dir=str(moved / "data"), output_dir=str(moved))
+    raw = json.loads((moved / "listing" / "cases.json").read_text())
+    assert not Path(raw[0]["cache"]).exists()  # as written: the old place, gone
+    (record,) = study.resolve_paths(raw, "listing")
+    assert record == {"case": "case_0", "source": str(moved / "data" / "imagesTr" / "case_0.nii.gz"),
+                      "cache": str(moved / "listing" / "cache.npy"), "elsewhere": "/somewhere/else.nii.gz"}
+    assert Path(record["source"]).is_file() and Path(record["cache"]).is_file()
+    # the data set pointed at elsewhere: its paths follow it, not the run folder that used to hold it
+    data = tmp_path / "data_elsewhere"
+    shutil.copytree(moved / "data", data)
+    (record,) = replace(study, dataset_dir=str(data)).resolve_paths(raw, "listing")
+    assert record["source"] == str(data / "imagesTr" / "case_0.nii.gz")
+    assert record["cache"] == str(moved / "listing" / "cache.npy")
+    assert study.resolve_paths(raw, "no_such_stage") == raw
+
+
+def _pancreas_cv(study: PancreasStudy) -> dict:
+    from synthcp3d.workflows.pancreas import cv_records
+
+    return cv_records(study)
+
+
+def _cityscapes_cv(study) -> dict:
+    from synthcp2d.studies.cityscapes.study import cv_records
+
+    return cv_records(study, "fcn8")
+
+
+def _street_study(**paths):
+    from synthcp2d.studies.streethazards import StreetHazardsStudy
+
+    return StreetHazardsStudy(**paths)
+
+
+def _cityscapes_study(**paths):
+    from synthcp2d.studies.cityscapes.study import CityscapesStudy
+
+    return CityscapesStudy(**paths)
+
+
+@pytest.mark.parametrize("make, stage, file, read", [
+    (PancreasStudy, "prepare", "prepare/cases.json", lambda s: s.cases()),
+    (PancreasStudy, "crossval", "crossval/cases.json", _pancreas_cv),
+    (_street_study, "prepare", "prepare/cases.json", lambda s: s.cases()),
+    (_cityscapes_study, "crossval", "crossval/fcn8/cases.json", _cityscapes_cv),
+], ids=["pancreas-prepare", "pancreas-crossval", "street-prepare", "cityscapes-crossval"])
+def test_the_studies_read_cases_json_below_the_moved_run(tmp_path: Path, make, stage, file, read) -> None:
+    """The studies' readers of ``cases.json`` read a moved run's own preprocessed volumes, caches, predictions and
+    source files (`StudyBase.resolve_paths`)."""
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    old = make(dataset_dir=str(run / "data"), output_dir=str(run), progress=False)
+    cases = {"p1": {"image": str(run / stage / "p1_image.nii.gz"), "source_label": str(run / "data" / "p1.nii.gz"),
+                    "fold": 0, "shape": [4, 4, 4]}}
+    (run / file).parent.mkdir(parents=True)
+    (run / file).write_text(json.dumps(cases))
+    old.mark_done(stage, {}, 0.0, {})
+    shutil.move(str(run), moved)
+    new = replace(old, dataset_dir=str(moved / "data"), output_dir=str(moved))
+    assert read(new) == {"p1": {"image": str(moved / stage / "p1_image.nii.gz"),
+                                "source_label": str(moved / "data" / "p1.nii.gz"), "fold": 0, "shape": [4, 4, 4]}}
 
 
 # ---- the runner: `synthcp run` on a bundle of the three stages ------------------------------------------------------

@@ -94,8 +94,10 @@ class StreetStudy(StudyBase):
         return None
 
     def cases(self) -> dict:
-        """``prepare/cases.json``: the cached records of each split (and the study's folds)."""
-        return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
+        """``prepare/cases.json``: the cached records of each split (and the study's folds), their paths below this
+        study's folders (`StudyBase.resolve_paths`: a moved run)."""
+        cases = json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
+        return self.resolve_paths(cases, "prepare")
 
 
 # ---- data -------------------------------------------------------------------------------------------------------

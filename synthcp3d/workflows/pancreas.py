@@ -274,4 +274,5 @@ def fit_volume_regressor(study: PancreasStudy, records: Mapping[str, Mapping]) -
 def cv_records(study: PancreasStudy) -> dict[str, dict]:
     """Every cross-validated training case's record (``crossval/cases.json``: fold, paths, true DSC, ROI box,
     MC-Dropout feature), by case."""
-    return json.loads(require_file(study.out / "crossval" / "cases.json", "crossval").read_text())
+    records = json.loads(require_file(study.out / "crossval" / "cases.json", "crossval").read_text())
+    return study.resolve_paths(records, "crossval")

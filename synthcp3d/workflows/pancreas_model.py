@@ -161,7 +161,9 @@ class PancreasStudy(StudyBase):
         raise SynthCPInputError(f"no imagesTs folder under {root}: give input_dir (a folder of NIfTI volumes)")
 
     def cases(self) -> dict:
-        return json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
+        """``prepare/cases.json``, its paths below this study's folders (`StudyBase.resolve_paths`: a moved run)."""
+        cases = json.loads(require_file(self.out / "prepare" / "cases.json", "prepare").read_text())
+        return self.resolve_paths(cases, "prepare")
 
 
 def _nib_load(path: str | Path) -> Any:

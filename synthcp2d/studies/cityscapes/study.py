@@ -133,7 +133,8 @@ def true_iou(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> np.nd
 
 def cv_records(study: CityscapesStudy, name: str) -> dict[str, dict]:
     """Segmenter ``name``'s cross-validation records (``crossval/<name>/cases.json``), by case."""
-    return json.loads(require_file(study.cv_dir(name) / "cases.json", "crossval").read_text())
+    records = json.loads(require_file(study.cv_dir(name) / "cases.json", "crossval").read_text())
+    return study.resolve_paths(records, "crossval")
 
 
 def feature_channels(segmenter: torch.nn.Module, study: CityscapesStudy) -> int:
