@@ -4,21 +4,11 @@ network specs, CSV rows.
 A study's settings dataclass derives from :class:`StudyBase`; a stage function is decorated with :func:`study_stage`,
 which writes ``<output_dir>/<stage>/done.json`` atomically as the stage's last act (the marker ``synthcp run`` checks).
 
-Staleness: a ``done.json`` records the stage's inputs (:func:`stage_inputs`): its settings (the study's, less the
-run-time-only ``StudyBase.runtime_fields`` and the ``StudyBase.location_fields``, and the stage function's other
-arguments, factories by :func:`describe_factory`) with their sha256 fingerprint, the data set by its content
-(:func:`dataset_listing`: file names and sizes below ``dataset_dir``, not its path), and the ``run_id`` of the
-``done.json`` of each stage it reads (``study_stage(..., after=...)``); each ``done.json`` gets a fresh ``run_id``.
-A stage is skipped only when its recorded inputs equal the current ones (:func:`stale_reason`, the one rule;
-``synthcp run`` asks it through :func:`configured_stale_reason` before it skips a stage). Rerunning a stage thus
-makes every stage after it stale in turn. A stale stage reruns as with ``force`` (its own earlier weights, folds and
-checkpoints came from other inputs).
-
-Moving a run: neither ``output_dir`` nor ``dataset_dir`` is among the recorded inputs, so a run folder moved or copied
-together with its data (e.g. the demo's ``OUT/data``), or the same data set reached by another path, stays up to
-date. The files that record paths for
-later stages (``prepare/cases.json``, ``crossval/cases.json``) are read with :meth:`StudyBase.resolve_paths`, which
-moves them from the folders the writing stage ran with (its ``done.json``) to the current ones.
+Staleness (:mod:`synthcp3d.workflows.staleness`): a ``done.json`` records the stage's inputs (settings, the data set
+by its content, the run ids of the stages it reads); a stage is skipped only when they equal the current ones, and a
+stale stage reruns as with ``force``. A run folder moved or copied with its data stays up to date; the files that
+record paths for later stages are read with :meth:`StudyBase.resolve_paths`. JSON records of settings and network
+factories: :mod:`synthcp3d.workflows.records`.
 
 Distributed runs (``torchrun`` with a bundle's ``configs/multi_gpu_train.yaml``, or ``synthcp run --nproc N``): a
 training stage runs on every rank, building its networks identically and wrapping them with
@@ -32,19 +22,15 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
-import inspect
 import io
 import json
 import logging
 import math
-import os
 import pydoc
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +42,16 @@ from synthcp3d.engines.checkpoint import save_weights
 from synthcp3d.engines.distributed import prepare_network
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
+from synthcp3d.workflows.records import NETWORK_PACKAGES, describe_factory, to_json
+from synthcp3d.workflows.staleness import (
+    DONE,
+    configured_stale_reason,
+    dataset_listing,
+    marker_run_id,
+    move_recorded_paths,
+    stage_inputs,
+    stale_reason,
+)
 
 __all__ = [
     "DONE",
@@ -81,7 +77,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DONE = "done.json"
 
 
 @dataclass
@@ -197,48 +192,7 @@ class StudyBase:
         ``done.json`` records) moved below this study's (the deeper folder wins when one holds the other): a run
         folder moved or copied with its data, or its data reached by another path, reads its own files, not those
         at the old place. Unchanged when nothing moved or the stage left no ``done.json``."""
-        recorded = _read_marker(self.out / written_by / DONE).get("settings")
-        if not isinstance(recorded, Mapping):
-            return value
-        moves = [
-            (_folder(old), _folder(getattr(self, field)))
-            for field, old in ((field, recorded.get(field)) for field in _ROOT_FIELDS)
-            if isinstance(old, str) and _is_folder_path(_folder(old))
-        ]
-        if all(old == new for old, new in moves):
-            return value
-        moves.sort(key=lambda move: len(move[0].parts), reverse=True)  # the deeper folder first (an unmoved one too)
-        return _move_paths(value, moves)
-
-
-#: the study folders whose moves :meth:`StudyBase.resolve_paths` follows
-_ROOT_FIELDS = ("output_dir", "dataset_dir")
-
-
-def _folder(path: str | os.PathLike) -> Path:
-    """A folder setting as the data loaders spell the paths below it (``~`` expanded, normalised)."""
-    return Path(os.path.normpath(os.path.expanduser(path)))
-
-
-def _is_folder_path(path: Path) -> bool:
-    """Whether ``path`` names a folder other than the current one (``.`` would match every relative string)."""
-    return bool(path.parts) and path != Path(".")
-
-
-def _move_paths(value: Any, moves: Sequence[tuple[Path, Path]]) -> Any:
-    """``value`` with each string that is a path below an old folder of ``moves`` (``(old, new)``, deepest first;
-    compared as written, absolute with absolute and relative with relative) moved below its new folder."""
-    if isinstance(value, Mapping):
-        return {k: _move_paths(v, moves) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_move_paths(v, moves) for v in value]
-    if not isinstance(value, str) or not value:
-        return value
-    path = Path(os.path.normpath(value))
-    for old, new in moves:
-        if old.is_absolute() == path.is_absolute() and old in path.parents:
-            return str(new / path.relative_to(old))
-    return value
+        return move_recorded_paths(self, value, written_by)
 
 
 def study_stage(
@@ -283,246 +237,12 @@ def study_stage(
     return decorate
 
 
-def stage_inputs(
-    study: StudyBase, fn: Callable[..., Any], after: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> dict:
-    """What the call ``fn(study, *args, **kwargs)`` of a stage function depends on, as its ``done.json`` records it:
-    ``settings`` (``study``: the study's less its ``runtime_fields`` and ``location_fields``; ``stage``: the
-    function's other arguments, defaults included), their sha256 ``fingerprint``, ``dataset``: the data set by its
-    content (:func:`dataset_listing` of ``dataset_dir``, the output folder left out where it lies inside; ``None``
-    when there is no such folder), ``dataset_dir`` (where it was: a record, not compared) and ``after``: the
-    ``run_id`` of each upstream ``done.json`` (``None`` where there is none)."""
-    bound = inspect.signature(fn).bind(study, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = list(bound.arguments.items())[1:]  # the first is the study
-    left_out = {*study.runtime_fields, *study.location_fields}
-    settings = {
-        "study": {k: v for k, v in study.describe().items() if k not in left_out},
-        "stage": {k: _describe_argument(v) for k, v in arguments},
-    }
-    return {
-        "fingerprint": _fingerprint(settings),
-        "settings": settings,
-        "dataset": dataset_listing(study.dataset_dir, exclude=(study.out,)),
-        "dataset_dir": to_json(study.dataset_dir),
-        "after": {stage: marker_run_id(study.out / stage / DONE) for stage in after},
-    }
-
-
-def _fingerprint(settings: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of recorded settings."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def dataset_listing(dataset_dir: str | os.PathLike | None, exclude: Sequence[str | os.PathLike] = ()) -> dict | None:
-    """The data set identified by its content, cheaply: ``{"listing": sha256, "files": count, "bytes": total}``
-    over the sorted (path relative to ``dataset_dir``, size in bytes) of every file below it; ``None`` when
-    ``dataset_dir`` is not given or does not exist (a lone file is listed as itself).
-
-    Only names and sizes are read, never contents nor modification times: a copy of the data set (new times) lists
-    the same, and a folder of hundreds of tens-of-GB volumes lists in milliseconds. A file rewritten with other
-    bytes of the same size is thus not seen (a deliberate trade: rename, add, remove or resize files to be seen).
-    Hidden entries (names starting with ``.``, e.g. ``.DS_Store`` or the ``._*`` files of macOS archives) and the
-    folders in ``exclude`` (e.g. an output folder inside the data folder) are left out; symbolic links are
-    followed (each folder listed once).
-    """
-    if dataset_dir is None or str(dataset_dir) == "":
-        return None
-    root = Path(dataset_dir).expanduser()
-    if root.is_file():
-        entries = [(".", root.stat().st_size)]
-    elif root.is_dir():
-        entries = _list_files(root, exclude)
-    else:
-        return None
-    digest = hashlib.sha256()
-    for name, size in sorted(entries):
-        digest.update(json.dumps([name, size]).encode() + b"\n")
-    return {"listing": digest.hexdigest(), "files": len(entries), "bytes": sum(max(size, 0) for _, size in entries)}
-
-
-def _list_files(root: Path, exclude: Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
-    """(relative posix path, size; -1: a broken link) of every file below ``root`` (see :func:`dataset_listing`)."""
-    def key(path: str | os.PathLike) -> tuple[int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
-    skip = {k for k in (key(p) for p in exclude) if k is not None}
-    seen = {key(root)}
-    entries: list[tuple[str, int]] = []
-    pending = [(root, "")]
-    while pending:
-        folder, prefix = pending.pop()
-        try:
-            with os.scandir(folder) as it:
-                children = list(it)
-        except OSError:
-            continue
-        for entry in children:
-            if entry.name.startswith("."):
-                continue
-            name = f"{prefix}{entry.name}"
-            try:
-                if entry.is_dir():  # follows links
-                    ident = key(entry.path)
-                    if ident not in seen and ident not in skip:
-                        seen.add(ident)
-                        pending.append((Path(entry.path), f"{name}/"))
-                    continue
-                size = entry.stat().st_size
-            except OSError:  # a broken link
-                size = -1
-            entries.append((name, size))
-    return entries
-
-
-def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
-    """Why the existing ``marker`` (a stage's ``done.json``) does not record ``inputs`` (:func:`stage_inputs`), or
-    ``None`` when it does: the one staleness rule, of the stages and of ``synthcp run``.
-
-    A ``done.json`` of an older synthcp (no ``dataset`` entry) recorded the data set by its path, ``dataset_dir``
-    among its settings: it stays up to date while that path and the other settings are unchanged."""
-    recorded = _read_marker(marker).get("inputs")
-    if not isinstance(recorded, Mapping):
-        return "stale: its done.json records no inputs (written by an older synthcp, or unreadable)"
-    before = recorded.get("after") if isinstance(recorded.get("after"), Mapping) else {}
-    rerun = [stage for stage, run_id in inputs["after"].items() if before.get(stage) != run_id]
-    if rerun:
-        return f"stale: upstream {', '.join(rerun)} ran again since"
-    changed = []
-    old_settings, fingerprint = recorded.get("settings"), recorded.get("fingerprint")
-    if "dataset" in recorded:
-        if _listing_key(recorded.get("dataset")) != _listing_key(inputs["dataset"]):
-            changed.append(f"dataset listing: {_describe_listing(recorded.get('dataset'), inputs['dataset'])}")
-    elif isinstance(old_settings, Mapping) and isinstance(old_settings.get("study"), Mapping):
-        study = dict(old_settings["study"])
-        if study.pop("dataset_dir", None) != inputs.get("dataset_dir"):
-            changed.append("study.dataset_dir, recorded by path by an older synthcp")
-        old_settings = {**old_settings, "study": study}
-        fingerprint = _fingerprint(old_settings)
-    if fingerprint != inputs["fingerprint"]:
-        changed += _changed_keys(old_settings, inputs["settings"]) or ["fingerprint"]
-    return f"stale: settings changed ({', '.join(changed)})" if changed else None
-
-
-def _listing_key(listing: Any) -> Any:
-    """What of a recorded :func:`dataset_listing` is compared (its ``listing`` hash; ``None``: no data folder)."""
-    return listing.get("listing") if isinstance(listing, Mapping) else None
-
-
-def _describe_listing(old: Any, new: Any) -> str:
-    """How a data set's listing changed, in words."""
-    def words(listing: Any) -> str:
-        if not isinstance(listing, Mapping):
-            return "no data folder"
-        return f"{listing.get('files')} files, {listing.get('bytes')} bytes"
-
-    before, after = words(old), words(new)
-    return f"{before} -> {after}" if before != after else f"{after}, other names or sizes"
-
-
-def configured_stale_reason(configured: partial) -> str | None:
-    """:func:`stale_reason` of a bundle's configured stage, its config's ``stage`` resolved (a ``partial`` of a
-    :func:`study_stage` function with the study and its arguments), against its existing ``done.json``."""
-    stage = configured.func
-    bound = inspect.signature(stage).bind(*configured.args, **configured.keywords)
-    study = next(iter(bound.arguments.values()))
-    marker = study.out / stage.stage_name / DONE
-    return stale_reason(marker, stage.inputs(*configured.args, **configured.keywords))
-
-
-def _describe_argument(value: Any) -> Any:
-    """A stage argument as JSON: a network factory by :func:`describe_factory`, containers entry by entry."""
-    if isinstance(value, Mapping):
-        return {str(k): _describe_argument(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_describe_argument(v) for v in value]
-    if callable(value):
-        try:
-            return describe_factory(value)
-        except SynthCPInputError:
-            pass
-    return to_json(value)
-
-
-def marker_run_id(path: Path) -> str | None:
-    """The ``run_id`` of a ``done.json`` (``None``: missing, unreadable, or written by an older synthcp)."""
-    return _read_marker(path).get("run_id")
-
-
-def _read_marker(path: Path) -> dict:
-    """A ``done.json`` as a dict (``{}`` if missing or unreadable)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _changed_keys(old: Any, new: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """``part.key`` of each top-level setting that differs between recorded ``old`` and current ``new`` settings."""
-    old = old if isinstance(old, Mapping) else {}
-    changed = []
-    for part, values in new.items():
-        before = old.get(part) if isinstance(old.get(part), Mapping) else {}
-        changed += [f"{part}.{k}" for k in sorted({*before, *values}) if before.get(k, ...) != values.get(k, ...)]
-    return changed
-
-
 def on_main_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` on rank 0 only, the other ranks waiting at a barrier until it is done (so that they
     can read what it wrote); its result on rank 0, ``None`` elsewhere. Outside a distributed run: just the call."""
     result = fn(*args, **kwargs) if idist.get_rank() == 0 else None
     idist.barrier()
     return result
-
-
-def to_json(value: Any, strict: bool = False) -> Any:
-    """``value`` as plain JSON data: tuples -> lists, numpy scalars/arrays -> numbers/lists, paths -> strings.
-
-    Anything else becomes its ``str`` (a readable record), or with ``strict`` raises `SynthCPInputError` (a value
-    that must be read back exactly, e.g. a network argument).
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_json(v, strict) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v, strict) for v in value]
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    if isinstance(value, (np.generic, np.ndarray)):
-        return to_json(value.tolist(), strict)
-    if isinstance(value, Path):
-        return str(value)
-    if strict:
-        raise SynthCPInputError(f"{value!r} ({type(value).__name__}) cannot be written as JSON")
-    return str(value)
-
-
-#: modules whose callables ``networks.json`` may name (it travels with trained bundles: nothing else is built)
-_NETWORK_PACKAGES = ("synthcp3d.", "synthcp2d.")
-
-
-def describe_factory(factory: Any) -> dict:
-    """JSON description ``{"_target_": "module.callable", **arguments}`` of a network factory from a bundle config
-    (``_mode_: callable``: a ``functools.partial`` of keyword arguments, or the callable itself when it has none);
-    :func:`build_network` rebuilds the network from it.
-
-    Raises:
-        SynthCPInputError: not such a factory, or an argument is not JSON data.
-    """
-    func, args, keywords = factory, (), {}
-    if isinstance(factory, partial):
-        func, args, keywords = factory.func, factory.args, factory.keywords
-    if args or not callable(func) or not hasattr(func, "__qualname__"):
-        raise SynthCPInputError(f"network factory {factory!r} is not a config factory (`_mode_: callable`)")
-    target = f"{func.__module__}.{func.__qualname__}"
-    try:
-        return {"_target_": target, **{k: to_json(v, strict=True) for k, v in keywords.items()}}
-    except SynthCPInputError as err:
-        raise SynthCPInputError(f"network factory {target}: {err}") from None
 
 
 def save_network_spec(study: StudyBase, name: str, factory: Any) -> None:
@@ -571,7 +291,7 @@ def build_network(spec: Mapping[str, Any], name: str) -> torch.nn.Module:
     """
     args = dict(spec)
     target = str(args.pop("_target_", ""))
-    factory = pydoc.locate(target) if target.startswith(_NETWORK_PACKAGES) else None
+    factory = pydoc.locate(target) if target.startswith(NETWORK_PACKAGES) else None
     if not callable(factory):
         raise SynthCPInputError(f"networks.json entry {name!r} has an unexpected _target_ {target!r}")
     try:
