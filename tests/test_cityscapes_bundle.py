@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from helpers import TINY_CITYSCAPES, sklearn_saved_miou
 
 from synthcp2d.data import make_cityscapes_dataset
+from synthcp3d.engines.crossval import load_prediction
 from synthcp3d.report import read_per_case_csv
 from synthcp3d.study_cli import STUDIES, run_study
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
 SYNTHCP = [f"SynthCP-{mode}{x_hat}" for mode in ("separate", "joint")
            for x_hat in ("", ", x̂ = class-mean painter", ", x̂ = blank")]
 PIXEL = ["MSP", "MC-Dropout", "TCP", "Direct Prediction", *SYNTHCP]
-IMAGE = ["MC-Dropout", "MC-Dropout (full linear map)", "VAE alarm", "Pairwise IoU (fold ensemble)",
+IMAGE = ["Predicted area (no image)", "MC-Dropout", "MC-Dropout (full linear map)", "VAE alarm", "Pairwise IoU (fold ensemble)",
          "Direct Prediction", *SYNTHCP]
 
 
@@ -88,6 +89,17 @@ def test_pixel_table_recomputed_with_sklearn(study_run):
         }
         for key, value in expected.items():  # pooled = streaming histograms: equal to the exact values up to binning
             assert pixel["pooled"][method][key] == pytest.approx(value, abs=0.5), (method, key)
+
+
+def test_area_baseline_features_recomputed_from_the_saved_predictions(study_run):
+    out, _, _ = study_run
+    records = json.loads((out / "crossval" / "fcn8" / "cases.json").read_text())
+    for r in records.values():
+        pred = load_prediction(r["pred"])
+        counts = np.array([(pred == k).sum() for k in range(len(r["area_feature"]))])
+        expected = np.where(counts > 0, np.log(np.maximum(counts, 1) / pred.size), np.nan)
+        np.testing.assert_allclose(r["area_feature"], expected, rtol=1e-6, equal_nan=True)
+    assert (out / "models" / "area_fcn8.json").is_file()
 
 
 def test_image_table_recomputed_with_scipy(study_run):

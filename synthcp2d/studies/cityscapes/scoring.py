@@ -21,6 +21,7 @@ from synthcp2d.studies.cityscapes.study import (
     MODE_NAMES,
     REDUCTIONS,
     CityscapesStudy,
+    area_feature,
     feature_channels,
     true_iou,
     vae_feature,
@@ -57,6 +58,7 @@ class Judges:
     mc_regressor: Any
     mc_full: Any  # MC-Dropout's full linear map (the authors' release)
     vae_regressor: Any
+    area_regressor: Any  # the label-only baseline: predicted area -> IoU
     fold_segmenters: list[torch.nn.Module]  # the cross-validation folds' (pairwise-IoU ensemble); may be empty
 
 
@@ -100,7 +102,10 @@ def load_judges(
     mc_full = MCDropoutFullLinearRegressor.from_state_dict(
         json.loads(require_file(study.models / f"mc_dropout_full_{name}.json", "crossval").read_text())
     )
-    return Judges(seg, comps, head, mc, mc_full, vr, fold_nets)
+    area = LinearQualityRegressor.from_state_dict(
+        json.loads(require_file(study.models / f"area_{name}.json", "crossval").read_text())
+    )
+    return Judges(seg, comps, head, mc, mc_full, vr, area, fold_nets)
 
 
 @dataclass
@@ -186,6 +191,8 @@ def score_segmenter(
             image_preds["MC-Dropout (full linear map)"].append(judges.mc_full.predict(entropy)[0].cpu().numpy())
             vae_q = judges.vae_regressor.predict(vae_feature(vae, pred[0], study)[None])
             image_preds["VAE alarm"].append(np.asarray(vae_q, dtype=np.float64)[0])
+            area_q = judges.area_regressor.predict(area_feature(pred[0], study.num_classes)[None])
+            image_preds["Predicted area (no image)"].append(np.asarray(area_q, dtype=np.float64)[0])
         if pairwise in image_preds:  # Zenk et al. 2025: mean pairwise IoU of the judged mask and the fold models'
             members = [pred] + [segment(net, x)[0].argmax(1) for net in judges.fold_segmenters]
             agreement = pairwise_agreement(members, study.num_classes, "iou")[0].cpu().numpy()

@@ -19,11 +19,13 @@ from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+from synthcp3d.scoring.volume import predicted_volume_feature
 from synthcp3d.targets import per_class_quality
 from synthcp3d.workflows.common import require_file
 
 __all__ = [
     "IGNORE",
+    "area_feature",
     "IMAGE_METHODS",
     "MODE_NAMES",
     "PIXEL_COLUMNS",
@@ -46,6 +48,7 @@ SYNTHCP_ROWS = tuple(row + suffix for row in ("SynthCP-separate", "SynthCP-joint
 #: Table 1 rows, in order (comparator rows only for the trained modes).
 PIXEL_METHODS = ("MSP", "MC-Dropout", "TCP", "Direct Prediction", *SYNTHCP_ROWS)
 IMAGE_METHODS = (
+    "Predicted area (no image)",
     "MC-Dropout",
     "MC-Dropout (full linear map)",
     "VAE alarm",
@@ -60,6 +63,13 @@ PIXEL_COLUMNS = (
     ("AUROC", "AUROC ↑"),
 )
 REDUCTIONS = ("pooled", "per_image")
+
+
+
+def area_feature(pred: torch.Tensor, num_classes: int) -> np.ndarray:
+    """The label-only baseline's feature of a label map ``(H, W)``: log of each class's share of the image ``(C,)``,
+    NaN = not predicted (:func:`~synthcp3d.scoring.volume.predicted_volume_feature`, the image as unit area)."""
+    return predicted_volume_feature(pred, num_classes, voxel_volume=1.0 / pred.numel())
 
 
 @dataclass

@@ -19,6 +19,7 @@ from synthcp2d.data.cityscapes import check_cityscapes_folder, load_cityscapes_d
 from synthcp2d.studies.cityscapes.study import (
     IGNORE,
     CityscapesStudy,
+    area_feature,
     cv_records,
     feature_channels,
     segmenter_factories,
@@ -45,6 +46,7 @@ from synthcp3d.scoring.mc_dropout import (
     mean_entropy_per_class,
 )
 from synthcp3d.scoring.regression import LinearQualityRegressor
+from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fit_quality_regressor, fold_seed
@@ -152,17 +154,19 @@ def crossval(
 
 
 def _predict_case(study: CityscapesStudy, net: torch.nn.Module, case: Mapping) -> dict:
-    """A fold's segmenter on one held-out image: the label map and its MC-Dropout feature."""
+    """A fold's segmenter on one held-out image: the label map, its MC-Dropout and predicted-area features."""
     x = image_tensor(load_cached(case["cache"])["image"])[None].to(study.torch_device)
     pred = segment(net, x)[0].argmax(1)
     feature = _mc_feature(study, net, x, pred)
-    return {"pred": pred[0].to(torch.uint8).cpu().numpy(), "record": {"mc_feature": feature.tolist()}}
+    record = {"mc_feature": feature.tolist(), "area_feature": area_feature(pred[0], study.num_classes).tolist()}
+    return {"pred": pred[0].to(torch.uint8).cpu().numpy(), "record": record}
 
 
 def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: dict[str, Any]) -> None:
-    """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json`` and its MC-Dropout regressors ->
+    """Segmenter ``name``'s CV records -> ``crossval/<name>/cases.json``, its MC-Dropout regressors ->
     ``models/mc_dropout_<name>.json`` (per class) and ``models/mc_dropout_full_<name>.json`` (the authors'
-    release's full linear map); its figures added to the stage's ``info``."""
+    release's full linear map), and the label-only baseline's -> ``models/area_<name>.json``; its figures added to
+    the stage's ``info``."""
     out = study.cv_dir(name)
     cache = {r["case"]: r["cache"] for r in study.cases()["train"]}
     records = {}
@@ -177,6 +181,7 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
             "pred": pred_path,
             "true_iou": true_iou(pred, label, study.num_classes).tolist(),
             "mc_feature": entry["record"]["mc_feature"],
+            "area_feature": entry["record"]["area_feature"],
         }
     atomic_save_json(records, out / "cases.json")
     true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
@@ -189,6 +194,9 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
     for k in np.flatnonzero(np.isnan(full.intercept)):  # a class whose IoU is never defined in CV: predict 0
         full.coef[k], full.intercept[k] = 0.0, 0.0
     atomic_save_json(full.state_dict(), study.models / f"mc_dropout_full_{name}.json")
+    areas = np.array([r["area_feature"] for r in records.values()], dtype=np.float64)
+    area, _ = fit_quality_regressor(predicted_volume_regressor(study.num_classes), areas, true)
+    atomic_save_json(area.state_dict(), study.models / f"area_{name}.json")
     info.setdefault("mc_dropout_unfit_classes", {})[name] = unfit
     info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
 
