@@ -20,6 +20,7 @@ import torch
 
 from synthcp3d.evidence import COLLAPSED_BELOW, feature_spread
 from synthcp3d.networks.synthesizer import one_hot_labels
+from synthcp3d.scoring import run_scorer
 from synthcp3d.workflows import pancreas_model as pm
 from synthcp3d.workflows import pancreas_scoring as ps
 from synthcp3d.workflows.common import build_network, load_network_spec
@@ -50,10 +51,11 @@ def comparator_health(folder: Path) -> dict[str, dict]:
         image = pm.load_volume(meta["cases"][case_id]["image"]).astype(np.float32)
         pred = pm.load_volume(folder / "evaluate" / "predictions" / f"{case_id}_pred.nii.gz").astype(np.uint8)
         judged = ps.synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
-        direct = nets.direct(judged.x_roi, one_hot_labels(judged.pred_roi, study.num_classes))
-        for name, out in (("SynthCP", judged.outputs), ("Direct Prediction", direct)):
-            features[name].append(out["pooled_features"][0].float().cpu().numpy())
-            tumour[name].append(float(out["quality"][0, 2]))
+        direct = run_scorer("direct", {"direct_comparator": nets.direct, "image": judged.x_roi,
+                                       "segmentation": one_hot_labels(judged.pred_roi, study.num_classes)})
+        for name, out in (("SynthCP", judged.scores), ("Direct Prediction", direct)):
+            features[name].append(out.features[0].float().cpu().numpy())
+            tumour[name].append(float(out.quality[0, 2]))
     spec = load_network_spec(study.models, "comparator_synthcp", "train_comparator")
     initial = stage_weight_sizes(build_network(spec, "comparator_synthcp"))  # the same architecture, untrained
     return {

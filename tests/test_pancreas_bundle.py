@@ -117,10 +117,10 @@ def test_report_files_and_plots(run_dir):
     for name in ("report.md", "report.csv", "report.json", "per_case.csv"):
         assert (ev / name).is_file(), name
     md = (ev / "report.md").read_text()
-    for method in ("Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP", "SynthCP + VAE alarm",
-                   "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice"):
+    for method in ("Predicted volume (no image)", "Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP",
+                   "SynthCP + VAE alarm", "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice"):
         assert f"| {method} |" in md
-    assert len(list(ev.glob("scatter_*_tumour.png"))) == 9  # 7 methods + 2 x̂ ablations
+    assert len(list(ev.glob("scatter_*_tumour.png"))) == 10  # 8 methods + 2 x̂ ablations
     assert (ev / "risk_coverage_tumour.png").is_file() and (ev / "comparison_examples.png").is_file()
     assert len(list((ev / "predictions").glob("*_pred.nii.gz"))) == 3
 
@@ -182,9 +182,10 @@ def test_inference_writes_on_input_grid(run_dir):
 
 def test_trained_models_score_a_case_from_the_folder_alone(run_dir):
     """The trained-model module without the bundle config (networks built from networks.json) scores a test case as
-    the evaluate stage did (the methods without sampling; MC-Dropout samples, the painter draws noise)."""
+    the evaluate stage did (MC-Dropout too: its masks are seeded per case)."""
     import csv
 
+    from synthcp3d.workflows.common import case_seed
     from synthcp3d.workflows.pancreas_model import load_study, load_trained_models, load_volume
     from synthcp3d.workflows.pancreas_scoring import score_case, segment_volume
 
@@ -198,9 +199,10 @@ def test_trained_models_score_a_case_from_the_folder_alone(run_dir):
     saved = load_volume(out / "evaluate" / "predictions" / f"{row['case']}_pred.nii.gz")
     assert (segment_volume(study, models.segmenter, image) == saved).mean() > 0.99
     assert len(models.fold_segmenters) == len(meta["folds"])
-    scores = score_case(study, models, image, saved)
-    for method in ("Direct Prediction", "VAE alarm", "SynthCP", "SynthCP + VAE alarm", "SynthCP, x̂ = blank",
-                   "Pairwise Dice (fold ensemble)", "SynthCP + pairwise Dice"):
+    scores = score_case(study, models, image, saved, seed=case_seed(study, row["case"]))
+    for method in ("Predicted volume (no image)", "Direct Prediction", "MC-Dropout", "VAE alarm", "SynthCP",
+                   "SynthCP + VAE alarm", "SynthCP, x̂ = blank", "Pairwise Dice (fold ensemble)",
+                   "SynthCP + pairwise Dice"):
         for k, cls in ((1, "pancreas"), (2, "tumour")):
             assert scores.quality[method][k] == pytest.approx(float(row[f"{method}|{cls}"]), abs=1e-4), (method, cls)
 

@@ -94,6 +94,37 @@ def test_registered_scorer_with_regressor():
     assert out.quality.shape == (1, 3) and ((out.quality >= 0) & (out.quality <= 1)).all()
 
 
+def test_seeded_masks_repeat_and_leave_the_global_random_state_alone():
+    torch.manual_seed(0)
+    segmenter = DropoutSegmenter().eval()
+    x = torch.randn(1, 1, 6, 8)
+    state = torch.get_rng_state()
+    first, _ = mc_dropout_probs(segmenter, x, samples=4, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # restored: what runs next draws as if nothing had
+    torch.rand(100)  # another history before the next call
+    again, _ = mc_dropout_probs(segmenter, x, samples=4, seed=7)
+    other, _ = mc_dropout_probs(segmenter, x, samples=4, seed=8)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_scorer_quality_reads_the_judged_segmentation_regions():
+    """With a ``segmentation`` input the feature is the mean entropy inside the judged mask's class regions (those
+    its regressor was fitted on), not inside the regions of the MC mean's argmax."""
+    torch.manual_seed(0)
+    segmenter = DropoutSegmenter()
+    x = torch.randn(1, 1, 6, 8)
+    judged = torch.zeros(1, 6, 8, dtype=torch.long)
+    judged[:, :, 4:] = 2  # two regions, class 1 not predicted
+    onehot = nn.functional.one_hot(judged, 3).permute(0, 3, 1, 2).float()
+    regressor = MCDropoutQualityRegressor(3)
+    regressor.coef, regressor.intercept, regressor.fitted = np.array([-1.0, -1.0, -1.0]), np.ones(3), True
+    inputs = {"segmenter": segmenter, "image": x, "mc_regressor": regressor, "segmentation": onehot}
+    out = run_scorer("mc_dropout", inputs, samples=4, seed=3)
+    _, entropy = mc_dropout_probs(segmenter, x, samples=4, seed=3)
+    expected = 1.0 - mean_entropy_per_class(entropy, judged, 3)
+    assert torch.allclose(out.quality[0, [0, 2]], expected[0, [0, 2]].float()) and out.quality[0, 1] == 0.0
+
+
 def test_full_linear_map_matches_numpy_least_squares_column_by_column():
     """Each output column = least squares on the whole (NaN -> 0) entropy vector, over its defined rows; checked
     against numpy's lstsq; a class not predicted predicts 0; the state round-trips."""

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,8 @@ from torch import nn
 
 import synthcp3d.networks as networks
 from synthcp3d.errors import SynthCPInputError
-from synthcp3d.scoring import VAEAlarmRegressor, mean_ensemble, run_scorer, vae_alarm_feature
+from synthcp3d.scoring import mean_ensemble, per_class_vae_feature, run_scorer, vae_alarm_feature
+from synthcp3d.scoring.regression import LinearQualityRegressor
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -83,30 +82,20 @@ def test_features_loss_and_dice():
         vae_alarm_feature(vae, mask, feature="other")
 
 
-def test_regressor_recovers_relation_and_spreads_quality():
-    rng = np.random.default_rng(0)
-    loss = rng.uniform(0.1, 1.0, size=25)
-    dsc = 0.95 - 0.7 * loss
-    dsc[::4] = np.nan  # no tumour in label nor prediction: undefined DSC
-    regressor = VAEAlarmRegressor(feature="loss", class_index=2).fit(loss, dsc)
-    assert regressor.coef[0] == pytest.approx(-0.7) and regressor.intercept[0] == pytest.approx(0.95)
-    predicted = regressor.predict(loss)
-    assert predicted.shape == (25,) and ((predicted >= 0) & (predicted <= 1)).all()
-    quality = regressor.predict_quality(loss, num_classes=3)
-    assert quality.shape == (25, 3) and torch.isnan(quality[:, :2]).all() and torch.equal(quality[:, 2], predicted)
-    state = json.loads(json.dumps(regressor.state_dict()))
-    restored = VAEAlarmRegressor.from_state_dict(state)
-    assert restored.feature == "loss" and restored.class_index == 2
-    assert torch.equal(restored.predict(loss), predicted)
-
-
-def test_registered_scorer_and_ensemble_with_synthcp():
+def test_registered_scorer_is_the_per_class_regression_of_the_loss_and_ensembles_with_synthcp():
     torch.manual_seed(0)
     vae, mask = make_vae(), masks(2)
-    regressor = VAEAlarmRegressor(feature="dice").fit([0.0, 1.0], [0.2, 0.8])
+    losses = vae_alarm_feature(vae, mask).numpy()
+    # a per-class linear map fitted on two (feature, quality) pairs: quality = 0.2 + 0.6 * (loss - l0) / (l1 - l0)
+    feats = np.repeat(losses[:, None], 3, axis=1)
+    true = np.array([[0.9, 0.5, 0.2], [0.9, 0.7, 0.8]])
+    regressor = LinearQualityRegressor(3, missing_feature_quality=0.0).fit(feats, true)
     out = run_scorer("vae_alarm", {"vae": vae, "vae_mask": mask, "vae_regressor": regressor})
-    assert out.quality.shape == (2, 3) and torch.isnan(out.quality[:, :2]).all()
+    assert out.quality.shape == (2, 3)
+    np.testing.assert_allclose(out.quality.numpy(), true, atol=1e-5)  # two points: the fit passes through both
+    regressor.vae_feature = "dice"  # the named variant: per-class reconstruction Dice as the feature
+    dice = run_scorer("vae_alarm", {"vae": vae, "vae_mask": mask, "vae_regressor": regressor}).quality
+    expected = regressor.predict(np.stack([per_class_vae_feature(vae, m[None], "dice") for m in mask]))
+    assert torch.equal(dice, expected)
     synthcp_quality = torch.tensor([[0.9, 0.6, 0.2], [0.8, 0.5, 0.4]])
-    ensemble = mean_ensemble(synthcp_quality, out.quality)
-    assert torch.equal(ensemble[:, :2], synthcp_quality[:, :2])
-    assert torch.allclose(ensemble[:, 2], (synthcp_quality[:, 2] + out.quality[:, 2]) / 2)
+    assert torch.allclose(mean_ensemble(synthcp_quality, out.quality), (synthcp_quality + out.quality) / 2)

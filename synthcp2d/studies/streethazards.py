@@ -57,7 +57,7 @@ from synthcp3d.evidence import synthesis_section
 from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
 from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
-from synthcp3d.workflows.common import require_file, save_network_spec, study_stage, write_csv_rows
+from synthcp3d.workflows.common import case_seed, require_file, save_network_spec, study_stage, write_csv_rows
 
 __all__ = [
     "StreetHazardsStudy",
@@ -252,7 +252,8 @@ def evaluate(
         inputs = {"segmenter": seg, "image": x, "probs": probs, "logits": logits, "autoencoder": ae}
         for method, scorer in BASELINES.items():
             given = {k: v for k, v in inputs.items() if not (method == "MSP+CRF" and k == "image")}  # softmax-guided
-            scores[method] = run_scorer(scorer, given, **options.get(method, {})).anomaly
+            seeded = {"seed": case_seed(study, item["case"])} if method == "MC-Dropout" else {}  # its own masks
+            scores[method] = run_scorer(scorer, given, **options.get(method, {}), **seeded).anomaly
         row: dict[str, Any] = {"case": item["case"], "anomaly_pixels": int(is_anomaly.sum())}
         for method, score in scores.items():
             meters[(method, "per_image")].update(score[0], is_anomaly[0])

@@ -28,7 +28,7 @@ from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.softmax_scores import entropy_score, max_logit_score, msp_score
 from synthcp3d.scoring.synthcp import comparator_scores
 from synthcp3d.scoring.tcp import tcp_error_score, tcp_loss, true_class_probability
-from synthcp3d.scoring.vae_alarm import VAEAlarmRegressor, vae_alarm_feature
+from synthcp3d.scoring.vae_alarm import per_class_vae_feature, vae_alarm_feature
 
 __all__ = [
     "SCORERS",
@@ -59,7 +59,7 @@ __all__ = [
     "reconstruction_l1",
     "autoencoder_score",
     "vae_alarm_feature",
-    "VAEAlarmRegressor",
+    "per_class_vae_feature",
     "mean_ensemble",
     "pairwise_agreement",
     "comparator_scores",

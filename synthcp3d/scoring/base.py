@@ -56,11 +56,13 @@ class ScoreOutput:
         pixel_error: ``(B, *S)``, higher = more likely wrong.
         quality: ``(B, C)`` predicted quality in [0, 1] (NaN where a method makes no prediction).
         anomaly: ``(B, *S)``, higher = more likely anomalous.
+        features: ``(B, F)`` what a learned quality head read (the comparators' pooled features; a diagnostic).
     """
 
     pixel_error: torch.Tensor | None = None
     quality: torch.Tensor | None = None
     anomaly: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """The fields that are set, by name."""

@@ -40,7 +40,7 @@ def _logits_of(output: Any) -> torch.Tensor:
 
 
 def mc_dropout_probs(
-    segmenter: nn.Module, x: torch.Tensor, samples: int = 50, progress: bool = False
+    segmenter: nn.Module, x: torch.Tensor, samples: int = 50, progress: bool = False, seed: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean softmax over ``samples`` dropout draws, and its normalised predictive entropy.
 
@@ -51,6 +51,9 @@ def mc_dropout_probs(
         x: input ``(B, Cin, *S)``.
         samples: number of stochastic passes (50 in the SynthCP paper's baseline).
         progress: show a progress bar over the passes (off by default: evaluators show their own).
+        seed: draw the dropout masks from a generator seeded with it (the global random state is restored
+            afterwards), so that an image's score does not depend on what the process ran before; ``None``: the
+            global random state.
 
     Returns:
         ``mean_probs (B, C, *S)`` and ``entropy_map (B, *S)`` in [0, 1].
@@ -58,7 +61,10 @@ def mc_dropout_probs(
     if samples < 1:
         raise SynthCPInputError(f"samples must be at least 1, got {samples}")
     total: torch.Tensor | None = None
-    with inference_mode(segmenter):
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None), inference_mode(segmenter):
+        if seed is not None:
+            torch.manual_seed(int(seed))
         enable_mc_dropout(segmenter)
         for _ in tqdm(range(samples), desc="MC-Dropout", disable=not progress, leave=False):
             probs = torch.softmax(_logits_of(segmenter(x)).float(), dim=1)
@@ -196,15 +202,23 @@ class MCDropoutFullLinearRegressor:
 @register_scorer(
     "mc_dropout",
     inputs=("segmenter", "image"),
-    optional=("mc_regressor",),
+    optional=("mc_regressor", "segmentation"),
     description="MC-Dropout predictive entropy (+ per-class quality when a fitted regressor is given)",
 )
 def _mc_dropout(
-    segmenter: nn.Module, image: torch.Tensor, mc_regressor: MCDropoutQualityRegressor | None = None, samples: int = 50
+    segmenter: nn.Module,
+    image: torch.Tensor,
+    mc_regressor: Any = None,
+    segmentation: torch.Tensor | None = None,
+    samples: int = 50,
+    seed: int | None = None,
 ) -> ScoreOutput:
-    mean_probs, entropy = mc_dropout_probs(segmenter, image, samples=samples)
+    """The quality feature is the mean entropy inside each class region of the judged ``segmentation`` (one-hot
+    ``(B, C, *S)``; the regions its regressor was fitted on), or of the MC mean's argmax when none is given."""
+    mean_probs, entropy = mc_dropout_probs(segmenter, image, samples=samples, seed=seed)
     quality = None
     if mc_regressor is not None:
-        features = mean_entropy_per_class(entropy, mean_probs.argmax(dim=1), mean_probs.shape[1])
+        regions = segmentation if segmentation is not None else mean_probs.argmax(dim=1)
+        features = mean_entropy_per_class(entropy, regions, mean_probs.shape[1])
         quality = mc_regressor.predict(features)
     return ScoreOutput(pixel_error=entropy, anomaly=entropy, quality=quality)

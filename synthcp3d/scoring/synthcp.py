@@ -31,7 +31,8 @@ def comparator_scores(
         synthesis: ``G(ŷ)`` ``(B, Cin, *S)`` for SynthCP; ``None`` for Direct Prediction.
 
     Returns:
-        ``ScoreOutput(quality=(B, C), pixel_error=(B, *S))`` with the fields the comparator's heads provide.
+        ``ScoreOutput(quality=(B, C), pixel_error=(B, *S), features=(B, F))`` with the fields the comparator's heads
+        provide (``features``: the pooled features its quality head read).
     """
     if image.shape[0] != segmentation_onehot.shape[0] or image.shape[2:] != segmentation_onehot.shape[2:]:
         raise SynthCPInputError(
@@ -46,6 +47,7 @@ def comparator_scores(
     return ScoreOutput(
         quality=outputs.get("quality"),
         pixel_error=None if error_logits is None else torch.sigmoid(error_logits.float())[:, 0],
+        features=outputs.get("pooled_features"),
     )
 
 

@@ -2,8 +2,9 @@
 ICCV 2019; no official code, reimplemented): a shape prior judges a predicted mask.
 
 A mask VAE (``synthcp3d.networks.MaskVAE``) trained on ground-truth masks only (tight foreground crop at its fixed
-``in_shape``) is frozen; for a predicted mask it gives one number, and a linear regressor fitted on
-cross-validated predictions maps that number to the DSC of the class of interest (the tumour in MSD Task07).
+``in_shape``) is frozen; for a predicted mask it gives one number (:func:`per_class_vae_feature` repeats it per
+class), and a per-class linear regressor (:class:`~synthcp3d.scoring.regression.LinearQualityRegressor`) fitted on
+cross-validated predictions maps it to each class's quality (the scorer ``"vae_alarm"``).
 
 Features (:func:`vae_alarm_feature`):
 
@@ -18,7 +19,7 @@ The cropping / resampling of a predicted mask to ``in_shape`` is the caller's (t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from synthcp3d.networks.mask_vae import vae_loss
 from synthcp3d.scoring.base import ScoreOutput, check_class_tensor, inference_mode, register_scorer
 from synthcp3d.scoring.regression import LinearQualityRegressor
 
-__all__ = ["vae_alarm_feature", "per_class_vae_feature", "VAEAlarmRegressor"]
+__all__ = ["vae_alarm_feature", "per_class_vae_feature"]
 
 VAEFeature = Literal["loss", "dice"]
 
@@ -86,52 +87,15 @@ def per_class_vae_feature(vae: nn.Module, mask_onehot: torch.Tensor, feature: VA
     return np.full(mask_onehot.shape[1], loss, dtype=np.float64)
 
 
-class VAEAlarmRegressor(LinearQualityRegressor):
-    """Linear map from one VAE feature to the DSC of the class of interest, clipped to [0, 1].
-
-    ``fit(features (N,), true_dsc (N,) with NaN = undefined)``; ``predict(features (N,)) -> (N,)``; a NaN feature
-    (``"dice"`` of a class absent from the mask and its reconstruction, i.e. not predicted) predicts 0.0, exact
-    wherever the true DSC is defined;
-    :meth:`predict_quality` spreads the prediction into a ``(N, C)`` quality tensor (NaN for the other classes) so
-    it can be averaged with SynthCP's per-class prediction by :func:`synthcp3d.scoring.mean_ensemble`.
-
-    Args:
-        feature: which :func:`vae_alarm_feature` the regressor was fitted on (stored in the state).
-        class_index: class whose DSC is predicted.
-    """
-
-    kind = "vae_alarm"
-
-    def __init__(self, feature: VAEFeature = "loss", class_index: int = -1) -> None:
-        super().__init__(1, missing_feature_quality=0.0)
-        self.feature = feature
-        self.class_index = int(class_index)
-
-    def predict(self, features: Any) -> torch.Tensor:  # type: ignore[override]
-        """``(N,)`` features -> ``(N,)`` predicted DSC in [0, 1]."""
-        return super().predict(features)[:, 0]
-
-    def predict_quality(self, features: Any, num_classes: int) -> torch.Tensor:
-        """``(N,)`` features -> ``(N, C)`` quality, the prediction in column ``class_index``, NaN elsewhere."""
-        dsc = self.predict(features)
-        quality = torch.full((dsc.shape[0], num_classes), float("nan"), device=dsc.device)
-        quality[:, self.class_index] = dsc
-        return quality
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able state."""
-        return {**super().state_dict(), "feature": self.feature, "class_index": self.class_index}
-
-    def _restore_extra(self, state: dict[str, Any]) -> None:
-        self.feature = state.get("feature", "loss")
-        self.class_index = int(state.get("class_index", -1))
-
-
 @register_scorer(
     "vae_alarm",
     inputs=("vae", "vae_mask", "vae_regressor"),
-    description="VAE alarm: linear map from a mask-VAE feature to the DSC of the class of interest",
+    description="VAE alarm: per-class linear map from a mask-VAE feature (its loss, as published) to the quality",
 )
-def _vae_alarm(vae: nn.Module, vae_mask: torch.Tensor, vae_regressor: VAEAlarmRegressor) -> ScoreOutput:
-    features = vae_alarm_feature(vae, vae_mask, feature=vae_regressor.feature, class_index=vae_regressor.class_index)
-    return ScoreOutput(quality=vae_regressor.predict_quality(features, vae_mask.shape[1]))
+def _vae_alarm(vae: nn.Module, vae_mask: torch.Tensor, vae_regressor: LinearQualityRegressor) -> ScoreOutput:
+    """``vae_mask`` ``(B, C, *in_shape)``; ``vae_regressor`` fitted on :func:`per_class_vae_feature` of the
+    cross-validated predictions, its ``vae_feature`` attribute naming the feature (``"loss"`` when absent).
+    A NaN feature (the ``"dice"`` variant of a class absent from mask and reconstruction) predicts 0."""
+    feature = getattr(vae_regressor, "vae_feature", "loss")
+    features = np.stack([per_class_vae_feature(vae, mask[None], feature) for mask in vae_mask])
+    return ScoreOutput(quality=vae_regressor.predict(features).to(vae_mask.device))

@@ -29,6 +29,7 @@ import math
 import pydoc
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -69,6 +70,7 @@ __all__ = [
     "save_network_spec",
     "load_network_spec",
     "build_network",
+    "case_seed",
     "require_file",
     "write_csv_rows",
     "nanmean",
@@ -299,6 +301,12 @@ def build_network(spec: Mapping[str, Any], name: str) -> torch.nn.Module:
     except Exception as err:  # noqa: BLE001 - constructors raise many types for arguments that do not fit
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SynthCPInputError(f"cannot build network {name!r} from networks.json: {first}") from None
+
+
+def case_seed(study: StudyBase, case_id: str) -> int:
+    """A case's own seed (the study seed and a stable hash of its id), e.g. for its MC-Dropout masks: a case's score
+    then depends neither on the order of the cases nor on what the process ran before."""
+    return (int(study.seed) * 1_000_003 + zlib.crc32(str(case_id).encode())) % 2**31
 
 
 def require_file(path: str | Path, stage: str) -> Path:

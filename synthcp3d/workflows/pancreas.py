@@ -60,7 +60,14 @@ from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
 from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.transforms import load_preprocessed, segmenter_train_augmentation
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
+from synthcp3d.workflows.common import (
+    case_seed,
+    nanmean,
+    on_main_process,
+    require_file,
+    save_network_spec,
+    study_stage,
+)
 from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, TUMOUR, load_volume, save_settings
 from synthcp3d.workflows.pancreas_scoring import (
     mc_features,
@@ -230,7 +237,7 @@ def _predict_case(study: PancreasStudy, net: torch.nn.Module, case: Mapping) -> 
     image = load_volume(case["image"]).astype(np.float32)
     pred = segment_volume(study, net, image)
     x_roi, p_roi, box = roi_tensors(study, image, pred)
-    mc, _ = mc_features(study, net, x_roi, p_roi)
+    mc, _ = mc_features(study, net, x_roi, p_roi, seed=case_seed(study, case["case"]))
     record = {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist(),
               "volume_feature": volume_feature(study, pred).tolist()}
     return {"pred": pred, "affine": nib.load(case["image"]).affine, "record": record}

@@ -26,7 +26,7 @@ from synthcp3d.evidence import (
 from synthcp3d.report import quality_report
 from synthcp3d.roi import crop_to_box
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import DONE, fmt, study_stage, write_csv_rows
+from synthcp3d.workflows.common import DONE, case_seed, fmt, study_stage, write_csv_rows
 from synthcp3d.workflows.pancreas import cv_records
 from synthcp3d.workflows.pancreas_model import (
     PANCREAS,
@@ -91,7 +91,7 @@ def evaluate(
         pred = segment_volume(study, nets.segmenter, image)
         save_label_map(pred, case["image"], out / "predictions" / f"{case_id}_pred.nii.gz")
         true_rows.append(native_dsc(study, pred, case))
-        scores = score_case(study, nets, image, pred)
+        scores = score_case(study, nets, image, pred, seed=case_seed(study, case_id))
         for m, q in scores.quality.items():
             preds[m].append(q)
         for m, v in scores.error_maps.items():
@@ -214,7 +214,7 @@ def inference(
         data = preprocess({"image": str(path)})
         image = data["image"]
         pred = segment_volume(study, nets.segmenter, image[0].numpy())
-        case_scores = score_case(study, nets, image[0].numpy(), pred)
+        case_scores = score_case(study, nets, image[0].numpy(), pred, seed=case_seed(study, case_id))
         scores, box = case_scores.quality, case_scores.box
         grid = nib.load(path)  # the input's own grid: only the header is read
         seg = resample_to_grid(pred, affine_of(image), grid.affine, tuple(grid.shape[:3]), "nearest")

@@ -27,10 +27,10 @@ from synthcp3d import targets
 from synthcp3d.data.geometry import affine_of, resample_to_grid
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, roi_box, tight_box
+from synthcp3d.scoring.base import ScoreOutput, run_scorer
 from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
 from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses, synthesis_quality
-from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.scoring.volume import predicted_volume_feature
 from synthcp3d.targets import per_class_quality
 from synthcp3d.workflows.pancreas_model import PancreasStudy, TrainedModels
@@ -43,6 +43,7 @@ __all__ = [
     # one volume
     "segment_volume",
     "roi_tensors",
+    "SlidingWindowNet",
     "mc_features",
     "to_native_grid",
     "native_dsc",
@@ -102,22 +103,26 @@ def roi_tensors(
     return x.to(study.torch_device), p.to(study.torch_device), box
 
 
+class SlidingWindowNet(torch.nn.Module):
+    """A segmenter applied to any ROI through the study's sliding window of the training patch size (AH-Net's size
+    rules; the UNet's instance norm sees training-sized windows): ``(B, 1, *S)`` -> logits ``(B, C, *S)``. The
+    segmenter is a submodule, so MC-Dropout reaches its dropout layers."""
+
+    def __init__(self, study: PancreasStudy, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.inferer = _sliding(study, study.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inferer(x, self.net)
+
+
 def mc_features(
-    study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor
+    study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor, seed: int | None = None
 ) -> tuple[np.ndarray, torch.Tensor]:
     """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``,
-    and the entropy map ``(*roi)`` (the pixel-level MC-Dropout score)."""
-    inferer = _sliding(study, study.patch_size)
-
-    class _Sliding(torch.nn.Module):  # MC-Dropout over the ROI through the sliding window (AH-Net's size rules)
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return inferer(x, self.inner)
-
-    _, entropy = mc_dropout_probs(_Sliding(net), x_roi, samples=int(study.mc_samples))
+    and the entropy map ``(*roi)`` (the pixel-level MC-Dropout score); ``seed``: see `mc_dropout_probs`."""
+    _, entropy = mc_dropout_probs(SlidingWindowNet(study, net), x_roi, samples=int(study.mc_samples), seed=seed)
     return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy(), entropy[0]
 
 
@@ -187,9 +192,10 @@ def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
-    """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (its per-class feature regressed)."""
-    feature = per_class_vae_feature(vae, vae_input(study, pred), getattr(regressor, "vae_feature", "loss"))
-    return not_predicted_is_zero(regressor.predict(feature[None])[0].cpu().numpy(), pred)
+    """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (the scorer ``"vae_alarm"`` on its
+    aspect-keeping crop, :func:`vae_input`)."""
+    out = run_scorer("vae_alarm", {"vae": vae, "vae_mask": vae_input(study, pred), "vae_regressor": regressor})
+    return not_predicted_is_zero(out.quality[0].float().cpu().numpy(), pred)
 
 
 def volume_feature(study: PancreasStudy, pred: np.ndarray) -> np.ndarray:
@@ -252,7 +258,7 @@ class Comparison:
     Attributes:
         x_roi: the image on the ROI ``(1, 1, *roi)``; pred_roi: the segmentation ``(1, *roi)``; onehot: ``(1, C,
         *roi)``; box: the ROI in the volume; synthesis: ``G(ŷ)`` ``(1, 1, *roi)``; quality: predicted DSC ``(C,)``
-        ("class not predicted -> 0" applied); error: error probability ``(*roi)``; outputs: the comparator's raw dict.
+        ("class not predicted -> 0" applied); error: error probability ``(*roi)``; scores: the scorer's output.
     """
 
     x_roi: torch.Tensor
@@ -262,7 +268,7 @@ class Comparison:
     synthesis: torch.Tensor
     quality: np.ndarray
     error: torch.Tensor
-    outputs: dict[str, torch.Tensor]
+    scores: ScoreOutput
 
 
 def _untimed(_stage: str) -> contextlib.AbstractContextManager:
@@ -285,50 +291,60 @@ def synthesize_and_compare(
         onehot = one_hot_labels(p_roi, study.num_classes)
         synth = generator(onehot)
     with timer("compare"):
-        out = comparator(x_roi, onehot, synth)
-        quality = not_predicted_is_zero(out["quality"][0].float().cpu().numpy(), pred)
-        error = torch.sigmoid(out["error_logits"][0, 0].float())
-    return Comparison(x_roi, p_roi, onehot, box, synth, quality, error, out)
+        scores = run_scorer(
+            "synthcp", {"comparator": comparator, "image": x_roi, "segmentation": onehot, "synthesis": synth}
+        )
+        quality = not_predicted_is_zero(scores.quality[0].float().cpu().numpy(), pred)
+    return Comparison(x_roi, p_roi, onehot, box, synth, quality, scores.pixel_error[0], scores)
 
 
 @torch.no_grad()
-def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pred: np.ndarray) -> CaseScores:
-    """Every method's predicted DSC and error map for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``).
+def score_case(
+    study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pred: np.ndarray, seed: int | None = None
+) -> CaseScores:
+    """Every method's predicted DSC and error map for the segmentation ``pred`` of ``image`` (both ``(H, W, D)``),
+    each through the scorer registry (`synthcp3d.scoring.run_scorer`), as the 2D studies score theirs.
 
     "Class not predicted -> DSC 0" (:func:`not_predicted_is_zero`) applies to every method. The ablations feed
     SynthCP's comparator the class-mean painter's image and a blank image in place of ``G(ŷ)``. The pairwise-Dice
-    baseline is :func:`pairwise_dice_quality` (NaN without fold segmenters).
+    baseline is :func:`pairwise_dice_quality` (NaN without fold segmenters). ``seed``: MC-Dropout's masks
+    (`synthcp3d.workflows.common.case_seed`; ``None``: the process's random state).
     """
     judged = synthesize_and_compare(study, nets.generator, nets.synthcp, image, pred)
     x_roi, p_roi, onehot = judged.x_roi, judged.pred_roi, judged.onehot
-    direct = nets.direct(x_roi, onehot)
-    mc_feat, entropy = mc_features(study, nets.segmenter, x_roi, p_roi)
+    segmenter = SlidingWindowNet(study, nets.segmenter).eval()
+    inputs = {
+        "image": x_roi, "segmentation": onehot, "synthesis": judged.synthesis, "comparator": nets.synthcp,
+        "direct_comparator": nets.direct, "segmenter": segmenter, "mc_regressor": nets.mc_regressor,
+        "probs": torch.softmax(segmenter(x_roi).float(), dim=1),
+        "vae": nets.vae, "vae_mask": vae_input(study, pred), "vae_regressor": nets.vae_regressor,
+    }
+    direct = run_scorer("direct", inputs)
+    mc = run_scorer("mc_dropout", inputs, samples=int(study.mc_samples), seed=seed)
     replaced = replaced_syntheses(nets.painter, p_roi, judged.synthesis, seed=int(study.seed))
-    painted = replaced[X_HAT_ABLATIONS[0]]
-    ablated = {"SynthCP" + suffix: nets.synthcp(x_roi, onehot, x_hat) for suffix, x_hat in replaced.items()}
+    ablated = {"SynthCP" + suffix: run_scorer("synthcp", {**inputs, "synthesis": x_hat})
+               for suffix, x_hat in replaced.items()}
     raw = {
         "Predicted volume (no image)": nets.volume_regressor.predict(volume_feature(study, pred)[None])[0],
-        "Direct Prediction": direct["quality"][0],
-        "MC-Dropout": nets.mc_regressor.predict(mc_feat[None])[0],
-        "VAE alarm": torch.as_tensor(vae_alarm_dsc(study, nets.vae, nets.vae_regressor, pred)),
+        "Direct Prediction": direct.quality[0],
+        "MC-Dropout": mc.quality[0],
+        "VAE alarm": run_scorer("vae_alarm", inputs).quality[0],
         "SynthCP": torch.as_tensor(judged.quality),
         "Pairwise Dice (fold ensemble)": torch.as_tensor(
             pairwise_dice_quality(study, nets.fold_segmenters, image, pred)
         ),
-        **{name: out["quality"][0] for name, out in ablated.items()},
+        **{name: out.quality[0] for name, out in ablated.items()},
     }
     quality = {m: not_predicted_is_zero(q.float().cpu().numpy(), pred) for m, q in raw.items()}
     ensembles = {"SynthCP + VAE alarm": "VAE alarm", "SynthCP + pairwise Dice": "Pairwise Dice (fold ensemble)"}
     for name, other in ensembles.items():
         quality[name] = mean_ensemble(torch.as_tensor(quality["SynthCP"]), torch.as_tensor(quality[other])).numpy()
-    nets.segmenter.eval()
-    probs = torch.softmax(_sliding(study, study.patch_size)(x_roi, nets.segmenter).float(), dim=1)
     error_maps = {
         "SynthCP": judged.error,
-        "Direct Prediction": torch.sigmoid(direct["error_logits"][0, 0].float()),
-        "MC-Dropout entropy": entropy.float(),
-        "MSP (1 - max softmax)": 1.0 - probs.max(1).values[0],
-        **{name: torch.sigmoid(out["error_logits"][0, 0].float()) for name, out in ablated.items()},
+        "Direct Prediction": direct.pixel_error[0],
+        "MC-Dropout entropy": mc.pixel_error[0].float(),
+        "MSP (1 - max softmax)": run_scorer("msp", inputs).pixel_error[0],
+        **{name: out.pixel_error[0] for name, out in ablated.items()},
     }
     return CaseScores(
         quality={m: quality[m] for m in (*METHODS, *ABLATIONS)},
@@ -337,9 +353,9 @@ def score_case(study: PancreasStudy, nets: TrainedModels, image: np.ndarray, pre
         pred_roi=p_roi[0].cpu().numpy(),
         synthesis=judged.synthesis[0, 0].float().cpu().numpy(),
         image_roi=x_roi[0, 0].cpu().numpy(),
-        painted=painted[0, 0].cpu().numpy(),
-        features={name: out["pooled_features"][0].float().cpu().numpy()
-                  for name, out in (("SynthCP", judged.outputs), ("Direct Prediction", direct))},
+        painted=replaced[X_HAT_ABLATIONS[0]][0, 0].cpu().numpy(),
+        features={name: out.features[0].float().cpu().numpy()
+                  for name, out in (("SynthCP", judged.scores), ("Direct Prediction", direct))},
     )
 
 

@@ -43,7 +43,7 @@ from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.targets import not_predicted_is_zero
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import require_file
+from synthcp3d.workflows.common import case_seed, require_file
 
 __all__ = ["Judges", "SegmenterScores", "load_judges", "score_segmenter"]
 
@@ -183,7 +183,8 @@ def score_segmenter(
         maps: dict[str, torch.Tensor] = {}
         if baselines:
             maps["MSP"] = run_scorer("msp", inputs).pixel_error
-            mc = run_scorer("mc_dropout", inputs, samples=int(study.mc_samples))
+            # the judged segmentation's class regions (those of the CV features), the image's own dropout masks
+            mc = run_scorer("mc_dropout", inputs, samples=int(study.mc_samples), seed=case_seed(study, item["case"]))
             maps["MC-Dropout"] = mc.pixel_error
             maps["TCP"] = run_scorer("tcp", inputs).pixel_error
             image_preds["MC-Dropout"].append(mc.quality[0].cpu().numpy())

@@ -48,7 +48,14 @@ from synthcp3d.scoring.mc_dropout import (
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import nanmean, on_main_process, require_file, save_network_spec, study_stage
+from synthcp3d.workflows.common import (
+    case_seed,
+    nanmean,
+    on_main_process,
+    require_file,
+    save_network_spec,
+    study_stage,
+)
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fit_quality_regressor, fold_seed
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
@@ -113,9 +120,11 @@ def train_segmenter(
 
 
 @torch.no_grad()
-def _mc_feature(study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+def _mc_feature(
+    study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, pred: torch.Tensor, seed: int
+) -> np.ndarray:
     """MC-Dropout image-level feature ``(C,)``: mean predictive entropy inside each predicted class region."""
-    _, entropy = mc_dropout_probs(net, x, samples=int(study.mc_samples))
+    _, entropy = mc_dropout_probs(net, x, samples=int(study.mc_samples), seed=seed)
     return mean_entropy_per_class(entropy, pred, study.num_classes)[0].cpu().numpy()
 
 
@@ -157,7 +166,7 @@ def _predict_case(study: CityscapesStudy, net: torch.nn.Module, case: Mapping) -
     """A fold's segmenter on one held-out image: the label map, its MC-Dropout and predicted-area features."""
     x = image_tensor(load_cached(case["cache"])["image"])[None].to(study.torch_device)
     pred = segment(net, x)[0].argmax(1)
-    feature = _mc_feature(study, net, x, pred)
+    feature = _mc_feature(study, net, x, pred, seed=case_seed(study, case["case"]))
     record = {"mc_feature": feature.tolist(), "area_feature": area_feature(pred[0], study.num_classes).tolist()}
     return {"pred": pred[0].to(torch.uint8).cpu().numpy(), "record": record}
 
