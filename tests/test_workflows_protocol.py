@@ -102,3 +102,24 @@ def test_fit_quality_regressor_fills_an_unfit_class_with_its_mean() -> None:
     assert regressor.coef[2] == 0.0 and regressor.intercept[2] == pytest.approx(0.5)
     slope, intercept = np.polyfit(feats[:, 1], true[:, 1], 1)  # an independent least-squares fit
     assert regressor.coef[1] == pytest.approx(slope) and regressor.intercept[1] == pytest.approx(intercept)
+
+
+def test_fit_synthesizer_uses_the_configured_perceptual_loss(tmp_path: Path) -> None:
+    """A bundle's ``perceptual_loss`` (e.g. `LocalPerceptualLoss`) reaches the GAN's generator step."""
+    from synthcp3d.networks.synthesizer import SPADEGenerator, build_discriminator
+    from synthcp3d.workflows.protocol import fit_synthesizer
+
+    study = _Study(dataset_dir=str(tmp_path), output_dir=str(tmp_path), progress=False, checkpoint_every=100)
+    calls = []
+
+    def perceptual(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        calls.append((tuple(fake.shape), fake.requires_grad))
+        return (fake - real).abs().mean()
+
+    g = fit_synthesizer(
+        study, lambda: SPADEGenerator(2, 3, 1, channels=(4, 4), spade_hidden_channels=4),
+        lambda: build_discriminator(2, 3, 1, num_d=1, num_layers_d=1, channels=4),
+        Dataset(_samples(2, n=2)), iterations=2, batch_size=2, num_classes=3, perceptual_loss=perceptual,
+    )
+    assert len(calls) == 2 and calls[0] == ((2, 1, 32, 32), True)  # once per generator step, with gradients
+    assert (tmp_path / "models" / "generator.pt").is_file() and isinstance(g, SPADEGenerator)

@@ -21,6 +21,8 @@ from monai.engines import Trainer
 from monai.handlers import LrScheduleHandler
 from torch.optim import Optimizer
 
+from synthcp3d.utils.amp import autocast
+
 __all__ = ["BaseTrainer", "autocast", "losses_of", "attach_schedulers", "to_device", "is_ddp"]
 
 
@@ -29,15 +31,6 @@ def to_device(x: torch.Tensor, device: torch.device, non_blocking: bool = False)
     if isinstance(x, MetaTensor):
         x = x.as_tensor()
     return torch.as_tensor(x).to(device, non_blocking=non_blocking)
-
-
-def autocast(
-    device: torch.device, enabled: bool, dtype: torch.dtype = torch.bfloat16
-) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled`` (a no-op context on CPU or when disabled); bf16 needs no grad scaler."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def is_ddp(module: nn.Module) -> bool:

@@ -9,6 +9,7 @@ synthesizer from the ground-truth (label, image) pairs of the training cases.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ def train_synthesizer(
     reconstruction_weight: float = 0.0,
     class_mean_weight: float = 0.0,
     lr_decay_fraction: float = 0.0,
+    perceptual_loss: Any = None,
 ) -> dict:
     """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``,
     and the class-mean painter (its non-learned replacement) on the same crops -> ``models/painter.json``.
@@ -72,7 +74,7 @@ def train_synthesizer(
     The ROI is centred on the ground-truth pancreas with a random shift of up to ``jitter`` voxels per axis (the
     test-time centre comes from a prediction). ``reconstruction_weight`` adds an L1 term and
     ``class_mean_weight`` a per-class mean-intensity term (see `GanTrainer`); ``lr_decay_fraction`` is SPADE's
-    linear LR decay (see `fit_synthesizer`).
+    linear LR decay and ``perceptual_loss`` SPADE's perceptual term (see `fit_synthesizer`).
     """
     meta = study.cases()
     items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
@@ -80,7 +82,7 @@ def train_synthesizer(
     g = fit_synthesizer(
         study, generator, discriminator, dataset, iterations, batch_size, num_classes=study.num_classes, lr_g=lr_g,
         lr_d=lr_d, feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
-        class_mean_weight=class_mean_weight, lr_decay_fraction=lr_decay_fraction,
+        class_mean_weight=class_mean_weight, lr_decay_fraction=lr_decay_fraction, perceptual_loss=perceptual_loss,
     )
     return on_main_process(_fit_painter, study, g, dataset, iterations)
 

@@ -25,6 +25,7 @@ from monai.transforms import LoadImage, Resize
 
 from synthcp3d import targets
 from synthcp3d.data.geometry import affine_of, resample_to_grid
+from synthcp3d.engines.inference import make_inferer, sliding_window_segment
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, roi_box, tight_box
 from synthcp3d.scoring.base import ScoreOutput, run_scorer
@@ -77,18 +78,16 @@ Timer = Callable[[str], contextlib.AbstractContextManager]
 # segmenting and cropping one volume
 # ================================================================================================================
 def _sliding(study: PancreasStudy, roi_size: Sequence[int] | None = None) -> SlidingWindowInferer:
-    return SlidingWindowInferer(
-        roi_size=roi_size or study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap,
-        mode="gaussian",
-    )
+    """The study's sliding window (gaussian blending) over ``roi_size`` windows (default: its whole-volume window)."""
+    return make_inferer(roi_size or study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap)
 
 
-@torch.no_grad()
 def segment_volume(study: PancreasStudy, net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """Whole-volume sliding-window segmentation: ``image (H, W, D)`` in [-1, 1] -> label map ``(H, W, D)`` uint8."""
-    net.eval()
     x = torch.as_tensor(image, dtype=torch.float32, device=study.torch_device)[None, None]
-    logits = _sliding(study)(x, net)
+    logits = sliding_window_segment(
+        x, net, study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap
+    )
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 

@@ -180,14 +180,17 @@ def fit_synthesizer(
     reconstruction_weight: float = 0.0,
     class_mean_weight: float = 0.0,
     lr_decay_fraction: float = 0.0,
+    perceptual_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """SPADE: fresh G and D, TTUR Adam, `GanTrainer` (hinge + feature matching [+ L1 reconstruction] [+ per-class
-    mean]) on ``dataset``'s ``{"label" (1, *S), "image" (Ci, *S)}`` ground-truth pairs, resumable from
+    """SPADE: fresh G and D, TTUR Adam, `GanTrainer` (hinge + feature matching [+ perceptual] [+ L1 reconstruction]
+    [+ per-class mean]) on ``dataset``'s ``{"label" (1, *S), "image" (Ci, *S)}`` ground-truth pairs, resumable from
     ``<train_synthesizer>/checkpoints`` -> ``models/generator.pt``. Returns G (unwrapped).
 
     ``lr_decay_fraction``: SPADE's schedule (``niter`` then ``niter_decay``): both LRs constant, then linearly to 0
     over this final fraction of the iterations (SPADE's Cityscapes setting: 0.5; 0 keeps them constant). With Adam's
     beta1 = 0 the weights of a constant-LR run keep jumping at the last step; the decay lets them settle.
+    ``perceptual_loss``: SPADE's VGG term, e.g. `synthcp3d.networks.LocalPerceptualLoss` on a feature extractor
+    saved locally (nothing is downloaded; ``None``: off, feature matching carries the recipe).
     """
     offset = SEED_OFFSETS["synthesizer"]
     seed_stage(study, offset)
@@ -201,7 +204,7 @@ def fit_synthesizer(
     trainer = GanTrainer(
         study.torch_device, loader, g, d, opt_g, opt_d, num_classes=num_classes, ignore_index=ignore_index,
         feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
-        class_mean_weight=class_mean_weight, schedulers=schedulers,
+        class_mean_weight=class_mean_weight, schedulers=schedulers, perceptual_loss=perceptual_loss,
     )
     run_trainer(study, trainer, iterations, study.stage_dir("train_synthesizer") / "checkpoints")
     save_network(study, "generator", "generator", g, generator)
