@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from synthcp3d.data import volume_io  # the checks (4D, 2D, NaN, corrupt, two series ...) live there
 from synthcp3d.data.geometry import affine_of, as_metatensor, resample_to_grid
+from synthcp3d.data.volume_io import save_like
 from synthcp3d.alarm.inputs import CaseInput, case_name, discover_inputs
 from synthcp3d.alarm.predictor import STAGES, Prediction, Predictor
 from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD, AlarmReport, check_flag_method, flag_case
@@ -120,7 +122,6 @@ def _captured_warnings() -> Iterator[list[str]]:
 
 def _load_volume(source: VolumeInput) -> tuple[np.ndarray, np.ndarray, str]:
     """Load a user volume -> (array (X, Y, Z) float32 in HU, affine 4x4, source text), checked at the boundary."""
-    from synthcp3d.data import volume_io  # the checks (4D, 2D, NaN, corrupt, two series ...) live there
 
     if isinstance(source, tuple) and len(source) == 2:
         array, affine = source
@@ -401,7 +402,6 @@ def write_case_outputs(report: AlarmReport, out_dir: str | os.PathLike) -> dict[
         the written paths by kind (also stored in ``report.outputs``).
     """
     from synthcp3d.alarm.overview import save_overview
-    from synthcp3d.data.volume_io import save_like
 
     start = time.perf_counter()
     out_dir = check_writable(out_dir)

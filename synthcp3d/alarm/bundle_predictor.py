@@ -38,6 +38,7 @@ from synthcp3d.data.geometry import affine_of
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.timing import StageTimer
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.roi import paste_from_box
 from synthcp3d.scoring.ensemble import mean_ensemble
 from synthcp3d.workflows import pancreas_model as wf
 from synthcp3d.workflows.pancreas_scoring import (
@@ -162,8 +163,6 @@ class BundlePredictor:
     ) -> Prediction:
         """Segment (or take ``segmentation`` ``(H, W, D)``, a given mask on this grid), synthesize, compare and run
         the VAE alarm on a preprocessed ``MetaTensor`` ``(1, H, W, D)``."""
-        from synthcp3d.roi import paste_from_box
-
         timer = timer or StageTimer(self.device)
         study = self.study
         x = image[0].detach().cpu().numpy().astype(np.float32)
