@@ -123,3 +123,45 @@ def test_fit_synthesizer_uses_the_configured_perceptual_loss(tmp_path: Path) -> 
     )
     assert len(calls) == 2 and calls[0] == ((2, 1, 32, 32), True)  # once per generator step, with gradients
     assert (tmp_path / "models" / "generator.pt").is_file() and isinstance(g, SPADEGenerator)
+
+
+def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch) -> None:
+    """``amp`` (a bundle's ``common.yaml``) is handed to the segmenter, GAN, comparator and mask-VAE trainers."""
+    import synthcp3d.workflows.protocol as protocol
+    from synthcp3d.networks import build_comparator
+    from synthcp3d.networks.mask_vae import MaskVAE
+    from synthcp3d.networks.synthesizer import SPADEGenerator, build_discriminator
+
+    class Built(Exception):
+        pass
+
+    seen = {}
+
+    def recorder(name: str):
+        def build(*args, **kwargs):
+            seen[name] = kwargs.get("amp")
+            raise Built  # nothing to train: the constructor's arguments are the point
+
+        return build
+
+    trainers = ("SegmenterTrainer", "GanTrainer", "ComparatorTrainer", "MaskVAETrainer")
+    for name in trainers:
+        monkeypatch.setattr(protocol, name, recorder(name))
+    study = _Study(dataset_dir=str(tmp_path), output_dir=str(tmp_path), progress=False, amp=True)
+    data = Dataset(_samples(2, n=2))
+    calls = [
+        lambda: protocol.fit_segmenter(study, lambda: _segmenter(2), lambda: data, tmp_path / "s", tmp_path / "s.pt",
+                                       1, 2, 1e-3, seed=0),
+        lambda: protocol.fit_synthesizer(study, lambda: SPADEGenerator(2, 3, 1, channels=(4, 4)),
+                                         lambda: build_discriminator(2, 3, 1, num_d=1, num_layers_d=1, channels=4),
+                                         data, 1, 2, num_classes=3),
+        lambda: protocol.fit_comparator(study, "comparator", lambda: build_comparator("direct", spatial_dims=2,
+                                        image_channels=1, num_classes=3), data, None, tmp_path / "c", 1, 2, 1e-3,
+                                        0.0, "dice"),
+        lambda: protocol.fit_mask_vae(study, lambda: MaskVAE(2, 3, (32, 32)), lambda: data, tmp_path / "v", 1, 2,
+                                      1e-3, 1e-3),
+    ]
+    for call in calls:
+        with pytest.raises(Built):
+            call()
+    assert seen == {name: True for name in trainers}

@@ -95,6 +95,8 @@ class StudyBase:
         settings_name: "demo" or "full" (printed in the reports).
         checkpoint_every: checkpoint period (iterations) of every training run.
         num_workers: data loader workers.
+        amp: bf16 autocast on CUDA in every training run and in whole-volume segmentation (ignored on the CPU).
+            Like ``device`` it changes the arithmetic, not what a stage computes: a run-time field.
     """
 
     dataset_dir: str
@@ -106,11 +108,12 @@ class StudyBase:
     settings_name: str = "full"
     checkpoint_every: int = 1000
     num_workers: int = 0
+    amp: bool = False
 
     #: fields that change how a stage runs, not what it computes: left out of the settings a ``done.json`` records,
     #: so changing them reruns nothing (a subclass adds its own, e.g. a cache size)
     runtime_fields: ClassVar[tuple[str, ...]] = (
-        "output_dir", "device", "force", "progress", "checkpoint_every", "num_workers",
+        "output_dir", "device", "force", "progress", "checkpoint_every", "num_workers", "amp",
     )
     #: fields that only say where the data set lies: left out of the recorded settings as well, the data set being
     #: recorded by its content instead (:func:`dataset_listing`), so that a run folder moved or copied with its data,

@@ -86,7 +86,7 @@ def segment_volume(study: PancreasStudy, net: torch.nn.Module, image: np.ndarray
     """Whole-volume sliding-window segmentation: ``image (H, W, D)`` in [-1, 1] -> label map ``(H, W, D)`` uint8."""
     x = torch.as_tensor(image, dtype=torch.float32, device=study.torch_device)[None, None]
     logits = sliding_window_segment(
-        x, net, study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap
+        x, net, study.sw_roi_size, sw_batch_size=study.sw_batch_size, overlap=study.sw_overlap, amp=study.amp
     )
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 

@@ -157,7 +157,7 @@ def fit_segmenter(
     )
     trainer = SegmenterTrainer(
         study.torch_device, loader, net, optimizer, loss_function=recipe.loss(ignore_index).to(study.torch_device),
-        lr_scheduler=scheduler,
+        lr_scheduler=scheduler, amp=study.amp,
     )
     run_trainer(study, trainer, iterations, checkpoint_dir)
     save_weights({"segmenter": net}, weights)
@@ -204,7 +204,7 @@ def fit_synthesizer(
     trainer = GanTrainer(
         study.torch_device, loader, g, d, opt_g, opt_d, num_classes=num_classes, ignore_index=ignore_index,
         feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
-        class_mean_weight=class_mean_weight, schedulers=schedulers, perceptual_loss=perceptual_loss,
+        class_mean_weight=class_mean_weight, schedulers=schedulers, perceptual_loss=perceptual_loss, amp=study.amp,
     )
     run_trainer(study, trainer, iterations, study.stage_dir("train_synthesizer") / "checkpoints")
     save_network(study, "generator", "generator", g, generator)
@@ -260,7 +260,7 @@ def fit_comparator(
     trainer = ComparatorTrainer(
         study.torch_device, loader, net, comparator_optimizer(net, lr, weight_decay, optimizer),
         num_classes=study.num_classes,
-        generator=generator, metric=metric, ignore_index=ignore_index, loss_function=loss,
+        generator=generator, metric=metric, ignore_index=ignore_index, loss_function=loss, amp=study.amp,
     )
     run_trainer(study, trainer, iterations, checkpoint_dir)
     save_network(study, name, "comparator", net, factory)
@@ -286,7 +286,7 @@ def fit_mask_vae(
     vae = study.prepare_network(factory())
     trainer = MaskVAETrainer(
         study.torch_device, loader, vae, torch.optim.Adam(vae.parameters(), lr=lr), num_classes=study.num_classes,
-        beta=beta,
+        beta=beta, amp=study.amp,
     )
     run_trainer(study, trainer, iterations, checkpoint_dir)
     save_network(study, "mask_vae", "vae", vae, factory)
