@@ -126,7 +126,8 @@ def test_fit_synthesizer_uses_the_configured_perceptual_loss(tmp_path: Path) -> 
 
 
 def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch) -> None:
-    """``amp`` (a bundle's ``common.yaml``) is handed to the segmenter, GAN, comparator and mask-VAE trainers."""
+    """``amp`` (a bundle's ``common.yaml``) is handed to the segmenter, GAN, comparator and mask-VAE trainers, and
+    the synthesizer's configured Adam ``betas`` to both GAN optimizers."""
     import synthcp3d.workflows.protocol as protocol
     from synthcp3d.networks import build_comparator
     from synthcp3d.networks.mask_vae import MaskVAE
@@ -140,6 +141,8 @@ def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch
     def recorder(name: str):
         def build(*args, **kwargs):
             seen[name] = kwargs.get("amp")
+            if name == "GanTrainer":  # (device, loader, G, D, opt_g, opt_d, ...): the configured betas reach both
+                seen["betas"] = [tuple(opt.param_groups[0]["betas"]) for opt in args[4:6]]
             raise Built  # nothing to train: the constructor's arguments are the point
 
         return build
@@ -154,7 +157,7 @@ def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch
                                        1, 2, 1e-3, seed=0),
         lambda: protocol.fit_synthesizer(study, lambda: SPADEGenerator(2, 3, 1, channels=(4, 4)),
                                          lambda: build_discriminator(2, 3, 1, num_d=1, num_layers_d=1, channels=4),
-                                         data, 1, 2, num_classes=3),
+                                         data, 1, 2, num_classes=3, betas=[0.5, 0.99]),
         lambda: protocol.fit_comparator(study, "comparator", lambda: build_comparator("direct", spatial_dims=2,
                                         image_channels=1, num_classes=3), data, None, tmp_path / "c", 1, 2, 1e-3,
                                         0.0, "dice"),
@@ -164,4 +167,4 @@ def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch
     for call in calls:
         with pytest.raises(Built):
             call()
-    assert seen == {name: True for name in trainers}
+    assert seen == {**{name: True for name in trainers}, "betas": [(0.5, 0.99), (0.5, 0.99)]}

@@ -327,6 +327,7 @@ def train_synthesizer(
     class_mean_weight: float = 0.0,
     lr_decay_fraction: float = 0.0,
     perceptual_loss: Any = None,
+    betas: Sequence[float] = (0.0, 0.9),
 ) -> dict:
     """2D SPADE (`GanTrainer`: hinge + feature matching [+ L1 reconstruction] [+ per-class mean]) on ground-truth
     (label, image) pairs of the training split -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot
@@ -337,7 +338,7 @@ def train_synthesizer(
         study, generator, discriminator, case_dataset(train), iterations, batch_size, num_classes=study.num_classes,
         ignore_index=study.ignore_index, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
         reconstruction_weight=reconstruction_weight, class_mean_weight=class_mean_weight,
-        lr_decay_fraction=lr_decay_fraction, perceptual_loss=perceptual_loss,
+        lr_decay_fraction=lr_decay_fraction, perceptual_loss=perceptual_loss, betas=betas,
     )
     on_main_process(_fit_painter, study, train)
     return {"num_train": len(train), "iterations": int(iterations)}

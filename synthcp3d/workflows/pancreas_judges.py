@@ -67,6 +67,7 @@ def train_synthesizer(
     class_mean_weight: float = 0.0,
     lr_decay_fraction: float = 0.0,
     perceptual_loss: Any = None,
+    betas: Sequence[float] = (0.0, 0.9),
 ) -> dict:
     """3D SPADE on ground-truth (label, image) pancreas-ROI pairs of the training cases -> ``models/generator.pt``,
     and the class-mean painter (its non-learned replacement) on the same crops -> ``models/painter.json``.
@@ -83,6 +84,7 @@ def train_synthesizer(
         study, generator, discriminator, dataset, iterations, batch_size, num_classes=study.num_classes, lr_g=lr_g,
         lr_d=lr_d, feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
         class_mean_weight=class_mean_weight, lr_decay_fraction=lr_decay_fraction, perceptual_loss=perceptual_loss,
+        betas=betas,
     )
     return on_main_process(_fit_painter, study, g, dataset, iterations)
 

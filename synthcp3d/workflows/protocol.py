@@ -181,6 +181,7 @@ def fit_synthesizer(
     class_mean_weight: float = 0.0,
     lr_decay_fraction: float = 0.0,
     perceptual_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    betas: Sequence[float] = (0.0, 0.9),
 ) -> torch.nn.Module:
     """SPADE: fresh G and D, TTUR Adam, `GanTrainer` (hinge + feature matching [+ perceptual] [+ L1 reconstruction]
     [+ per-class mean]) on ``dataset``'s ``{"label" (1, *S), "image" (Ci, *S)}`` ground-truth pairs, resumable from
@@ -190,13 +191,14 @@ def fit_synthesizer(
     over this final fraction of the iterations (SPADE's Cityscapes setting: 0.5; 0 keeps them constant). With Adam's
     beta1 = 0 the weights of a constant-LR run keep jumping at the last step; the decay lets them settle.
     ``perceptual_loss``: SPADE's VGG term, e.g. `synthcp3d.networks.LocalPerceptualLoss` on a feature extractor
-    saved locally (nothing is downloaded; ``None``: off, feature matching carries the recipe).
+    saved locally (nothing is downloaded; ``None``: off, feature matching carries the recipe). ``betas``: Adam's, for
+    both networks (SPADE's TTUR: (0, 0.9)).
     """
     offset = SEED_OFFSETS["synthesizer"]
     seed_stage(study, offset)
     loader = train_loader(study, dataset, batch_size, int(study.seed) + offset)
     g, d = study.prepare_network(generator()), study.prepare_network(discriminator())
-    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d)
+    opt_g, opt_d = make_gan_optimizers(g, d, lr_g=lr_g, lr_d=lr_d, betas=(float(betas[0]), float(betas[1])))
     schedulers = {
         name: linear_decay_schedule(opt, int(iterations), lr_decay_fraction)
         for name, opt in (("scheduler_g", opt_g), ("scheduler_d", opt_d))
