@@ -15,6 +15,7 @@ import os
 import pydoc
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,25 +136,43 @@ def test_segmenter_stages_on_two_processes(prepared, tmp_path, rank_writes):
     ])
 
 
-def test_gan_stage_on_two_processes_resumes_exactly(prepared, tmp_path, rank_writes, capfd):
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _run_two(prepared, "crossval", whole, ["train_synthesizer"])  # 4 iterations, checkpoints at 2 and 4
-    weights = _load(whole, "generator", "models/generator.pt", "generator")
-    checkpoints = whole / "train_synthesizer" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_2.pt", "checkpoint_4.pt"]
-    _assert_rank0_wrote(rank_writes(whole), [
-        "models/generator.pt", "models/painter.json", "models/networks.json", "train_synthesizer/done.json",
-        "train_synthesizer/checkpoints/checkpoint_4.pt",
-    ])
+# Two launches of the same 2-process GAN run from the same inputs almost always end bit-identical, but not always: 2
+# of ~100 launches on a 2-core machine (both in one test run) ended a few last bits apart from all the others (same
+# data order and RNG states; an uninterrupted run's checkpoint at iteration 2 differed too, so resume was not the
+# cause), and the GAN's Adam (beta1 = 0) turns such a difference into lr-sized steps within an iteration, so no
+# tolerance separates it from a resume bug. A resume bug fails every attempt; a launch that computed differently
+# passes on another (with a warning).
+RESUME_ATTEMPTS = 3
 
-    # a run killed right after its checkpoint at iteration 2 (that same file), resumed on 2 processes
-    (resumed / "train_synthesizer" / "checkpoints").mkdir(parents=True)
-    shutil.copy(checkpoints / "checkpoint_2.pt", resumed / "train_synthesizer" / "checkpoints")
-    capfd.readouterr()
-    _run_two(prepared, "crossval", resumed, ["train_synthesizer"])
-    assert "resumed from" in "".join(capfd.readouterr())
-    for name, value in _load(resumed, "generator", "models/generator.pt", "generator").items():
-        assert torch.equal(value, weights[name]), name
+
+def test_gan_stage_on_two_processes_resumes_exactly(prepared, tmp_path, rank_writes, capfd):
+    differing: list[list[str]] = []
+    for attempt in range(RESUME_ATTEMPTS):
+        whole, resumed = tmp_path / f"whole_{attempt}", tmp_path / f"resumed_{attempt}"
+        _run_two(prepared, "crossval", whole, ["train_synthesizer"])  # 4 iterations, checkpoints at 2 and 4
+        weights = _load(whole, "generator", "models/generator.pt", "generator")
+        checkpoints = whole / "train_synthesizer" / "checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_2.pt", "checkpoint_4.pt"]
+        _assert_rank0_wrote(rank_writes(whole), [
+            "models/generator.pt", "models/painter.json", "models/networks.json", "train_synthesizer/done.json",
+            "train_synthesizer/checkpoints/checkpoint_4.pt",
+        ])
+
+        # a run killed right after its checkpoint at iteration 2 (that same file), resumed on 2 processes
+        (resumed / "train_synthesizer" / "checkpoints").mkdir(parents=True)
+        shutil.copy(checkpoints / "checkpoint_2.pt", resumed / "train_synthesizer" / "checkpoints")
+        capfd.readouterr()
+        _run_two(prepared, "crossval", resumed, ["train_synthesizer"])
+        assert "resumed from" in "".join(capfd.readouterr())
+        resumed_weights = _load(resumed, "generator", "models/generator.pt", "generator")
+        differing.append([name for name, value in resumed_weights.items() if not torch.equal(value, weights[name])])
+        if not differing[-1]:
+            if attempt:
+                warnings.warn(f"2-process GAN resume matched on attempt {attempt + 1}; earlier attempts differed in "
+                              f"{[d[:3] for d in differing[:-1]]}")
+            return
+    pytest.fail(f"resumed generator differs from the uninterrupted run's in all {RESUME_ATTEMPTS} attempts; tensors "
+                f"differing per attempt (count, first 3): {[(len(d), d[:3]) for d in differing]}")
 
 
 def test_comparator_stage_on_two_processes(prepared, tmp_path, rank_writes):
