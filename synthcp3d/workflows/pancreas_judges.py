@@ -17,6 +17,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, RandFlipd
 from tqdm.auto import tqdm
 
+from synthcp3d.engines.mask_perturbation import mask_perturbation_transform
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import PancreasROICropd
@@ -38,15 +39,18 @@ __all__ = ["train_synthesizer", "train_comparator", "train_vae_alarm"]
 # synthesizer
 # ================================================================================================================
 def _roi_pair_dataset(
-    study: PancreasStudy, items: Sequence[dict], source_key: str, jitter: int, keys: Sequence[str]
+    study: PancreasStudy, items: Sequence[dict], source_key: str, jitter: int, keys: Sequence[str],
+    extra: Sequence = (),
 ) -> CacheDataset:
-    """Dataset of pancreas-ROI crops ``(1, *roi)`` of ``keys``, centred on ``source_key``'s labels > 0."""
+    """Dataset of pancreas-ROI crops ``(1, *roi)`` of ``keys``, centred on ``source_key``'s labels > 0, then the
+    ``extra`` transforms."""
     transform = Compose(
         [
             *load_preprocessed(keys).transforms,
             PancreasROICropd(keys, source_key=source_key, roi_size=study.roi_size, pad_values={"image": -1.0},
                              jitter=jitter, seed=int(study.seed)),
             RandFlipd(keys, prob=0.5, spatial_axis=2),
+            *extra,
         ]
     )
     return CacheDataset(items, transform, cache_rate=study.cache_rate, progress=False)
@@ -125,16 +129,20 @@ def train_comparator(
     quality_loss: str = "l1",
     weight_decay: float = 1e-4,
     optimizer: str = "adamw",
+    mask_perturbation: dict | None = None,
 ) -> dict:
     """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
 
     Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
     ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`); ``optimizer``: ``"adamw"`` or
-    ``"radam"`` (see `comparator_optimizer`).
+    ``"radam"`` (see `comparator_optimizer`). ``mask_perturbation``: ``None`` (the paper: CV predictions only) or
+    the arguments of `RandMaskPerturbd` (e.g. ``{"prob": 0.5}``): that share of the ROI crops is judged with a
+    perturbed mask instead (not in the paper; see `synthcp3d.engines.mask_perturbation`).
     """
     records = cv_records(study)
     items = [{"image": r["image"], "label": r["label"], "pred": r["pred"]} for r in records.values()]
-    dataset = _roi_pair_dataset(study, items, "pred", jitter, ("image", "label", "pred"))
+    perturb = mask_perturbation_transform(mask_perturbation, seed=int(study.seed))
+    dataset = _roi_pair_dataset(study, items, "pred", jitter, ("image", "label", "pred"), extra=perturb)
     g = load_network(study, "generator", generator)
     for name, factory in (("comparator_synthcp", comparator), ("comparator_direct", direct)):
         checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
@@ -142,7 +150,8 @@ def train_comparator(
             study, name, factory, dataset, g, checkpoints, iterations, batch_size, lr, weight_decay, metric="dice",
             quality_loss=quality_loss, optimizer=optimizer,
         )
-    return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss, "optimizer": optimizer}
+    return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss, "optimizer": optimizer,
+            "mask_perturbation": mask_perturbation}
 
 
 # ================================================================================================================
