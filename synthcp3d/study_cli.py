@@ -20,6 +20,7 @@ monai.bundle run`` with the bundle's ``configs/multi_gpu_train.yaml`` merged las
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -27,12 +28,18 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from synthcp3d.errors import SynthCPInputError
+
+# torch, MONAI and synthcp3d.workflows are imported inside the functions that use them, so that `synthcp run --help`
+# and argument errors answer in 0.1 s instead of 4.6 s (measured: all at the top, 2 CPU cores)
 
 __all__ = [
     "Study", "STUDIES", "read_study", "discover_studies", "bundles_root", "bundle_dir", "add_arguments", "main",
@@ -85,8 +92,6 @@ def read_study(bundle: Path) -> Study:
     Raises:
         SynthCPInputError: the file is missing or unreadable, a key is missing, or a stage has no config file.
     """
-    import yaml
-
     path = bundle / "configs" / "study.yaml"
     try:
         spec = yaml.safe_load(path.read_text())
@@ -160,8 +165,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    import yaml
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         if "=" not in item:
@@ -218,8 +221,6 @@ def _run_stage(
         if result.returncode != 0:
             raise RuntimeError(f"stage {stage} failed (exit status {result.returncode})")
         return
-    import warnings
-
     from monai.bundle import run
 
     with warnings.catch_warnings():
@@ -283,8 +284,6 @@ def _check_nproc(nproc: int, device: str) -> None:
 
 
 def _prepare_demo_data(study: Study, out: Path, seed: int | None = None) -> Path:
-    import importlib
-
     data = out / "data"
     spec = study.demo_data
     dataset = data / str(spec.get("dataset", ""))
@@ -348,7 +347,7 @@ def run_study(
     if seed is not None:
         base["seed"] = int(seed)
     extra = extra or {}
-    from synthcp3d.workflows.common import marker_run_id  # torch: not imported by `synthcp run --help`
+    from synthcp3d.workflows.common import marker_run_id
 
     timings: dict[str, float] = {}
     for stage in study.stages:

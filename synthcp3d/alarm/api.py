@@ -38,13 +38,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthcp3d.data import volume_io  # the checks (4D, 2D, NaN, corrupt, two series ...) live there
-from synthcp3d.data.geometry import affine_of, as_metatensor, resample_to_grid
-from synthcp3d.data.volume_io import save_like
+from synthcp3d.alarm import masks, overview  # overview as a module: a test replaces overview.save_overview
+from synthcp3d.alarm.bundle_predictor import BundlePredictor
+from synthcp3d.alarm.calibration import read_calibration
 from synthcp3d.alarm.inputs import CaseInput, case_name, discover_inputs
 from synthcp3d.alarm.predictor import STAGES, Prediction, Predictor
 from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD, AlarmReport, check_flag_method, flag_case
 from synthcp3d.alarm.timing import StageTimer
+from synthcp3d.data import volume_io  # the checks (4D, 2D, NaN, corrupt, two series ...) live there
+from synthcp3d.data.geometry import affine_of, as_metatensor, resample_to_grid
+from synthcp3d.data.volume_io import save_like
 from synthcp3d.errors import SynthCPInputError
 
 __all__ = ["DSCAlarm", "DEFAULT_THRESHOLD", "resolve_device", "check_writable", "output_folder", "write_case_outputs", "load_predictor"]
@@ -135,8 +138,6 @@ def _load_volume(source: VolumeInput) -> tuple[np.ndarray, np.ndarray, str]:
 
 def load_predictor(bundle: str | os.PathLike, device: torch.device) -> Predictor:
     """The trained bundle's networks as a :class:`Predictor` (one seam, so tests can substitute a stand-in)."""
-    from synthcp3d.alarm.bundle_predictor import BundlePredictor
-
     return BundlePredictor.from_bundle(bundle, device=device)
 
 
@@ -154,9 +155,7 @@ class GivenMask:
         return {"segmentation": "given mask", "mask": self.source, "labels": dict(self.labels)}
 
     def on_image_grid(self, image_affine: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
-        from synthcp3d.alarm.masks import mask_on_image_grid
-
-        return mask_on_image_grid(self.classes, self.affine, image_affine, image_shape)
+        return masks.mask_on_image_grid(self.classes, self.affine, image_affine, image_shape)
 
 
 class DSCAlarm:
@@ -212,8 +211,6 @@ class DSCAlarm:
         Raises:
             SynthCPInputError: missing bundle, weights absent, label count differs from the networks', no CUDA.
         """
-        from synthcp3d.alarm.calibration import read_calibration
-
         method = None if flag_method is None else check_flag_method(flag_method)
         predictor = load_predictor(path, resolve_device(device))
         if threshold is not None:
@@ -308,8 +305,6 @@ class DSCAlarm:
     def _load_given_mask(
         self, mask: Any, labels: str | dict[str, int] | None, image_affine: np.ndarray, image_shape: tuple[int, ...]
     ) -> GivenMask:
-        from synthcp3d.alarm import masks
-
         values, mask_affine, text = masks.load_mask(mask)
         masks.check_same_space(mask_affine, values.shape, image_affine, image_shape)
         names = [n for i, n in sorted(self.predictor.labels.items()) if i != 0]
@@ -401,8 +396,6 @@ def write_case_outputs(report: AlarmReport, out_dir: str | os.PathLike) -> dict[
     Returns:
         the written paths by kind (also stored in ``report.outputs``).
     """
-    from synthcp3d.alarm.overview import save_overview
-
     start = time.perf_counter()
     out_dir = check_writable(out_dir)
     final = out_dir / report.case
@@ -416,7 +409,7 @@ def write_case_outputs(report: AlarmReport, out_dir: str | os.PathLike) -> dict[
         save_like(report.segmentation.astype(np.uint8), report.affine, tmp / "segmentation.nii.gz")
         save_like(report.error_probability.astype(np.float32), report.affine, tmp / "error_probability.nii.gz")
         if report.flagged and report.working is not None:
-            save_overview(report, tmp / "overview.png")
+            overview.save_overview(report, tmp / "overview.png")
             outputs["overview"] = str(final / "overview.png")
         report.outputs = outputs
         report.seconds["write"] = time.perf_counter() - start

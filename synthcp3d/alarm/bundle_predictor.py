@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from synthcp3d.data.geometry import affine_of
+from synthcp3d import __version__
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.timing import StageTimer
+from synthcp3d.data.geometry import affine_of
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.roi import paste_from_box
 from synthcp3d.scoring.ensemble import mean_ensemble
@@ -81,8 +82,6 @@ def models_dir(bundle: str | os.PathLike) -> Path:
 
 
 def _bundle_version() -> dict[str, Any]:
-    from synthcp3d import __version__
-
     info: dict[str, Any] = {"name": "pancreas_ct_synthcp", "synthcp_version": __version__}
     metadata = Path(__file__).resolve().parents[2] / "bundles" / "pancreas_ct_synthcp" / "configs" / "metadata.json"
     if metadata.is_file():
@@ -217,6 +216,8 @@ def pancreas_config(
 
     The networks are factories: ``parser.get_parsed_content("segmenter")()`` builds a fresh segmenter.
     """
+    # kept local: study_cli is the command line, above the alarm (imports point down), and importing it scans the
+    # bundles folder (STUDIES), which importing the alarm must not do
     from synthcp3d.study_cli import STUDIES, bundle_dir
 
     configs = bundle_dir(STUDIES["pancreas"]) / "configs"

@@ -31,10 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import torch
 from scipy.stats import binomtest
+from tqdm.auto import tqdm
 
+from synthcp3d.data.msd import load_msd_datalist
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.targets import per_class_quality
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 
 __all__ = [
@@ -251,8 +256,6 @@ def load_labelled_cases(data: str | os.PathLike) -> list[dict[str, str]]:
             image, label = (p if p.is_absolute() else data.parent / p for p in (image, label))
             out.append({"image": str(image), "label": str(label), "case": row.get("case") or f"case_{i:04d}"})
         return out
-    from synthcp3d.data.msd import load_msd_datalist
-
     items = load_msd_datalist(data, section="training")
     return [
         {"image": str(d["image"]), "label": str(d["label"]), "case": str(d.get("case", Path(d["image"]).name))}
@@ -274,12 +277,6 @@ def calibrate_alarm(
     or label cannot be used is refused (calibration needs every case it was given, so that the set stays the
     held-out sample the user chose).
     """
-    import nibabel as nib
-    import torch
-    from tqdm.auto import tqdm
-
-    from synthcp3d.targets import per_class_quality
-
     predicted, true = [], []
     for case in tqdm(cases, desc="calibrating", unit="case", disable=not getattr(alarm, "progress", True)):
         report = alarm(case["image"], case_id=case["case"])

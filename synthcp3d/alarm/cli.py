@@ -8,13 +8,18 @@ is printed as one ``error:`` line and listed in ``summary.csv``); 2 unusable arg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from synthcp3d.alarm.api import DSCAlarm, output_folder
+from synthcp3d.alarm.calibration import calibrate_alarm, load_labelled_cases, write_calibration
+from synthcp3d.alarm.inputs import discover_inputs
+from synthcp3d.alarm.masks import parse_label_map
 from synthcp3d.alarm.predictor import METHODS
-from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD
+from synthcp3d.alarm.report import DEFAULT_FLAG_METHOD, write_summary
 from synthcp3d.errors import SynthCPInputError
 
 __all__ = ["add_arguments", "main", "run_alarm", "EXIT_OK", "EXIT_FAILED", "EXIT_FLAGGED"]
@@ -115,12 +120,6 @@ def run_alarm(
     input to judge (CSV lists give one per case in a ``mask`` column); ``labels``: its value of each class;
     ``flag_method``: the predicted DSC the flag reads (see `DSCAlarm.from_bundle`).
     """
-    import dataclasses
-
-    from synthcp3d.alarm.api import output_folder
-    from synthcp3d.alarm.inputs import discover_inputs
-    from synthcp3d.alarm.masks import parse_label_map
-
     cases = discover_inputs(list(inputs))
     if mask is not None:
         if len(cases) != 1:
@@ -150,9 +149,6 @@ def _alarm_cases(
     labels: str | None, flag_method: str | None,
 ) -> list:
     """Load the bundle's alarm and judge every case into ``out`` (``summary.csv`` rewritten after each): the reports."""
-    from synthcp3d.alarm.api import DSCAlarm
-    from synthcp3d.alarm.report import write_summary
-
     alarm = DSCAlarm.from_bundle(bundle, device=device, threshold=threshold, progress=progress, flag_method=flag_method)
     print(
         f"DSC alarm: {len(cases)} case(s), flag on {alarm.flag_method} < {alarm.threshold:.4f} "
@@ -171,9 +167,6 @@ def _alarm_cases(
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from synthcp3d.alarm.api import DSCAlarm
-    from synthcp3d.alarm.calibration import calibrate_alarm, load_labelled_cases, write_calibration
-
     if not args.data:
         raise SynthCPInputError("'synthcp alarm calibrate' needs --data: a held-out labelled MSD folder or CSV")
     cases = load_labelled_cases(args.data)

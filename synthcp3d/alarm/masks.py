@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from synthcp3d.data.geometry import resample_to_grid
@@ -73,8 +74,6 @@ def load_mask(source: MaskInput) -> tuple[np.ndarray, np.ndarray, str]:
     if isinstance(source, tuple) and len(source) == 2:
         array, affine, text = np.asarray(source[0]), np.asarray(source[1], dtype=np.float64), "<array>"
     else:
-        import nibabel as nib
-
         path = Path(source).expanduser()
         if not path.is_file():
             raise SynthCPInputError(f"mask {path} does not exist (give a NIfTI label file)")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib import pyplot as plt
+from matplotlib.colors import ListedColormap
 
 from synthcp3d.alarm.report import AlarmReport
 from synthcp3d.utils.atomic import atomic_path
@@ -39,11 +42,7 @@ def axial_slices(segmentation: np.ndarray, error: np.ndarray, count: int = 3, tu
 
 def save_overview(report: AlarmReport, path: str | os.PathLike, count: int = 3) -> Path:
     """Write the overview PNG of ``report`` (which must hold its working-grid prediction) atomically."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     pred = report.working
     if pred is None:

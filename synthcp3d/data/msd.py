@@ -17,6 +17,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from monai.apps import DecathlonDataset
 from monai.data import load_decathlon_datalist
 from tqdm.auto import tqdm
 
@@ -313,8 +314,6 @@ def decathlon_dataset(
     ``root`` may be the task folder or its parent (MONAI wants the parent). ``section`` is MONAI's: ``"training"``,
     ``"validation"`` (its own seeded ``val_frac`` split) or ``"test"``; ``kwargs`` go to ``DecathlonDataset``.
     """
-    from monai.apps import DecathlonDataset
-
     task_dir = resolve_task_dir(root, task)
     meta = read_dataset_json(task_dir)
     _check_listed_files(task_dir, meta)
