@@ -18,6 +18,8 @@ Measures per predictor, tumour DSC, over the (image, mask) pairs with a defined 
   where the ROI is centred);
 - ``pair order``: among two masks of the same image whose true DSC differs by more than 0.2, the share ranked in
   the right order (ties count a half: 50 = blind);
+- ``GT > shifted``: the share of images whose ground truth is rated above the same tumour shifted 20 mm (same
+  size, so a predictor that reads the mask's size scores 50; ties count a half);
 - ``pooled Spearman`` and ``MAE`` over every pair (images and masks mixed).
 
 These masks are not what the comparators were trained on (the cross-validated segmenters' masks): this measures
@@ -53,6 +55,7 @@ from synthcp3d.workflows.pancreas_scoring import (
 )
 
 TUMOUR, PANCREAS = 2, 1
+SHIFTED = "tumour shifted 20 mm"
 PREDICTORS = ("SynthCP", "SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank", "Direct Prediction",
               "Predicted volume (no image)", "VAE alarm", "Pairwise Dice (fold ensemble)")
 
@@ -195,15 +198,19 @@ def _spearman(predicted: np.ndarray, true: np.ndarray, blind: float) -> float:
 
 
 def measures(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Predictor -> within-image Spearman, pair order (%), pooled Spearman, MAE (x100)."""
+    """Predictor -> within-image Spearman, pair order (%), GT > shifted (%), pooled Spearman, MAE (x100)."""
     rows = [r for r in rows if np.isfinite(r["true"])]
     by_case: dict[str, list[dict]] = {}
     for r in rows:
         by_case.setdefault(r["case"], []).append(r)
     table = {}
     for name in PREDICTORS:
-        within, order = [], []
+        within, order, displaced = [], [], []
         for case_rows in by_case.values():
+            named = {r["mask"]: r[name] for r in case_rows}
+            if "ground truth" in named and SHIFTED in named:
+                gap = named["ground truth"] - named[SHIFTED]
+                displaced.append(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0)
             true = np.array([r["true"] for r in case_rows])
             pred = np.array([r[name] for r in case_rows])
             if len(np.unique(true)) >= 3:
@@ -219,6 +226,7 @@ def measures(rows: list[dict]) -> dict[str, dict[str, float]]:
         table[name] = {
             "within-image Spearman": 100 * float(np.mean(within)),
             "pair order": 100 * float(np.mean(order)),
+            "GT > shifted": 100 * float(np.mean(displaced)),
             "pooled Spearman": 100 * _spearman(pred[finite], true[finite], blind=float("nan")),
             "MAE": 100 * float(np.mean(np.abs(pred[finite] - true[finite]))),
         }
@@ -226,8 +234,8 @@ def measures(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def _print(table: dict[str, dict]) -> None:
-    print("| predictor | within-image Spearman ↑ | pair order ↑ | pooled Spearman ↑ | MAE ↓ |")
-    print("|---|---:|---:|---:|---:|")
+    print("| predictor | within-image Spearman ↑ | pair order ↑ | GT > shifted ↑ | pooled Spearman ↑ | MAE ↓ |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, row in table.items():
         cells = [f"{v[0]:.1f} ± {v[1]:.1f}" if isinstance(v, tuple) else f"{v:.1f}" for v in row.values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
@@ -239,10 +247,16 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=None, help="only the first N test cases (a quick look)")
     parser.add_argument("--figure", type=Path, default=None, help="PNG of one test image's masks (first folder)")
     parser.add_argument("--rows", type=Path, default=None, help="also write every (image, mask) row as JSON here")
+    parser.add_argument("--from-rows", type=Path, default=None,
+                        help="recompute the tables from a --rows file (folders: its keys) instead of scoring again")
     args = parser.parse_args()
+    saved = json.loads(args.from_rows.read_text()) if args.from_rows else {}
     tables, all_rows = [], {}
     for number, folder in enumerate(args.folders):
-        rows = run_folder(folder, args.cases, args.figure if number == 0 else None)
+        if saved:
+            rows = saved[str(folder)]
+        else:
+            rows = run_folder(folder, args.cases, args.figure if number == 0 else None)
         all_rows[str(folder)] = rows
         tables.append(measures(rows))
         counts = {}

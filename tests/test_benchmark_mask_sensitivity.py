@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mask_sensitivity import PREDICTORS, judged_masks, measures  # noqa: E402
+from mask_sensitivity import PREDICTORS, SHIFTED, judged_masks, measures  # noqa: E402
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,7 +62,8 @@ def test_measures_read_a_blind_predictor_as_blind():
     for case in range(6):
         difficulty = rng.uniform(0.2, 0.8)
         for mask, true in enumerate(np.linspace(0.0, 1.0, 4) * difficulty + 0.1):
-            row = {"case": f"c{case}", "mask": f"m{mask}", "true": float(true)}
+            name = {0: SHIFTED, 3: "ground truth"}.get(mask, f"m{mask}")
+            row = {"case": f"c{case}", "mask": name, "true": float(true)}
             row.update({name: 0.5 for name in PREDICTORS})
             row["SynthCP"] = float(true)  # follows the mask exactly
             row["Direct Prediction"] = difficulty  # the image only: the same for every mask of an image
@@ -73,4 +74,5 @@ def test_measures_read_a_blind_predictor_as_blind():
     assert table["SynthCP"]["pair order"] == pytest.approx(100.0)
     assert table["Direct Prediction"]["within-image Spearman"] == 0.0
     assert table["Direct Prediction"]["pair order"] == pytest.approx(50.0)
+    assert table["SynthCP"]["GT > shifted"] == 100.0 and table["Direct Prediction"]["GT > shifted"] == 50.0
     assert table["Direct Prediction"]["pooled Spearman"] > 0  # across images it still ranks by difficulty
