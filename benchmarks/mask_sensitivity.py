@@ -233,6 +233,25 @@ def measures(rows: list[dict]) -> dict[str, dict[str, float]]:
     return table
 
 
+def means_by_mask(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mask name -> number of (image, mask) pairs with a defined true DSC, the mean true and each predictor's mean
+    predicted tumour DSC (x100)."""
+    out: dict[str, dict[str, float]] = {}
+    for mask in dict.fromkeys(r["mask"] for r in rows):
+        chosen = [r for r in rows if r["mask"] == mask and np.isfinite(r["true"])]
+        if chosen:
+            out[mask] = {"n": float(len(chosen)), "true": 100 * float(np.mean([r["true"] for r in chosen])),
+                         **{name: 100 * float(np.nanmean([r[name] for r in chosen])) for name in PREDICTORS}}
+    return out
+
+
+def _print_means(means: dict[str, dict[str, float]]) -> None:
+    names = ["n", "true", *PREDICTORS]
+    print("| mask | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    for mask, row in means.items():
+        print(f"| {mask} | " + " | ".join(f"{row[k]:.0f}" for k in names) + " |")
+
+
 def _print(table: dict[str, dict]) -> None:
     print("| predictor | within-image Spearman ↑ | pair order ↑ | GT > shifted ↑ | pooled Spearman ↑ | MAE ↓ |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -267,6 +286,8 @@ def main() -> None:
         _print(tables[-1])
     if args.rows:
         args.rows.write_text(json.dumps(all_rows, indent=1))
+    print("\nmean tumour DSC per mask (x100; true, then each predictor's), every folder's pairs pooled\n")
+    _print_means(means_by_mask([r for rows in all_rows.values() for r in rows]))
     if len(tables) > 1:
         print(f"\nmean ± SD over {len(tables)} folders\n")
         _print({row: {k: (np.mean([t[row][k] for t in tables]), np.std([t[row][k] for t in tables]))
