@@ -35,16 +35,9 @@ __all__ = [
     "ct_preprocessing",
     "load_preprocessed",
     "segmenter_train_augmentation",
-    "hu_to_unit",
 ]
 
 HU_RANGE: tuple[float, float] = (-100.0, 240.0)
-
-
-def hu_to_unit(hu: torch.Tensor, hu_range: Sequence[float] = HU_RANGE) -> torch.Tensor:
-    """Window Hounsfield units to ``hu_range`` and scale to [-1, 1] (same as the chain's intensity step)."""
-    lo, hi = float(hu_range[0]), float(hu_range[1])
-    return (hu.clamp(lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
 
 
 def ct_preprocessing(

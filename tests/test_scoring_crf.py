@@ -68,6 +68,7 @@ def test_torch_smoothness_kernel_close_to_pydensecrf():
     probs = (2 * torch.randn(1, 3, 16, 20)).softmax(1)
     ours = dense_crf_probs(None, probs, bilateral_compat=0)
     reference = dense_crf_probs(None, probs, bilateral_compat=0, backend="pydensecrf")
+    # measured when written: mean |ΔQ| ≈ 3e-3, 99.6% identical labels
     assert (ours - reference).abs().mean() < 0.01
     assert (ours.argmax(1) == reference.argmax(1)).float().mean() > 0.97
 

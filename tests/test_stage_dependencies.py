@@ -123,6 +123,27 @@ def test_a_done_json_of_the_older_format_reruns(study: ToyStudy, stage_log) -> N
     assert "stage first: stale: its done.json records no inputs" in stage_log.text
 
 
+def _forget_argument(study: ToyStudy, stage: str, name: str) -> None:
+    """Rewrite ``stage``'s done.json as a synthcp whose stage had no argument ``name`` would have written it."""
+    path = study.out / stage / "done.json"
+    record = json.loads(path.read_text())
+    inputs = record["inputs"]
+    del inputs["settings"]["stage"][name]
+    inputs.pop("defaults", None)  # an older done.json records none
+    canonical = json.dumps(inputs["settings"], sort_keys=True, separators=(",", ":"))
+    inputs["fingerprint"] = hashlib.sha256(canonical.encode()).hexdigest()
+    path.write_text(json.dumps(record))
+
+
+def test_a_new_argument_at_its_default_reruns_nothing(study: ToyStudy, stage_log) -> None:
+    """An argument added to a stage since its done.json was written is unchanged while it has its default."""
+    run_all(study)
+    _forget_argument(study, "second", "width")
+    assert run_all(study) == []
+    assert run_all(study, width=4) == ["second", "third"]
+    assert "stage second: stale: settings changed (stage.width)" in stage_log.text
+
+
 # ---- the data set: by its listing (names and sizes), not by its path -------------------------------------------------
 def _fake_dataset(folder: Path) -> Path:
     """A tiny data set: a description and three "volumes"."""

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from synthcp3d.transforms import ct_preprocessing, hu_to_unit, segmenter_train_augmentation
+from synthcp3d.transforms import ct_preprocessing, segmenter_train_augmentation
 
 
 def _write(tmp_path, affine):
@@ -27,11 +27,6 @@ def test_preprocessing_reorients_resamples_and_windows(tmp_path):
     assert float(img.min()) == -1.0 and float(img.max()) <= 1.0
     assert set(torch.unique(lab).tolist()) <= {0, 1, 2} and int((lab > 0).sum()) > 0
     assert np.allclose(np.diag(img.affine.numpy())[:3], [2.0, 2.0, 2.0])  # RAS, positive spacing
-
-
-def test_hu_to_unit_matches_chain_window():
-    hu = torch.tensor([-1000.0, -100.0, 70.0, 240.0, 3000.0])
-    assert torch.allclose(hu_to_unit(hu), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
 
 
 def test_train_augmentation_gives_patches_padding_small_volumes():

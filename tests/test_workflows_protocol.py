@@ -126,8 +126,9 @@ def test_fit_synthesizer_uses_the_configured_perceptual_loss(tmp_path: Path) -> 
 
 
 def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch) -> None:
-    """``amp`` (a bundle's ``common.yaml``) is handed to the segmenter, GAN, comparator and mask-VAE trainers, and
-    the synthesizer's configured Adam ``betas`` to both GAN optimizers."""
+    """``amp`` (a bundle's ``common.yaml``) is handed to the segmenter, GAN, comparator and mask-VAE trainers, the
+    synthesizer's configured Adam ``betas`` to both GAN optimizers, the recipe's ``lr_power`` to the segmenter's
+    poly schedule and the comparator's ``quality_weight`` / ``error_weight`` to its loss."""
     import synthcp3d.workflows.protocol as protocol
     from synthcp3d.networks import build_comparator
     from synthcp3d.networks.mask_vae import MaskVAE
@@ -136,13 +137,17 @@ def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch
     class Built(Exception):
         pass
 
-    seen = {}
+    seen, losses = {}, []
 
     def recorder(name: str):
         def build(*args, **kwargs):
             seen[name] = kwargs.get("amp")
             if name == "GanTrainer":  # (device, loader, G, D, opt_g, opt_d, ...): the configured betas reach both
                 seen["betas"] = [tuple(opt.param_groups[0]["betas"]) for opt in args[4:6]]
+            if name == "SegmenterTrainer":
+                seen["lr_power"] = kwargs["lr_scheduler"].power
+            if name == "ComparatorTrainer":
+                losses.append(kwargs["loss_function"])
             raise Built  # nothing to train: the constructor's arguments are the point
 
         return build
@@ -154,17 +159,21 @@ def test_the_study_amp_setting_reaches_every_trainer(tmp_path: Path, monkeypatch
     data = Dataset(_samples(2, n=2))
     calls = [
         lambda: protocol.fit_segmenter(study, lambda: _segmenter(2), lambda: data, tmp_path / "s", tmp_path / "s.pt",
-                                       1, 2, 1e-3, seed=0),
+                                       1, 2, 1e-3, seed=0, recipe={"lr_decay": "poly", "lr_power": 0.5}),
         lambda: protocol.fit_synthesizer(study, lambda: SPADEGenerator(2, 3, 1, channels=(4, 4)),
                                          lambda: build_discriminator(2, 3, 1, num_d=1, num_layers_d=1, channels=4),
                                          data, 1, 2, num_classes=3, betas=[0.5, 0.99]),
         lambda: protocol.fit_comparator(study, "comparator", lambda: build_comparator("direct", spatial_dims=2,
                                         image_channels=1, num_classes=3), data, None, tmp_path / "c", 1, 2, 1e-3,
-                                        0.0, "dice"),
+                                        0.0, "dice", quality_weight=2.0, error_weight=0.25),
         lambda: protocol.fit_mask_vae(study, lambda: MaskVAE(2, 3, (32, 32)), lambda: data, tmp_path / "v", 1, 2,
                                       1e-3, 1e-3),
     ]
     for call in calls:
         with pytest.raises(Built):
             call()
-    assert seen == {**{name: True for name in trainers}, "betas": [(0.5, 0.99), (0.5, 0.99)]}
+    assert seen == {**{name: True for name in trainers}, "betas": [(0.5, 0.99), (0.5, 0.99)], "lr_power": 0.5}
+    outputs = {"quality": torch.tensor([[0.2, 0.9]]), "error_logits": torch.zeros(1, 1, 4, 4)}
+    targets = torch.tensor([[0.5, 0.5]]), torch.ones(1, 4, 4)
+    total, parts = losses[0](outputs, *targets)
+    assert total == pytest.approx(2.0 * float(parts["quality_l1"]) + 0.25 * float(parts["error_bce"]))

@@ -49,6 +49,7 @@ from synthcp3d.data import volume_io  # the checks (4D, 2D, NaN, corrupt, two se
 from synthcp3d.data.geometry import affine_of, as_metatensor, resample_to_grid
 from synthcp3d.data.volume_io import save_like
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.workflows.pancreas_scoring import to_native_grid
 
 __all__ = ["DSCAlarm", "DEFAULT_THRESHOLD", "resolve_device", "check_writable", "output_folder", "write_case_outputs", "load_predictor"]
 
@@ -321,8 +322,8 @@ class DSCAlarm:
         Returns:
             segmentation ``(X, Y, Z)`` uint8 and error probability ``(X, Y, Z)`` float32 in [0, 1].
         """
-        seg = resample_to_grid(np.asarray(prediction.segmentation), prediction.affine, affine, tuple(shape), "nearest")
-        return np.rint(seg).astype(np.uint8), DSCAlarm.error_to_input_grid(prediction, affine, shape)
+        seg = to_native_grid(np.asarray(prediction.segmentation), prediction.affine, affine, shape)
+        return seg, DSCAlarm.error_to_input_grid(prediction, affine, shape)
 
     @staticmethod
     def error_to_input_grid(prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

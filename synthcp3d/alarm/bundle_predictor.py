@@ -52,7 +52,6 @@ from synthcp3d.workflows.pancreas_scoring import (
 __all__ = [
     "BundlePredictor",
     "resolve_trained_folder",
-    "models_dir",
     "pancreas_config",
     "REQUIRED",
 ]
@@ -74,11 +73,6 @@ def resolve_trained_folder(bundle: str | os.PathLike) -> Path:
         f"{path} is not a trained pancreas bundle: no models/ folder in it (nor in {path / 'outputs'}); "
         "train one with 'synthcp run pancreas --out DIR' and give --bundle DIR"
     )
-
-
-def models_dir(bundle: str | os.PathLike) -> Path:
-    """``models/`` of a trained bundle folder (see :func:`resolve_trained_folder`)."""
-    return resolve_trained_folder(bundle) / "models"
 
 
 def _bundle_version() -> dict[str, Any]:

@@ -389,6 +389,9 @@ def save_like(
 
     Returns:
         the written path. The gzip stream carries no time stamp or file name, so equal inputs give equal bytes.
+
+    Not MONAI ``SaveImage``: it names files itself (postfixes, folders), needs the metadata of a ``MetaTensor`` and
+    writes neither atomically nor reproducible gzip bytes.
     """
     path = Path(path)
     data = to_numpy(array)

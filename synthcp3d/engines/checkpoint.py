@@ -24,6 +24,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from synthcp3d.engines.distributed import unwrap
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_torch_save
 
@@ -175,15 +176,11 @@ def load_checkpoint(to_load: Mapping[str, Any], path: str | os.PathLike) -> dict
     return checkpoint
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else module
-
-
 def save_weights(modules: Mapping[str, nn.Module], path: str | os.PathLike) -> Path:
     """Atomically save ``{name: state_dict}`` of (unwrapped) networks to ``path``, on rank 0 only."""
     path = Path(path)
     if idist.get_rank() == 0:
-        atomic_torch_save({name: _unwrap(m).state_dict() for name, m in modules.items()}, path)
+        atomic_torch_save({name: unwrap(m).state_dict() for name, m in modules.items()}, path)
         logger.info(f"saved weights {sorted(modules)} to {path}")
     return path
 
@@ -195,4 +192,4 @@ def load_weights(modules: Mapping[str, nn.Module], path: str | os.PathLike, stri
     if missing:
         raise SynthCPInputError(f"weights file {path} lacks {missing}; it holds {sorted(checkpoint)}")
     for name, module in modules.items():
-        _unwrap(module).load_state_dict(checkpoint[name], strict=strict)
+        unwrap(module).load_state_dict(checkpoint[name], strict=strict)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
+from synthcp3d.engines.distributed import unwrap
 from synthcp3d.engines.workflow import BaseTrainer
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.comparator import comparator_loss
@@ -48,8 +49,7 @@ def comparator_optimizer(network: nn.Module, lr: float, weight_decay: float, nam
 
 def comparator_uses_synthesis(comparator: nn.Module) -> bool:
     """Whether ``comparator`` consumes a synthesis (False for Direct Prediction, ``use_synthesis=False``)."""
-    net = comparator.module if isinstance(comparator, nn.parallel.DistributedDataParallel) else comparator
-    flags = [m.use_synthesis for m in net.modules() if hasattr(m, "use_synthesis")]
+    flags = [m.use_synthesis for m in unwrap(comparator).modules() if hasattr(m, "use_synthesis")]
     return any(flags) if flags else True
 
 

@@ -20,17 +20,12 @@ import ignite.distributed as idist
 import torch
 import torch.nn as nn
 
-__all__ = ["prepare_network", "run_distributed", "is_main_process", "device", "unwrap"]
+__all__ = ["prepare_network", "run_distributed", "device", "unwrap"]
 
 
 def device() -> torch.device:
     """This process' device (``cuda:<local_rank>`` under a GPU backend, else CPU or the single GPU)."""
     return idist.device()
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a non-distributed run)."""
-    return idist.get_rank() == 0
 
 
 def prepare_network(network: nn.Module, sync_bn: bool = False, **ddp_kwargs: Any) -> nn.Module:
@@ -45,7 +40,11 @@ def prepare_network(network: nn.Module, sync_bn: bool = False, **ddp_kwargs: Any
 
 
 def unwrap(network: nn.Module) -> nn.Module:
-    """The module inside a DDP / DataParallel wrapper (or ``network`` itself)."""
+    """The module inside a DDP / DataParallel wrapper (or ``network`` itself); the one unwrapping of the package.
+
+    Own code because neither torch nor MONAI has it for modules: ``monai.networks.utils.get_state_dict`` unwraps
+    the same two wrappers but returns the state dict.
+    """
     return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
 
 

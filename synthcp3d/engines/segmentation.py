@@ -1,6 +1,6 @@
-"""Segmenter ``M``: MONAI ``SupervisedTrainer`` (Dice + CE) and ``SupervisedEvaluator`` (mean Dice).
+"""Segmenter ``M``: MONAI ``SupervisedTrainer`` with a Dice + CE loss.
 
-These fit MONAI's supervised workflows as they are (one network, ``image`` -> logits vs ``label``), so they are used
+This fits MONAI's supervised workflow as it is (one network, ``image`` -> logits vs ``label``), so it is used
 directly; only checkpointing bookkeeping (``to_save``) and bf16 AMP defaults are added.
 """
 
@@ -12,16 +12,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import MeanDice, from_engine
-from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss, MaskedDiceLoss
-from monai.transforms import AsDiscreted
 from torch.optim import Optimizer
 
 from synthcp3d.engines.workflow import attach_schedulers
 
-__all__ = ["SegmentationLoss", "SegmenterTrainer", "create_segmenter_evaluator"]
+__all__ = ["SegmentationLoss", "SegmenterTrainer"]
 
 
 class SegmentationLoss(nn.Module):
@@ -120,57 +117,3 @@ class SegmenterTrainer(SupervisedTrainer):
         self.schedulers = {"scheduler": lr_scheduler} if lr_scheduler is not None else {}
         attach_schedulers(self, self.schedulers)
         self.to_save: dict[str, Any] = {"network": network, "optimizer": optimizer, **self.schedulers}
-
-
-def create_segmenter_evaluator(
-    network: nn.Module,
-    val_data_loader: Any,
-    device: torch.device | str,
-    num_classes: int,
-    roi_size: Sequence[int] | int | None = None,
-    sw_batch_size: int = 1,
-    overlap: float = 0.25,
-    include_background: bool = False,
-    amp: bool = False,
-    val_handlers: Sequence | None = None,
-) -> SupervisedEvaluator:
-    """``SupervisedEvaluator`` reporting ``mean_dice`` (MONAI ``MeanDice`` / ``DiceMetric``) over ``val_data_loader``.
-
-    Args:
-        network: segmenter returning logits ``(B, C, *S)``.
-        val_data_loader: loader of ``{"image", "label"}`` batches (whole volumes are fine with ``roi_size``).
-        device: where inference runs.
-        num_classes: ``C``; predictions are argmax label maps compared with the label map.
-        roi_size: sliding-window patch size (``None``: whole input at once).
-        sw_batch_size, overlap: ``SlidingWindowInferer`` settings.
-        include_background: count class 0 in the mean Dice.
-        amp: bf16 autocast on CUDA.
-        val_handlers: extra handlers (e.g. ``StatsHandler``, ``CheckpointSaver``).
-
-    Returns:
-        the evaluator; after ``run()``, ``evaluator.state.metrics["mean_dice"]``.
-    """
-    device = torch.device(device)
-    inferer: Inferer = (
-        SimpleInferer()
-        if roi_size is None
-        else SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
-    )
-    use_amp = amp and device.type == "cuda"
-    return SupervisedEvaluator(
-        device=device,
-        val_data_loader=val_data_loader,
-        network=network,
-        inferer=inferer,
-        postprocessing=AsDiscreted(keys="pred", argmax=True),
-        key_val_metric={
-            "mean_dice": MeanDice(
-                include_background=include_background,
-                num_classes=num_classes,
-                output_transform=from_engine(["pred", "label"]),
-            )
-        },
-        val_handlers=val_handlers,
-        amp=use_amp,
-        amp_kwargs={"dtype": torch.bfloat16} if use_amp else None,
-    )

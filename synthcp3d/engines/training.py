@@ -4,7 +4,7 @@ Exact resume rests on three things restored together from the latest checkpoint:
 state dict), the global RNG states (`RNGState`) and the data order (`ResumableSampler`, positioned from the
 counters at each epoch start). A run killed after checkpoint ``k`` and resumed replays iterations ``k+1..`` with the
 same batches and random draws as an uninterrupted run (bit-identical on CPU as far as the CPU computation itself
-repeats bit for bit between launches, which with 2 gloo processes failed in 2 of ~100 launches on a 2-core machine;
+repeats bit for bit between launches, which multi-process gloo runs do not always do: see ``tests/test_multi_gpu.py``;
 on GPU up to non-deterministic kernels).
 """
 

@@ -23,7 +23,8 @@ def _replace_batchnorm(module: nn.Module, norm: str | tuple, spatial_dims: int) 
     """Swap every BatchNorm in ``module`` for ``norm`` in place.
 
     MONAI 1.6.1's ``ResNet`` passes its ``norm`` argument to the stem only (``_make_layer`` is called without it),
-    so the residual stages are always batch-normalised; this makes the choice reach them too.
+    so the residual stages are always batch-normalised; this makes the choice reach them too. Not
+    ``monai.networks.utils.replace_modules_by_type``: it matches exact class names (no ``SyncBatchNorm``) and prints.
     """
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
@@ -111,7 +112,8 @@ def load_encoder_weights(encoder: ResNetEncoder, path: str | Path) -> int:
 
     Keys may carry a ``module.``/``net.`` prefix or sit under ``"state_dict"``; tensors whose shape differs are
     skipped, except the stem convolution with other input channels: its first channels are copied. MONAI's
-    ResNet uses torchvision's parameter names, so a torchvision checkpoint maps one to one.
+    ResNet uses torchvision's parameter names, so a torchvision checkpoint maps one to one. Not
+    ``monai.networks.utils.copy_model_state``: it neither strips prefixes nor copies a stem of other input channels.
 
     Returns:
         the number of tensors loaded.

@@ -15,6 +15,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
     ``Tensor.numpy()`` fails on CUDA tensors, on tensors that require grad and on bfloat16 (NumPy has no such
     type, and bf16 is what autocast produces): those are detached, moved to the CPU and bf16 widened to float32.
+    Not ``monai.utils.convert_to_numpy``: it fails on bf16 tensors and turns a list into a list of arrays.
     """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()

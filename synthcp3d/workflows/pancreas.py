@@ -14,7 +14,7 @@ the end). Outputs, all below ``output_dir`` (see the bundle README for the full 
 - ``train_synthesizer``: 3D SPADE on ground-truth (label, image) pancreas-ROI pairs -> ``models/generator.pt``;
 - ``train_comparator``: SynthCP comparator (``x``, ``G(ŷ)``, ``ŷ``) and Direct Prediction (``x``, ``ŷ``) on the
   cross-validated predictions -> ``models/comparator_synthcp.pt``, ``models/comparator_direct.pt``;
-- ``train_vae_alarm``: mask VAE on ground-truth masks (tight crop), then its reconstruction Dice on the CV
+- ``train_vae_alarm``: mask VAE on ground-truth masks (tight crop), then its loss value (``feature``) on the CV
   predictions regressed onto the true DSC -> ``models/mask_vae.pt``, ``models/vae_alarm_regressor.json``;
 - ``evaluate``: the final segmenter predicts the test cases; every method predicts their DSC; Table-2 report;
 - ``inference``: segmentation + predicted DSC for a folder of new volumes.

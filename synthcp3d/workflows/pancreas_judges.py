@@ -130,11 +130,14 @@ def train_comparator(
     weight_decay: float = 1e-4,
     optimizer: str = "adamw",
     mask_perturbation: dict | None = None,
+    quality_weight: float = 1.0,
+    error_weight: float = 1.0,
 ) -> dict:
     """Train SynthCP's comparator on ``(x, G(ŷ), ŷ)`` and Direct Prediction on ``(x, ŷ)``, both on the CV predictions.
 
     Same data, same schedule, same seed for both: Direct Prediction is the ablation without synthesis.
-    ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`); ``optimizer``: ``"adamw"`` or
+    ``quality_loss``: ``"l1"`` (paper eq. 8) or ``"bce"`` (see `comparator_loss`); ``quality_weight``,
+    ``error_weight``: the weights of its two terms (paper: 1, 1); ``optimizer``: ``"adamw"`` or
     ``"radam"`` (see `comparator_optimizer`). ``mask_perturbation``: ``None`` (the paper: CV predictions only) or
     the arguments of `RandMaskPerturbd` (e.g. ``{"prob": 0.5}``): that share of the ROI crops is judged with a
     perturbed mask instead (not in the paper; see `synthcp3d.engines.mask_perturbation`).
@@ -148,7 +151,7 @@ def train_comparator(
         checkpoints = study.stage_dir("train_comparator") / f"checkpoints_{name.split('_', 1)[1]}"
         fit_comparator(
             study, name, factory, dataset, g, checkpoints, iterations, batch_size, lr, weight_decay, metric="dice",
-            quality_loss=quality_loss, optimizer=optimizer,
+            quality_loss=quality_loss, optimizer=optimizer, quality_weight=quality_weight, error_weight=error_weight,
         )
     return {"num_cases": len(items), "iterations": int(iterations), "quality_loss": quality_loss, "optimizer": optimizer,
             "mask_perturbation": mask_perturbation}

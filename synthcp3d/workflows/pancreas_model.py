@@ -171,7 +171,8 @@ def _nib_load(path: str | Path) -> Any:
 
 
 def load_volume(path: str | Path) -> np.ndarray:
-    """The voxel array of a NIfTI file, as stored."""
+    """The voxel array of a NIfTI file, as stored (not MONAI ``LoadImage``: it casts to float32 by default and
+    wraps the array in a ``MetaTensor`` whose metadata these callers never read)."""
     return np.asarray(_nib_load(path).dataobj)
 
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from synthcp3d.data.geometry import affine_of, resample_to_grid
+from synthcp3d.data.geometry import affine_of
 from synthcp3d.data.volume_io import save_like
 from synthcp3d.evidence import (
     comparison_figure,
@@ -46,6 +46,7 @@ from synthcp3d.workflows.pancreas_scoring import (
     score_case,
     score_synthesis,
     segment_volume,
+    to_native_grid,
 )
 
 __all__ = ["evaluate", "inference"]
@@ -217,8 +218,8 @@ def inference(
         case_scores = score_case(study, nets, image[0].numpy(), pred, seed=case_seed(study, case_id))
         scores, box = case_scores.quality, case_scores.box
         grid = nib.load(path)  # the input's own grid: only the header is read
-        seg = resample_to_grid(pred, affine_of(image), grid.affine, tuple(grid.shape[:3]), "nearest")
-        save_like(np.rint(seg).astype(np.uint8), grid.affine, out / f"{case_id}_seg.nii.gz")
+        seg = to_native_grid(pred, affine_of(image), grid.affine, grid.shape[:3])
+        save_like(seg, grid.affine, out / f"{case_id}_seg.nii.gz")
         row = {"case": case_id, "input": str(path), "roi_fallback": box.fallback}
         for m, q in scores.items():
             row[f"{m}|pancreas"] = float(q[PANCREAS])

@@ -19,7 +19,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import LoadImage, Resize
 
@@ -131,22 +130,22 @@ def _load_nifti(path: str | Path) -> Any:
     return LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(str(path))
 
 
-def to_native_grid(pred: np.ndarray, working_affine: np.ndarray, reference: Any) -> np.ndarray:
-    """A label map on the working (preprocessed) grid resampled, nearest, onto ``reference``'s grid.
+def to_native_grid(
+    pred: np.ndarray, working_affine: np.ndarray, affine: np.ndarray, shape: Sequence[int]
+) -> np.ndarray:
+    """A label map on the working (preprocessed) grid resampled, nearest, onto the grid ``(affine, shape)``.
 
-    The one way back to a user's grid (the inference stage and the alarm use the same `resample_to_grid`).
+    The one way back to a case's own grid: true DSC, the inference stage and the alarm all call it.
 
     Args:
         pred: ``(H, W, D)`` labels on the working grid.
         working_affine: its ``4x4`` affine (RAS, the study spacing).
-        reference: a path to the case's own NIfTI (label or image) or a MetaTensor ``(1, X, Y, Z)``.
+        affine, shape: the destination grid, e.g. the input NIfTI's ``4x4`` affine and ``(X, Y, Z)``.
 
     Returns:
-        ``(X, Y, Z)`` uint8 labels on the reference's own grid (orientation, spacing, extent).
+        ``(X, Y, Z)`` uint8 labels on that grid (orientation, spacing, extent).
     """
-    if not isinstance(reference, MetaTensor):
-        reference = _load_nifti(reference)
-    native = resample_to_grid(pred, working_affine, affine_of(reference), tuple(reference.shape[1:]), "nearest")
+    native = resample_to_grid(pred, working_affine, affine, tuple(int(s) for s in shape), "nearest")
     return np.rint(native).astype(np.uint8)
 
 
@@ -157,7 +156,7 @@ def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndar
     ground-truth voxel: a tumour smaller than a working voxel still counts, and is missed.
     """
     label = _load_nifti(case["source_label"])
-    native = to_native_grid(pred, nib.load(str(case["image"])).affine, label)
+    native = to_native_grid(pred, nib.load(str(case["image"])).affine, affine_of(label), label.shape[1:])
     true = per_class_quality(
         torch.as_tensor(native[None].astype(np.int64)), torch.as_tensor(np.asarray(label[0]).astype(np.int64)[None]),
         study.num_classes, "dice",

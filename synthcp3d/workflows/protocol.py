@@ -95,8 +95,9 @@ class SegmenterRecipe:
         class_weights: per-class weights of both loss terms, e.g. ``[1, 1, 3]``.
         crop_ratios: patch centres per class, e.g. background : pancreas : tumour ``[1, 1, 2]``; None = 1:2
             background : foreground (``RandCropByPosNegLabeld``); used by studies that train on patches.
-        lr_decay: ``"poly"`` (``(1 - t/T) ** 0.9``, nnU-Net's schedule) or ``"none"``.
+        lr_decay: ``"poly"`` (``(1 - t/T) ** lr_power``, nnU-Net's schedule) or ``"none"``.
         weight_decay: Adam's weight decay.
+        lr_power: the poly decay's power (nnU-Net: 0.9).
     """
 
     include_background: bool = True
@@ -105,6 +106,7 @@ class SegmenterRecipe:
     crop_ratios: Sequence[float] | None = None
     lr_decay: str = "none"
     weight_decay: float = 1e-5
+    lr_power: float = 0.9
 
     def __post_init__(self) -> None:
         if self.lr_decay not in ("poly", "none"):
@@ -152,7 +154,7 @@ def fit_segmenter(
     loader = train_loader(study, make_dataset(), batch_size, seed, drop_last=drop_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     scheduler = (
-        torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(iterations), power=0.9)
+        torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(iterations), power=float(recipe.lr_power))
         if recipe.lr_decay == "poly" else None
     )
     trainer = SegmenterTrainer(
@@ -242,11 +244,13 @@ def fit_comparator(
     ignore_index: int | None = None,
     quality_loss: str = "l1",
     optimizer: str = "adamw",
+    quality_weight: float = 1.0,
+    error_weight: float = 1.0,
 ) -> bool:
     """Train comparator ``name`` on ``dataset``'s ``{"image", "label", "pred"}`` cross-validated predictions
     (`ComparatorTrainer`: ``x̂ = G(ŷ)`` made on the fly when the network uses it; per-class ``metric`` ("dice" or
-    "iou") and error-map targets; `comparator_loss` with ``quality_loss``; `comparator_optimizer` ``optimizer``) ->
-    ``models/<name>.pt``.
+    "iou") and error-map targets; `comparator_loss` with ``quality_loss`` and the terms' ``quality_weight`` and
+    ``error_weight`` (paper eq. 8: 1 and 1); `comparator_optimizer` ``optimizer``) -> ``models/<name>.pt``.
 
     Every comparator of a study starts from the same seed and sample order: Direct Prediction is then exactly the
     ablation without synthesis. Returns False (nothing done) when the weights exist and ``force`` is off.
@@ -258,7 +262,10 @@ def fit_comparator(
     net = study.prepare_network(factory())
     loader = train_loader(study, dataset, batch_size, int(study.seed) + offset)
     ignore = {} if ignore_index is None else {"ignore_index": ignore_index}
-    loss = partial(comparator_loss, quality_loss=quality_loss, **ignore)
+    loss = partial(
+        comparator_loss, quality_loss=quality_loss, quality_weight=float(quality_weight),
+        error_weight=float(error_weight), **ignore,
+    )
     trainer = ComparatorTrainer(
         study.torch_device, loader, net, comparator_optimizer(net, lr, weight_decay, optimizer),
         num_classes=study.num_classes,

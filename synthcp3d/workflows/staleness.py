@@ -91,11 +91,18 @@ def stage_inputs(
     ``settings`` (``study``: the study's less its ``runtime_fields`` and ``location_fields``; ``stage``: the
     function's other arguments, defaults included), their sha256 ``fingerprint``, ``dataset``: the data set by its
     content (:func:`dataset_listing` of ``dataset_dir``, the output folder left out where it lies inside; ``None``
-    when there is no such folder), ``dataset_dir`` (where it was: a record, not compared) and ``after``: the
-    ``run_id`` of each upstream ``done.json`` (``None`` where there is none)."""
-    bound = inspect.signature(fn).bind(study, *args, **kwargs)
+    when there is no such folder), ``dataset_dir`` (where it was: a record, not compared), ``after``: the
+    ``run_id`` of each upstream ``done.json`` (``None`` where there is none) and ``defaults``: ``{"stage": the
+    function's argument defaults}`` (not fingerprinted; :func:`stale_reason` reads the current ones)."""
+    signature = inspect.signature(fn)
+    bound = signature.bind(study, *args, **kwargs)
     bound.apply_defaults()
     arguments = list(bound.arguments.items())[1:]  # the first is the study
+    defaults = {
+        name: _describe_argument(p.default)
+        for name, p in list(signature.parameters.items())[1:]
+        if p.default is not inspect.Parameter.empty
+    }
     left_out = {*study.runtime_fields, *study.location_fields}
     settings = {
         "study": {k: v for k, v in study.describe().items() if k not in left_out},
@@ -107,6 +114,7 @@ def stage_inputs(
         "dataset": dataset_listing(study.dataset_dir, exclude=(study.out,)),
         "dataset_dir": to_json(study.dataset_dir),
         "after": {stage: marker_run_id(study.out / stage / DONE) for stage in after},
+        "defaults": {"stage": defaults},
     }
 
 
@@ -185,7 +193,9 @@ def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
     ``None`` when it does: the one staleness rule, of the stages and of ``synthcp run``.
 
     A ``done.json`` of an older synthcp (no ``dataset`` entry) recorded the data set by its path, ``dataset_dir``
-    among its settings: it stays up to date while that path and the other settings are unchanged."""
+    among its settings: it stays up to date while that path and the other settings are unchanged. A stage argument
+    the ``done.json`` does not record (added to the stage since) counts as unchanged while its current value is the
+    function's default, so a new argument whose default keeps the old behaviour reruns nothing."""
     recorded = read_marker(marker).get("inputs")
     if not isinstance(recorded, Mapping):
         return "stale: its done.json records no inputs (written by an older synthcp, or unreadable)"
@@ -204,9 +214,22 @@ def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
             changed.append("study.dataset_dir, recorded by path by an older synthcp")
         old_settings = {**old_settings, "study": study}
         fingerprint = _fingerprint(old_settings)
+    if fingerprint != inputs["fingerprint"] and isinstance(old_settings, Mapping):
+        old_settings = _with_new_defaults(old_settings, inputs)
+        fingerprint = _fingerprint(old_settings)
     if fingerprint != inputs["fingerprint"]:
         changed += _changed_keys(old_settings, inputs["settings"]) or ["fingerprint"]
     return f"stale: settings changed ({', '.join(changed)})" if changed else None
+
+
+def _with_new_defaults(old: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict:
+    """Recorded settings ``old`` plus each stage argument they lack whose current value is its default."""
+    before = old.get("stage")
+    if not isinstance(before, Mapping):
+        return dict(old)
+    current, defaults = inputs["settings"]["stage"], inputs.get("defaults", {}).get("stage", {})
+    added = {k: current[k] for k, v in defaults.items() if k not in before and k in current and current[k] == v}
+    return {**old, "stage": {**before, **added}}
 
 
 def _listing_key(listing: Any) -> Any:

@@ -221,10 +221,12 @@ def train_comparator(
     weight_decay: float = 1e-4,
     quality_loss: str = "l1",
     optimizer: str = "adamw",
+    quality_weight: float = 1.0,
+    error_weight: float = 1.0,
 ) -> dict:
     """Per segmenter and mode: the comparator on ``(x, G(ŷ), ŷ)`` (``direct``: ``(x, ŷ)``) of the CV predictions,
-    IoU + error-map targets (paper eq. 8; ``quality_loss``: ``"l1"`` as published or ``"bce"``; ``optimizer``: see
-    `comparator_optimizer`) ->
+    IoU + error-map targets (paper eq. 8; ``quality_loss``: ``"l1"`` as published or ``"bce"``; ``quality_weight``,
+    ``error_weight``: the two terms' weights, 1 and 1 in the paper; ``optimizer``: see `comparator_optimizer`) ->
     ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and seed for every mode: Direct Prediction is
     the ablation without synthesis."""
     g = load_net(
@@ -238,7 +240,7 @@ def train_comparator(
             fit_comparator(
                 study, f"comparator_{name}_{mode}", comparators[mode], dataset, g, out / f"checkpoints_{name}_{mode}",
                 iterations, batch_size, lr, weight_decay, metric="iou", ignore_index=IGNORE, quality_loss=quality_loss,
-                optimizer=optimizer,
+                optimizer=optimizer, quality_weight=quality_weight, error_weight=error_weight,
             )
     return {"iterations": int(iterations), "modes": list(study.comparator_modes), "quality_loss": quality_loss,
             "optimizer": optimizer}
