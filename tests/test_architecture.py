@@ -14,6 +14,7 @@ STAGES = (
     "synthcp3d.workflows.pancreas_report",
     # the training bodies and the trainers they drive
     "synthcp3d.workflows.protocol",
+    "synthcp3d.workflows.protocol_judges",
     "synthcp3d.engines.workflow",
     "synthcp3d.engines.training",
     "synthcp3d.engines.segmentation",

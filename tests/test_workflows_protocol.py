@@ -16,7 +16,8 @@ from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.engines.segmentation import SegmentationLoss
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.workflows.common import StudyBase
-from synthcp3d.workflows.protocol import SegmenterRecipe, fit_quality_regressor, fit_segmenter, fold_seed
+from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor
 
 
 @dataclass
@@ -102,6 +103,22 @@ def test_fit_quality_regressor_fills_an_unfit_class_with_its_mean() -> None:
     assert regressor.coef[2] == 0.0 and regressor.intercept[2] == pytest.approx(0.5)
     slope, intercept = np.polyfit(feats[:, 1], true[:, 1], 1)  # an independent least-squares fit
     assert regressor.coef[1] == pytest.approx(slope) and regressor.intercept[1] == pytest.approx(intercept)
+
+
+def test_every_train_synthesizer_stage_hands_on_the_spade_options() -> None:
+    """`spade_options` picks the stage arguments `fit_synthesizer` takes: both studies' stages have each of them."""
+    import inspect
+
+    from synthcp2d.studies.common import train_synthesizer as street_stage
+    from synthcp3d.workflows.pancreas_judges import train_synthesizer as pancreas_stage
+    from synthcp3d.workflows.protocol import SPADE_OPTIONS, fit_synthesizer, spade_options
+
+    assert set(SPADE_OPTIONS) <= set(inspect.signature(fit_synthesizer).parameters)
+    for stage in (street_stage, pancreas_stage):
+        parameters = inspect.signature(stage).parameters
+        defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+        assert spade_options(defaults) == {k: inspect.signature(fit_synthesizer).parameters[k].default
+                                           for k in SPADE_OPTIONS}
 
 
 def test_fit_synthesizer_uses_the_configured_perceptual_loss(tmp_path: Path) -> None:

@@ -31,14 +31,15 @@ from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import StudyBase, on_main_process, require_file, save_network, study_stage
+from synthcp3d.workflows.common import StudyBase, require_file, save_network, study_stage
 from synthcp3d.workflows.protocol import (
     SEED_OFFSETS,
     SegmenterRecipe,
     fit_segmenter,
-    fit_synthesizer,
     run_trainer,
     seed_stage,
+    spade_options,
+    synthesizer_stage,
     train_loader,
 )
 
@@ -331,23 +332,15 @@ def train_synthesizer(
 ) -> dict:
     """2D SPADE (`GanTrainer`: hinge + feature matching [+ L1 reconstruction] [+ per-class mean]) on ground-truth
     (label, image) pairs of the training split -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot
-    vectors. ``lr_decay_fraction``: SPADE's linear LR decay; ``perceptual_loss``: its perceptual term (see
-    `fit_synthesizer`)."""
+    vectors. Then the class-mean painter on the same images -> ``models/painter.json``. ``lr_decay_fraction``:
+    SPADE's linear LR decay; ``perceptual_loss``: its perceptual term (see `fit_synthesizer`)."""
+    options = spade_options(locals())
     train = study.cases()["train"]
-    fit_synthesizer(
-        study, generator, discriminator, case_dataset(train), iterations, batch_size, num_classes=study.num_classes,
-        ignore_index=study.ignore_index, lr_g=lr_g, lr_d=lr_d, feature_matching_weight=feature_matching_weight,
-        reconstruction_weight=reconstruction_weight, class_mean_weight=class_mean_weight,
-        lr_decay_fraction=lr_decay_fraction, perceptual_loss=perceptual_loss, betas=betas,
+    synthesizer_stage(
+        study, generator, discriminator, case_dataset(train), case_dataset(train, flip=False), iterations, batch_size,
+        options, image_channels=3, ignore_index=study.ignore_index,
     )
-    on_main_process(_fit_painter, study, train)
     return {"num_train": len(train), "iterations": int(iterations)}
-
-
-def _fit_painter(study: StreetStudy, train: Sequence[Mapping[str, Any]]) -> None:
-    """The class-mean painter (SPADE's non-learned replacement) on the training images -> ``models/painter.json``."""
-    pairs = ((image_tensor(c["image"]), c["label"]) for c in (load_cached(r["cache"]) for r in train))
-    ClassMeanPainter(study.num_classes, image_channels=3).fit(pairs).save(study.models / "painter.json")
 
 
 def load_painter(study: StreetStudy) -> ClassMeanPainter:

@@ -76,7 +76,8 @@ from synthcp3d.workflows.pancreas_scoring import (
     segment_volume,
     volume_feature,
 )
-from synthcp3d.workflows.protocol import SegmenterRecipe, fit_quality_regressor, fit_segmenter, fold_seed
+from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor
 
 __all__ = ["prepare", "train_segmenter", "crossval", "cv_records"]  # stages in order, and what they leave
 

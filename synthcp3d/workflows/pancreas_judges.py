@@ -22,7 +22,6 @@ from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import PancreasROICropd
 from synthcp3d.scoring.regression import LinearQualityRegressor
-from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.transforms import load_preprocessed
 from synthcp3d.utils.atomic import atomic_save_json
@@ -30,7 +29,8 @@ from synthcp3d.workflows.common import on_main_process, study_stage
 from synthcp3d.workflows.pancreas import cv_records
 from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, load_network, load_volume
 from synthcp3d.workflows.pancreas_scoring import vae_input
-from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fit_quality_regressor, fit_synthesizer
+from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, spade_options, synthesizer_stage
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor
 
 __all__ = ["train_synthesizer", "train_comparator", "train_vae_alarm"]
 
@@ -81,23 +81,14 @@ def train_synthesizer(
     ``class_mean_weight`` a per-class mean-intensity term (see `GanTrainer`); ``lr_decay_fraction`` is SPADE's
     linear LR decay and ``perceptual_loss`` SPADE's perceptual term (see `fit_synthesizer`).
     """
+    options = spade_options(locals())
     meta = study.cases()
     items = [{"image": meta["cases"][c]["image"], "label": meta["cases"][c]["label"]} for c in meta["train"]]
     dataset = _roi_pair_dataset(study, items, "label", jitter, ("image", "label"))
-    g = fit_synthesizer(
-        study, generator, discriminator, dataset, iterations, batch_size, num_classes=study.num_classes, lr_g=lr_g,
-        lr_d=lr_d, feature_matching_weight=feature_matching_weight, reconstruction_weight=reconstruction_weight,
-        class_mean_weight=class_mean_weight, lr_decay_fraction=lr_decay_fraction, perceptual_loss=perceptual_loss,
-        betas=betas,
-    )
-    return on_main_process(_fit_painter, study, g, dataset, iterations)
-
-
-def _fit_painter(study: PancreasStudy, g: torch.nn.Module, dataset: Dataset, iterations: int) -> dict:
-    """The class-mean painter on the synthesizer's training crops -> ``models/painter.json``; the stage's info."""
-    painter = ClassMeanPainter(study.num_classes).fit((d["image"], d["label"]) for d in dataset)
-    painter.save(study.models / "painter.json")
-    return {"iterations": int(iterations), "train_roi_l1": _synthesis_l1(study, g, dataset)}
+    # the painter fits on the same crops, before the L1 figure reads some (both passes draw the crops' random shifts)
+    g = synthesizer_stage(study, generator, discriminator, dataset, dataset, iterations, batch_size, options)
+    l1 = on_main_process(_synthesis_l1, study, g, dataset)
+    return {"iterations": int(iterations), "train_roi_l1": l1}
 
 
 @torch.no_grad()

@@ -7,22 +7,22 @@ studies' stages draw independent streams), trains through `run_training` (resuma
 is) and writes ``models/<name>.pt`` with its ``networks.json`` spec (`synthcp3d.workflows.common.save_network`).
 
 - `fit_segmenter`: the segmenter ``M`` (final model or a cross-validation fold), trained by a `SegmenterRecipe`;
-- `fit_synthesizer`: SPADE ``G`` on ground-truth (label, image) pairs;
+- `fit_synthesizer`: SPADE ``G`` on ground-truth (label, image) pairs; `synthesizer_stage`: the ``train_synthesizer``
+  stage's body (``G``, then the class-mean painter);
 - `fit_comparator`: a comparator ``F`` (SynthCP or Direct Prediction) on cross-validated predictions;
-- `fit_mask_vae`: the VAE alarm's mask auto-encoder on ground-truth masks;
-- `fit_quality_regressor`: a per-class linear map from a feature to the quality (MC-Dropout, VAE alarm).
+- `fit_mask_vae`: the VAE alarm's mask auto-encoder on ground-truth masks.
+
+The judges fitted without training a network (painter, regressors) are :mod:`synthcp3d.workflows.protocol_judges`'.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.data import Dataset
 from monai.utils import set_determinism
@@ -38,7 +38,8 @@ from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.comparator import comparator_loss
 from synthcp3d.networks.gan_losses import make_gan_optimizers
-from synthcp3d.workflows.common import StudyBase, nanmean, save_network
+from synthcp3d.workflows.common import StudyBase, on_main_process, save_network
+from synthcp3d.workflows.protocol_judges import fit_painter
 
 __all__ = [
     "SEED_OFFSETS",
@@ -48,10 +49,12 @@ __all__ = [
     "SegmenterRecipe",
     "fit_segmenter",
     "fit_synthesizer",
+    "SPADE_OPTIONS",
+    "spade_options",
+    "synthesizer_stage",
     "linear_decay_schedule",
     "fit_comparator",
     "fit_mask_vae",
-    "fit_quality_regressor",
     "fold_seed",
 ]
 
@@ -215,6 +218,41 @@ def fit_synthesizer(
     return unwrap(g)
 
 
+#: the SPADE recipe arguments of every ``train_synthesizer`` stage, handed on to `fit_synthesizer`
+SPADE_OPTIONS = (
+    "lr_g", "lr_d", "feature_matching_weight", "reconstruction_weight", "class_mean_weight", "lr_decay_fraction",
+    "perceptual_loss", "betas",
+)
+
+
+def spade_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`SPADE_OPTIONS` among a ``train_synthesizer`` stage's ``arguments`` (its ``locals()``)."""
+    return {k: arguments[k] for k in SPADE_OPTIONS}
+
+
+def synthesizer_stage(
+    study: StudyBase,
+    generator: Factory,
+    discriminator: Factory,
+    dataset: Dataset,
+    painter_data: Dataset,
+    iterations: int,
+    batch_size: int,
+    options: Mapping[str, Any],
+    image_channels: int = 1,
+    ignore_index: int | None = None,
+) -> torch.nn.Module:
+    """The ``train_synthesizer`` stage of any study: `fit_synthesizer` on ``dataset`` with the stage's SPADE
+    ``options`` (:data:`SPADE_OPTIONS`) -> ``models/generator.pt``, then (main process) `fit_painter` on
+    ``painter_data``'s ``{"image" (Ci, *S), "label" (1, *S)}`` pairs -> ``models/painter.json``. Returns G."""
+    g = fit_synthesizer(
+        study, generator, discriminator, dataset, iterations, batch_size, num_classes=study.num_classes,
+        ignore_index=ignore_index, **options,
+    )
+    on_main_process(fit_painter, study, painter_data, image_channels)
+    return g
+
+
 def linear_decay_schedule(
     optimizer: torch.optim.Optimizer, iterations: int, fraction: float
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -300,20 +338,6 @@ def fit_mask_vae(
     run_trainer(study, trainer, iterations, checkpoint_dir)
     save_network(study, "mask_vae", "vae", vae, factory)
     return unwrap(vae).eval()
-
-
-# ---- regressors --------------------------------------------------------------------------------------------------
-def fit_quality_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -> tuple[Any, list[int]]:
-    """Fit a per-class regressor (`synthcp3d.scoring` ``fit(feats (N, F), true (N, C))``) of the cross-validated
-    qualities; a class with no usable (feature, quality) pair (left NaN by the regressor) predicts its mean CV
-    quality, or 0 if it never occurs. Returns the regressor and those unfit classes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        regressor.fit(feats, true)
-    unfit = [int(k) for k in np.flatnonzero(np.isnan(regressor.coef))]
-    for k in unfit:
-        regressor.coef[k], regressor.intercept[k] = 0.0, nanmean(true[:, k]) or 0.0
-    return regressor, unfit
 
 
 def fold_seed(study: StudyBase, fold_dir: Path) -> int:

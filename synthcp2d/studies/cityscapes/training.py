@@ -56,7 +56,8 @@ from synthcp3d.workflows.common import (
     save_network_spec,
     study_stage,
 )
-from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fit_quality_regressor, fold_seed
+from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fold_seed
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
