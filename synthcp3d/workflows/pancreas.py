@@ -70,14 +70,14 @@ from synthcp3d.workflows.common import (
 )
 from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, TUMOUR, load_volume, save_settings
 from synthcp3d.workflows.pancreas_scoring import (
-    mc_features,
+    SlidingWindowNet,
     native_dsc,
     roi_tensors,
     segment_volume,
     volume_feature,
 )
 from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed
-from synthcp3d.workflows.protocol_judges import fit_quality_regressor
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor, mc_dropout_feature
 
 __all__ = ["prepare", "train_segmenter", "crossval", "cv_records"]  # stages in order, and what they leave
 
@@ -238,7 +238,8 @@ def _predict_case(study: PancreasStudy, net: torch.nn.Module, case: Mapping) -> 
     image = load_volume(case["image"]).astype(np.float32)
     pred = segment_volume(study, net, image)
     x_roi, p_roi, box = roi_tensors(study, image, pred)
-    mc, _ = mc_features(study, net, x_roi, p_roi, seed=case_seed(study, case["case"]))
+    seed = case_seed(study, case["case"])
+    mc, _ = mc_dropout_feature(SlidingWindowNet(study, net), x_roi, p_roi, study.num_classes, study.mc_samples, seed)
     record = {"true_dsc": native_dsc(study, pred, case).tolist(), "roi_box": box.to_dict(), "mc_feature": mc.tolist(),
               "volume_feature": volume_feature(study, pred).tolist()}
     return {"pred": pred, "affine": nib.load(case["image"]).affine, "record": record}

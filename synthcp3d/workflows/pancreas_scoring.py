@@ -29,7 +29,6 @@ from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, roi_box, tight_box
 from synthcp3d.scoring.base import ScoreOutput, run_scorer
 from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
-from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses, synthesis_quality
 from synthcp3d.scoring.volume import predicted_volume_feature
 from synthcp3d.targets import per_class_quality
@@ -44,7 +43,6 @@ __all__ = [
     "segment_volume",
     "roi_tensors",
     "SlidingWindowNet",
-    "mc_features",
     "to_native_grid",
     "native_dsc",
     "vae_input",
@@ -113,15 +111,6 @@ class SlidingWindowNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inferer(x, self.net)
-
-
-def mc_features(
-    study: PancreasStudy, net: torch.nn.Module, x_roi: torch.Tensor, pred_roi: torch.Tensor, seed: int | None = None
-) -> tuple[np.ndarray, torch.Tensor]:
-    """MC-Dropout feature per class: mean predictive entropy inside the predicted class region of the ROI ``(C,)``,
-    and the entropy map ``(*roi)`` (the pixel-level MC-Dropout score); ``seed``: see `mc_dropout_probs`."""
-    _, entropy = mc_dropout_probs(SlidingWindowNet(study, net), x_roi, samples=int(study.mc_samples), seed=seed)
-    return mean_entropy_per_class(entropy, pred_roi, study.num_classes)[0].cpu().numpy(), entropy[0]
 
 
 def _load_nifti(path: str | Path) -> Any:

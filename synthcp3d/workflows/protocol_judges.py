@@ -5,6 +5,7 @@ rule of the VAE alarm's input, the quality measure (DSC or IoU) of its cross-val
 outputs go; these bodies do the rest.
 
 - `fit_painter`: the class-mean painter (SPADE's non-learned replacement) -> ``models/painter.json``;
+- `mc_dropout_feature`: MC-Dropout's image-level feature of one prediction (mean entropy per predicted class);
 - `fit_quality_regressor`: a per-class linear map from a feature to the quality.
 """
 
@@ -14,12 +15,14 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 from monai.data import Dataset
 
+from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.workflows.common import StudyBase, nanmean
 
-__all__ = ["fit_painter", "fit_quality_regressor"]
+__all__ = ["fit_painter", "mc_dropout_feature", "fit_quality_regressor"]
 
 
 def fit_painter(study: StudyBase, dataset: Dataset, image_channels: int = 1) -> ClassMeanPainter:
@@ -29,6 +32,17 @@ def fit_painter(study: StudyBase, dataset: Dataset, image_channels: int = 1) -> 
     painter.fit((d["image"], d["label"]) for d in dataset)
     painter.save(study.models / "painter.json")
     return painter
+
+
+@torch.no_grad()
+def mc_dropout_feature(
+    net: torch.nn.Module, x: torch.Tensor, pred: torch.Tensor, num_classes: int, samples: int, seed: int | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """MC-Dropout's feature of the prediction ``pred (1, *S)`` of ``x (1, Ci, *S)``: the mean predictive entropy of
+    ``samples`` dropout passes of ``net`` inside each predicted class region ``(C,)`` (NaN: class not predicted), and
+    the entropy map ``(*S)``; ``seed``: the dropout masks' (see `mc_dropout_probs`)."""
+    _, entropy = mc_dropout_probs(net, x, samples=int(samples), seed=seed)
+    return mean_entropy_per_class(entropy, pred, num_classes)[0].cpu().numpy(), entropy[0]
 
 
 def fit_quality_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -> tuple[Any, list[int]]:

@@ -42,8 +42,6 @@ from synthcp3d.engines.crossval import load_prediction, make_folds, run_crossval
 from synthcp3d.scoring.mc_dropout import (
     MCDropoutFullLinearRegressor,
     MCDropoutQualityRegressor,
-    mc_dropout_probs,
-    mean_entropy_per_class,
 )
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.volume import predicted_volume_regressor
@@ -57,7 +55,7 @@ from synthcp3d.workflows.common import (
     study_stage,
 )
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fold_seed
-from synthcp3d.workflows.protocol_judges import fit_quality_regressor
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor, mc_dropout_feature
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
@@ -120,15 +118,6 @@ def train_segmenter(
     return {"num_train": len(train), "iterations": int(iterations)}
 
 
-@torch.no_grad()
-def _mc_feature(
-    study: CityscapesStudy, net: torch.nn.Module, x: torch.Tensor, pred: torch.Tensor, seed: int
-) -> np.ndarray:
-    """MC-Dropout image-level feature ``(C,)``: mean predictive entropy inside each predicted class region."""
-    _, entropy = mc_dropout_probs(net, x, samples=int(study.mc_samples), seed=seed)
-    return mean_entropy_per_class(entropy, pred, study.num_classes)[0].cpu().numpy()
-
-
 @study_stage("crossval", training=True, after=("prepare",))
 def crossval(
     study: CityscapesStudy,
@@ -167,7 +156,7 @@ def _predict_case(study: CityscapesStudy, net: torch.nn.Module, case: Mapping) -
     """A fold's segmenter on one held-out image: the label map, its MC-Dropout and predicted-area features."""
     x = image_tensor(load_cached(case["cache"])["image"])[None].to(study.torch_device)
     pred = segment(net, x)[0].argmax(1)
-    feature = _mc_feature(study, net, x, pred, seed=case_seed(study, case["case"]))
+    feature, _ = mc_dropout_feature(net, x, pred, study.num_classes, study.mc_samples, case_seed(study, case["case"]))
     record = {"mc_feature": feature.tolist(), "area_feature": area_feature(pred[0], study.num_classes).tolist()}
     return {"pred": pred[0].to(torch.uint8).cpu().numpy(), "record": record}
 
