@@ -21,8 +21,6 @@ from synthcp3d.engines.mask_perturbation import mask_perturbation_transform
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import PancreasROICropd
-from synthcp3d.scoring.regression import LinearQualityRegressor
-from synthcp3d.scoring.vae_alarm import per_class_vae_feature
 from synthcp3d.transforms import load_preprocessed
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import on_main_process, study_stage
@@ -30,7 +28,7 @@ from synthcp3d.workflows.pancreas import cv_records
 from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, load_network, load_volume
 from synthcp3d.workflows.pancreas_scoring import vae_input
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, spade_options, synthesizer_stage
-from synthcp3d.workflows.protocol_judges import fit_quality_regressor
+from synthcp3d.workflows.protocol_judges import fit_vae_alarm_regressor
 
 __all__ = ["train_synthesizer", "train_comparator", "train_vae_alarm"]
 
@@ -185,20 +183,12 @@ def train_vae_alarm(
 
 
 def _fit_vae_regressor(study: PancreasStudy, vae: torch.nn.Module, iterations: int, feature: str) -> dict:
-    """The VAE's ``feature`` of every CV prediction regressed onto its true DSC -> ``models/vae_alarm_regressor.json``
-    (+ ``train_vae_alarm/cv_features.json``); the stage's info."""
+    """The VAE's ``feature`` of every CV prediction (its aspect-keeping crop) regressed onto its true DSC ->
+    ``models/vae_alarm_regressor.json`` (+ ``train_vae_alarm/cv_features.json``); the stage's info."""
     records = cv_records(study)
-    feats, true = [], []
-    vae.eval()
-    for r in tqdm(records.values(), desc="VAE features", disable=not study.progress):
-        with torch.no_grad():
-            feats.append(per_class_vae_feature(vae, vae_input(study, load_volume(r["pred"])), feature))
-        true.append(r["true_dsc"])
-    feats_arr, true_arr = np.array(feats, dtype=np.float64), np.array(true, dtype=np.float64)
-    regressor, _ = fit_quality_regressor(
-        LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats_arr, true_arr
-    )
-    atomic_save_json({**regressor.state_dict(), "vae_feature": feature}, study.models / "vae_alarm_regressor.json")
-    features = {c: f.tolist() for c, f in zip(records, feats_arr)}
+    masks = (vae_input(study, load_volume(r["pred"])) for r in records.values())
+    true = np.array([r["true_dsc"] for r in records.values()], dtype=np.float64)
+    feats = fit_vae_alarm_regressor(study, vae, masks, true, study.models / "vae_alarm_regressor.json", feature)
+    features = {c: f.tolist() for c, f in zip(records, feats)}
     atomic_save_json(features, study.stage_dir("train_vae_alarm") / "cv_features.json")
     return {"iterations": int(iterations), "num_cv_cases": len(records), "feature": feature}

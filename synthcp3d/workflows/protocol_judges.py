@@ -6,23 +6,31 @@ outputs go; these bodies do the rest.
 
 - `fit_painter`: the class-mean painter (SPADE's non-learned replacement) -> ``models/painter.json``;
 - `mc_dropout_feature`: MC-Dropout's image-level feature of one prediction (mean entropy per predicted class);
-- `fit_quality_regressor`: a per-class linear map from a feature to the quality.
+- `fit_quality_regressor`: a per-class linear map from a feature to the quality;
+- `fit_vae_alarm_regressor`: the VAE alarm's regressor of the mask VAE's feature of the cross-validated
+  predictions.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import Dataset
+from tqdm.auto import tqdm
 
 from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
+from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.synthesis import ClassMeanPainter
+from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import StudyBase, nanmean
 
-__all__ = ["fit_painter", "mc_dropout_feature", "fit_quality_regressor"]
+__all__ = ["fit_painter", "mc_dropout_feature", "fit_quality_regressor", "fit_vae_alarm_regressor"]
 
 
 def fit_painter(study: StudyBase, dataset: Dataset, image_channels: int = 1) -> ClassMeanPainter:
@@ -56,3 +64,22 @@ def fit_quality_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -
     for k in unfit:
         regressor.coef[k], regressor.intercept[k] = 0.0, nanmean(true[:, k]) or 0.0
     return regressor, unfit
+
+
+def fit_vae_alarm_regressor(
+    study: StudyBase, vae: torch.nn.Module, masks: Iterable[torch.Tensor], true: np.ndarray, path: Path,
+    feature: str = "loss",
+) -> np.ndarray:
+    """The VAE alarm's regressor: the mask VAE's ``feature`` (``"loss"`` as published, or ``"dice"``; see
+    `per_class_vae_feature`) of each cross-validated prediction's VAE input ``masks`` (one-hot ``(1, C, *vae_shape)``,
+    cropped by the study's rule) regressed, linear per class, onto its true quality ``true (N, C)`` -> ``path``
+    (with ``vae_feature``). Returns the features ``(N, C)``."""
+    vae.eval()
+    with torch.no_grad():
+        masks = tqdm(masks, desc="VAE features", total=len(true), disable=not study.progress)
+        feats = np.array([per_class_vae_feature(vae, m, feature) for m in masks], dtype=np.float64)
+    regressor, _ = fit_quality_regressor(
+        LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats, true
+    )
+    atomic_save_json({**regressor.state_dict(), "vae_feature": feature}, path)
+    return feats

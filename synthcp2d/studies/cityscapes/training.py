@@ -24,7 +24,6 @@ from synthcp2d.studies.cityscapes.study import (
     feature_channels,
     segmenter_factories,
     true_iou,
-    vae_feature,
     vae_input,
 )
 from synthcp2d.studies.common import (
@@ -43,7 +42,6 @@ from synthcp3d.scoring.mc_dropout import (
     MCDropoutFullLinearRegressor,
     MCDropoutQualityRegressor,
 )
-from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import (
@@ -55,7 +53,7 @@ from synthcp3d.workflows.common import (
     study_stage,
 )
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fold_seed
-from synthcp3d.workflows.protocol_judges import fit_quality_regressor, mc_dropout_feature
+from synthcp3d.workflows.protocol_judges import fit_quality_regressor, fit_vae_alarm_regressor, mc_dropout_feature
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
@@ -285,14 +283,7 @@ def _fit_vae_regressors(study: CityscapesStudy, vae: torch.nn.Module) -> None:
     ``models/vae_alarm_<name>.json``."""
     for name in study.segmenters:
         records = cv_records(study, name)
-        feats = np.stack(
-            [
-                vae_feature(vae, torch.as_tensor(load_prediction(r["pred"]).astype(np.int64)), study)
-                for r in records.values()
-            ]
-        )
+        preds = (torch.as_tensor(load_prediction(r["pred"]).astype(np.int64)) for r in records.values())
+        masks = (vae_input(pred[None].to(study.torch_device), study) for pred in preds)
         true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
-        regressor, _ = fit_quality_regressor(
-            LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats, true
-        )
-        atomic_save_json(regressor.state_dict(), study.models / f"vae_alarm_{name}.json")
+        fit_vae_alarm_regressor(study, vae, masks, true, study.models / f"vae_alarm_{name}.json")
