@@ -56,8 +56,6 @@ from synthcp3d.data.volume_io import save_like
 from synthcp3d.engines.crossval import make_folds, run_crossval
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.evidence import quality_spread
-from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
-from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.transforms import load_preprocessed, segmenter_train_augmentation
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import (
@@ -77,7 +75,7 @@ from synthcp3d.workflows.pancreas_scoring import (
     volume_feature,
 )
 from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed
-from synthcp3d.workflows.protocol_judges import fit_quality_regressor, mc_dropout_feature
+from synthcp3d.workflows.protocol_judges import fit_cv_regressors, mc_dropout_feature
 
 __all__ = ["prepare", "train_segmenter", "crossval", "cv_records"]  # stages in order, and what they leave
 
@@ -256,10 +254,11 @@ def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterati
     }
     atomic_save_json(records, out / "cases.json")
     true = np.array([r["true_dsc"] for r in records.values()], dtype=np.float64)
-    feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
-    regressor, _ = fit_quality_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
-    atomic_save_json(regressor.state_dict(), study.models / "mc_dropout_regressor.json")
-    fit_volume_regressor(study, records)
+    fit_cv_regressors(
+        study.num_classes, true, np.array([r["mc_feature"] for r in records.values()], dtype=np.float64),
+        np.array([r["volume_feature"] for r in records.values()], dtype=np.float64),
+        study.models / "mc_dropout_regressor.json", study.models / "volume_regressor.json",
+    )
     return {
         "num_cases": len(records),
         "num_folds": len(study.cases()["folds"]),
@@ -269,15 +268,6 @@ def _crossval_summary(study: PancreasStudy, manifest: Sequence[Mapping], iterati
         "tumour_dsc_undefined": int(np.isnan(true[:, TUMOUR]).sum()),
         "roi_fallbacks": int(sum(r["roi_box"]["fallback"] for r in records.values())),
     }
-
-
-def fit_volume_regressor(study: PancreasStudy, records: Mapping[str, Mapping]) -> None:
-    """The label-only baseline: the CV predictions' volume features regressed onto their true DSC ->
-    ``models/volume_regressor.json``."""
-    feats = np.array([r["volume_feature"] for r in records.values()], dtype=np.float64)
-    true = np.array([r["true_dsc"] for r in records.values()], dtype=np.float64)
-    regressor, _ = fit_quality_regressor(predicted_volume_regressor(study.num_classes), feats, true)
-    atomic_save_json(regressor.state_dict(), study.models / "volume_regressor.json")
 
 
 def cv_records(study: PancreasStudy) -> dict[str, dict]:

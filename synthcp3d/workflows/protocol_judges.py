@@ -7,8 +7,8 @@ outputs go; these bodies do the rest.
 - `fit_painter`: the class-mean painter (SPADE's non-learned replacement) -> ``models/painter.json``;
 - `mc_dropout_feature`: MC-Dropout's image-level feature of one prediction (mean entropy per predicted class);
 - `fit_quality_regressor`: a per-class linear map from a feature to the quality;
-- `fit_vae_alarm_regressor`: the VAE alarm's regressor of the mask VAE's feature of the cross-validated
-  predictions.
+- `fit_cv_regressors`: the MC-Dropout and predicted-size regressors of a segmenter's cross-validated predictions;
+- `fit_vae_alarm_regressor`: the VAE alarm's regressor of the mask VAE's feature of those predictions.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import torch
 from monai.data import Dataset
 from tqdm.auto import tqdm
 
-from synthcp3d.scoring.mc_dropout import mc_dropout_probs, mean_entropy_per_class
+from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor, mc_dropout_probs, mean_entropy_per_class
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.scoring.vae_alarm import per_class_vae_feature
+from synthcp3d.scoring.volume import predicted_volume_regressor
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import StudyBase, nanmean
 
-__all__ = ["fit_painter", "mc_dropout_feature", "fit_quality_regressor", "fit_vae_alarm_regressor"]
+__all__ = ["fit_painter", "mc_dropout_feature", "fit_quality_regressor", "fit_cv_regressors", "fit_vae_alarm_regressor"]
 
 
 def fit_painter(study: StudyBase, dataset: Dataset, image_channels: int = 1) -> ClassMeanPainter:
@@ -64,6 +65,21 @@ def fit_quality_regressor(regressor: Any, feats: np.ndarray, true: np.ndarray) -
     for k in unfit:
         regressor.coef[k], regressor.intercept[k] = 0.0, nanmean(true[:, k]) or 0.0
     return regressor, unfit
+
+
+def fit_cv_regressors(
+    num_classes: int, true: np.ndarray, mc_features: np.ndarray, size_features: np.ndarray, mc_path: Path,
+    size_path: Path,
+) -> list[int]:
+    """The regressors of a segmenter's cross-validated predictions, each per class onto their true quality ``true
+    (N, C)`` (NaN: undefined): MC-Dropout's (`MCDropoutQualityRegressor` of ``mc_features (N, C)``) -> ``mc_path``
+    and the label-only baseline's (`predicted_volume_regressor` of ``size_features (N, C)``, log predicted volume or
+    area) -> ``size_path``. Returns the classes MC-Dropout's regressor could not fit."""
+    mc, unfit = fit_quality_regressor(MCDropoutQualityRegressor(num_classes), mc_features, true)
+    atomic_save_json(mc.state_dict(), mc_path)
+    size, _ = fit_quality_regressor(predicted_volume_regressor(num_classes), size_features, true)
+    atomic_save_json(size.state_dict(), size_path)
+    return unfit
 
 
 def fit_vae_alarm_regressor(

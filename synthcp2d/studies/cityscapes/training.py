@@ -38,11 +38,7 @@ from synthcp2d.studies.common import (
     segment,
 )
 from synthcp3d.engines.crossval import load_prediction, make_folds, run_crossval
-from synthcp3d.scoring.mc_dropout import (
-    MCDropoutFullLinearRegressor,
-    MCDropoutQualityRegressor,
-)
-from synthcp3d.scoring.volume import predicted_volume_regressor
+from synthcp3d.scoring.mc_dropout import MCDropoutFullLinearRegressor
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows.common import (
     case_seed,
@@ -53,7 +49,7 @@ from synthcp3d.workflows.common import (
     study_stage,
 )
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fold_seed
-from synthcp3d.workflows.protocol_judges import fit_quality_regressor, fit_vae_alarm_regressor, mc_dropout_feature
+from synthcp3d.workflows.protocol_judges import fit_cv_regressors, fit_vae_alarm_regressor, mc_dropout_feature
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
@@ -183,17 +179,17 @@ def _cv_summary(study: CityscapesStudy, name: str, manifest: list[dict], info: d
     atomic_save_json(records, out / "cases.json")
     true = np.array([r["true_iou"] for r in records.values()], dtype=np.float64)
     feats = np.array([r["mc_feature"] for r in records.values()], dtype=np.float64)
-    regressor, unfit = fit_quality_regressor(MCDropoutQualityRegressor(study.num_classes), feats, true)
-    atomic_save_json(regressor.state_dict(), study.models / f"mc_dropout_{name}.json")
+    areas = np.array([r["area_feature"] for r in records.values()], dtype=np.float64)
+    unfit = fit_cv_regressors(
+        study.num_classes, true, feats, areas, study.models / f"mc_dropout_{name}.json",
+        study.models / f"area_{name}.json",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         full = MCDropoutFullLinearRegressor(study.num_classes).fit(feats, true)
     for k in np.flatnonzero(np.isnan(full.intercept)):  # a class whose IoU is never defined in CV: predict 0
         full.coef[k], full.intercept[k] = 0.0, 0.0
     atomic_save_json(full.state_dict(), study.models / f"mc_dropout_full_{name}.json")
-    areas = np.array([r["area_feature"] for r in records.values()], dtype=np.float64)
-    area, _ = fit_quality_regressor(predicted_volume_regressor(study.num_classes), areas, true)
-    atomic_save_json(area.state_dict(), study.models / f"area_{name}.json")
     info.setdefault("mc_dropout_unfit_classes", {})[name] = unfit
     info["cv_mean_iou"][name] = nanmean(np.nanmean(true, axis=0))
 
