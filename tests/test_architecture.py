@@ -35,10 +35,15 @@ print(json.dumps({{"after_alarm": after_alarm, "after_stages": [m for m in {STAG
 """
 
 
-def test_the_alarm_does_not_import_the_training_stages() -> None:
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
+def _run_probe(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; the JSON of its last printed line."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_alarm_does_not_import_the_training_stages() -> None:
+    seen = _run_probe(PROBE)
     assert seen == {"after_alarm": [], "after_stages": list(STAGES)}
 
 
@@ -49,10 +54,22 @@ def test_the_study_runner_registers_no_study_in_python() -> None:
         "from synthcp3d.study_cli import STUDIES\n"
         "print(json.dumps({'studies': sorted(STUDIES), 'twod': any(m.startswith('synthcp2d') for m in sys.modules)}))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen = _run_probe(probe)
     assert seen == {"studies": ["cityscapes", "pancreas", "streethazards"], "twod": False}
+
+
+def test_the_alarm_and_the_exporter_find_the_pancreas_bundle_without_the_command_line() -> None:
+    """The pancreas bundle's configs come from `synthcp3d.study_registry` (below them), not from ``study_cli``."""
+    probe = (
+        "import json, sys, tempfile\n"
+        "import synthcp3d.export.bundle as export\n"
+        "from synthcp3d.alarm.bundle_predictor import pancreas_config\n"
+        "pancreas_config(tempfile.mkdtemp())\n"
+        "folder, meta = export._study_bundle()\n"
+        "print(json.dumps({'bundle': folder.name, 'cli': 'synthcp3d.study_cli' in sys.modules}))"
+    )
+    seen = _run_probe(probe)
+    assert seen == {"bundle": "pancreas_ct_synthcp", "cli": False}
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,6 +41,7 @@ from synthcp3d.data.geometry import affine_of
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.roi import paste_from_box
 from synthcp3d.scoring.ensemble import mean_ensemble
+from synthcp3d.study_registry import study_bundle
 from synthcp3d.workflows import pancreas_model as wf
 from synthcp3d.workflows.pancreas_scoring import (
     pairwise_dice_quality,
@@ -210,11 +211,7 @@ def pancreas_config(
 
     The networks are factories: ``parser.get_parsed_content("segmenter")()`` builds a fresh segmenter.
     """
-    # kept local: study_cli is the command line, above the alarm (imports point down), and importing it scans the
-    # bundles folder (STUDIES), which importing the alarm must not do
-    from synthcp3d.study_cli import STUDIES, bundle_dir
-
-    configs = bundle_dir(STUDIES["pancreas"]) / "configs"
+    configs = study_bundle("pancreas") / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "common.yaml")] + ([str(configs / f"{stage}.yaml")] if stage else []))
     paths = {"bundle_root": str(root), "output_dir": str(root), "dataset_dir": str(root), "device": "cpu"}

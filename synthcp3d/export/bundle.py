@@ -38,6 +38,7 @@ from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.export.docs import bundle_readme
 from synthcp3d.export.metadata import bundle_metadata, eval_metrics, verify_bundle_metadata
+from synthcp3d.study_registry import study_bundle
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 from synthcp3d.workflows import pancreas_model as wf
 from synthcp3d.workflows.common import load_network_spec
@@ -113,13 +114,7 @@ def _write_models(run: Path, models: Path, folds: list[Path]) -> list[str]:
 
 
 def _study_bundle() -> tuple[Path, dict[str, Any]]:
-    # kept local: study_cli is the command line (above export), and importing it scans the bundles folder
-    # (STUDIES); at the top, every exported bundle's inference.yaml (importing synthcp3d.export.runtime) would too
-    from synthcp3d.study_cli import STUDIES, bundle_dir
-
-    if "pancreas" not in STUDIES:
-        raise SynthCPInputError("the pancreas study bundle is not found (set SYNTHCP_BUNDLES to the bundles folder)")
-    folder = bundle_dir(STUDIES["pancreas"])
+    folder = study_bundle("pancreas")
     return folder, json.loads((folder / "configs" / "metadata.json").read_text())
 
 
