@@ -31,7 +31,7 @@ from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import StudyBase, require_file, save_network, study_stage
+from synthcp3d.workflows.common import StudyBase, require_file, study_stage
 from synthcp3d.workflows.protocol import (
     SEED_OFFSETS,
     SegmenterRecipe,
@@ -42,6 +42,7 @@ from synthcp3d.workflows.protocol import (
     synthesizer_stage,
     train_loader,
 )
+from synthcp3d.workflows.trained import save_network
 
 __all__ = [
     "StreetStudy",

@@ -57,7 +57,8 @@ from synthcp3d.evidence import synthesis_section
 from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
 from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
-from synthcp3d.workflows.common import case_seed, require_file, save_network_spec, study_stage, write_csv_rows
+from synthcp3d.workflows.common import case_seed, require_file, study_stage, write_csv_rows
+from synthcp3d.workflows.trained import save_network_spec
 
 __all__ = [
     "StreetHazardsStudy",

@@ -32,7 +32,8 @@ from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.transforms import HU_RANGE, ct_preprocessing
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import StudyBase, build_network, load_network_spec, require_file
+from synthcp3d.workflows.common import StudyBase, require_file
+from synthcp3d.workflows.trained import build_network, load_network_spec
 
 __all__ = [
     "PancreasStudy",

@@ -45,11 +45,11 @@ from synthcp3d.workflows.common import (
     nanmean,
     on_main_process,
     require_file,
-    save_network_spec,
     study_stage,
 )
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fold_seed
 from synthcp3d.workflows.protocol_judges import fit_cv_regressors, fit_vae_alarm_regressor, mc_dropout_feature
+from synthcp3d.workflows.trained import save_network_spec
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
