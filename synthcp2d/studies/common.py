@@ -24,7 +24,7 @@ from monai.transforms import Compose, RandFlipd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthcp3d.engines.checkpoint import load_weights, save_weights
+from synthcp3d.engines.checkpoint import save_weights
 from synthcp3d.engines.crossval import load_prediction
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
@@ -56,7 +56,6 @@ __all__ = [
     "fit_confidnet",
     "train_synthesizer",
     "train_autoencoder",
-    "load_net",
     "segment",
     "synthesize",
     "load_painter",
@@ -188,15 +187,6 @@ def case_dataset(records: Sequence[Mapping[str, Any]], flip: bool = True, with_p
 
 
 # ---- training (core trainers, 2D data) --------------------------------------------------------------------------
-def load_net(factory: Factory, path: Path, key: str, device: torch.device) -> torch.nn.Module:
-    """Build ``factory()`` and load ``{key: state_dict}`` from ``path`` (written by `save_weights`); eval mode."""
-    if not Path(path).is_file():
-        raise SynthCPInputError(f"{path} is missing: run the stage that trains it first")
-    net = factory().to(device)
-    load_weights({key: net}, path)
-    return net.eval()
-
-
 def fit_street_segmenter(
     study: StreetStudy,
     factory: Factory,
