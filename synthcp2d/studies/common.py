@@ -24,7 +24,6 @@ from monai.transforms import Compose, RandFlipd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthcp3d.engines.checkpoint import save_weights
 from synthcp3d.engines.crossval import load_prediction
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
@@ -270,13 +269,14 @@ def fit_confidnet(
     head_factory: Factory,
     records: Sequence[Mapping[str, Any]],
     out_dir: Path,
-    weights: Path,
+    name: str,
     iterations: int,
     batch_size: int,
     lr: float,
 ) -> torch.nn.Module:
     """TCP baseline (ConfidNet): a head on the frozen segmenter's features regresses the true-class probability
-    (`tcp_loss`, MSE over labelled pixels) -> ``weights`` (``{"confidnet": ...}``)."""
+    (`tcp_loss`, MSE over labelled pixels) -> ``models/<name>.pt`` (``{"confidnet": ...}``) and its
+    ``networks.json`` spec (`save_network`: ``head_factory``'s, the features' width included)."""
     offset = SEED_OFFSETS["tcp"]
     seed_stage(study, offset)
     head = head_factory().to(study.torch_device)
@@ -300,7 +300,7 @@ def fit_confidnet(
         lr,
         seed=int(study.seed) + offset,
     )
-    save_weights({"confidnet": head}, weights)
+    save_network(study, name, "confidnet", head, head_factory)
     return head.eval()
 
 

@@ -252,7 +252,7 @@ def train_baselines(
             head,
             train,
             out / f"checkpoints_tcp_{name}",
-            study.models / f"confidnet_{name}.pt",
+            f"confidnet_{name}",
             iterations,
             batch_size,
             lr,
