@@ -23,7 +23,7 @@ from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring import run_scorer
 from synthcp3d.workflows import pancreas_model as pm
 from synthcp3d.workflows import pancreas_scoring as ps
-from synthcp3d.workflows.common import build_network, load_network_spec
+from synthcp3d.workflows.trained import build_network, load_network_spec
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 

@@ -21,7 +21,7 @@ from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.utils.arrays import to_numpy
 from synthcp3d.utils.atomic import atomic_save_json
 from synthcp3d.workflows import pancreas_model
-from synthcp3d.workflows.common import save_network
+from synthcp3d.workflows.trained import save_network
 
 
 def assert_backward(module: torch.nn.Module, min_nonzero: float = 0.8) -> None:

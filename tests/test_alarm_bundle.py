@@ -192,8 +192,9 @@ def test_bundle_files_are_plain_json(bundle: Path) -> None:
     """networks.json and settings.json are written and read as JSON (no Python reprs), by the study's own loaders."""
     from functools import partial
 
-    from synthcp3d.workflows.common import build_network, describe_factory
+    from synthcp3d.workflows.common import describe_factory
     from synthcp3d.workflows.pancreas_model import load_network, load_study
+    from synthcp3d.workflows.trained import build_network
 
     specs = json.loads((bundle / "models" / "networks.json").read_text())
     assert specs["comparator_synthcp"]["norm"] == ["group", {"num_groups": 8}]

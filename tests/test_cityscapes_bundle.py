@@ -161,6 +161,24 @@ def test_segmenter_miou_and_painter_synthesis_recomputed_with_numpy(study_run):
     assert -1.0 <= report["synthesis"]["2D SPADE G(y)"]["ssim"] <= 1.0
 
 
+def test_every_kept_network_loads_from_networks_json_alone(study_run):
+    """Each ``models/<name>.pt`` of the run, ConfidNet heads included, has its networks.json spec: the core's loader
+    rebuilds it without the bundle config and its weights fit."""
+    from synthcp2d.studies.cityscapes.study import CityscapesStudy
+    from synthcp3d.workflows.trained import load_network
+
+    out, data, _ = study_run
+    study = CityscapesStudy(dataset_dir=str(data), output_dir=str(out))
+    specs = json.loads((out / "models" / "networks.json").read_text())
+    kept = sorted(p.stem for p in (out / "models").glob("*.pt"))
+    assert sorted(specs) == kept and {"confidnet_fcn8", "confidnet_deeplabv2"} <= set(kept)
+    keys = {"segmenter": "segmenter", "comparator": "comparator", "confidnet": "confidnet", "generator": "generator",
+            "mask": "vae"}
+    for name in kept:
+        net = load_network(study, name, keys[name.split("_")[0]], "any")
+        assert not net.training
+
+
 def test_rerun_skips_finished_stages(study_run):
     out, data, _ = study_run
     assert run_study("cityscapes", out, data=data, demo=True, extra=TINY_CITYSCAPES) == {}

@@ -31,7 +31,7 @@ from synthcp3d.engines.checkpoint import save_weights
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.export import export_bundle, verify_bundle_metadata
 from synthcp3d.export.runtime import list_volumes
-from synthcp3d.workflows.common import build_network, load_network_spec
+from synthcp3d.workflows.trained import build_network, load_network_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # end-to-end: not in `make test-fast`
 

@@ -29,7 +29,7 @@ from synthcp2d.data import make_cityscapes_dataset
 from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.study_cli import STUDIES, _check_nproc, add_arguments, bundle_dir, run_study, stage_command
-from synthcp3d.workflows.common import build_network, load_network_spec
+from synthcp3d.workflows.trained import build_network, load_network_spec
 
 pytestmark = [  # end-to-end: not in `make test-fast`
     pytest.mark.slow,

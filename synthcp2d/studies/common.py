@@ -24,14 +24,13 @@ from monai.transforms import Compose, RandFlipd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthcp3d.engines.checkpoint import load_weights, save_weights
 from synthcp3d.engines.crossval import load_prediction
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.scoring.tcp import tcp_loss, true_class_probability
 from synthcp3d.utils.atomic import atomic_path
-from synthcp3d.workflows.common import StudyBase, require_file, save_network, study_stage
+from synthcp3d.workflows.common import StudyBase, require_file, study_stage
 from synthcp3d.workflows.protocol import (
     SEED_OFFSETS,
     SegmenterRecipe,
@@ -42,6 +41,7 @@ from synthcp3d.workflows.protocol import (
     synthesizer_stage,
     train_loader,
 )
+from synthcp3d.workflows.trained import save_network
 
 __all__ = [
     "StreetStudy",
@@ -55,7 +55,6 @@ __all__ = [
     "fit_confidnet",
     "train_synthesizer",
     "train_autoencoder",
-    "load_net",
     "segment",
     "synthesize",
     "load_painter",
@@ -187,15 +186,6 @@ def case_dataset(records: Sequence[Mapping[str, Any]], flip: bool = True, with_p
 
 
 # ---- training (core trainers, 2D data) --------------------------------------------------------------------------
-def load_net(factory: Factory, path: Path, key: str, device: torch.device) -> torch.nn.Module:
-    """Build ``factory()`` and load ``{key: state_dict}`` from ``path`` (written by `save_weights`); eval mode."""
-    if not Path(path).is_file():
-        raise SynthCPInputError(f"{path} is missing: run the stage that trains it first")
-    net = factory().to(device)
-    load_weights({key: net}, path)
-    return net.eval()
-
-
 def fit_street_segmenter(
     study: StreetStudy,
     factory: Factory,
@@ -279,13 +269,14 @@ def fit_confidnet(
     head_factory: Factory,
     records: Sequence[Mapping[str, Any]],
     out_dir: Path,
-    weights: Path,
+    name: str,
     iterations: int,
     batch_size: int,
     lr: float,
 ) -> torch.nn.Module:
     """TCP baseline (ConfidNet): a head on the frozen segmenter's features regresses the true-class probability
-    (`tcp_loss`, MSE over labelled pixels) -> ``weights`` (``{"confidnet": ...}``)."""
+    (`tcp_loss`, MSE over labelled pixels) -> ``models/<name>.pt`` (``{"confidnet": ...}``) and its
+    ``networks.json`` spec (`save_network`: ``head_factory``'s, the features' width included)."""
     offset = SEED_OFFSETS["tcp"]
     seed_stage(study, offset)
     head = head_factory().to(study.torch_device)
@@ -309,7 +300,7 @@ def fit_confidnet(
         lr,
         seed=int(study.seed) + offset,
     )
-    save_weights({"confidnet": head}, weights)
+    save_network(study, name, "confidnet", head, head_factory)
     return head.eval()
 
 

@@ -45,7 +45,6 @@ from synthcp2d.studies.common import (
     fit_street_segmenter,
     image_tensor,
     load_cached,
-    load_net,
     load_painter,
     segment,
     synthesize,
@@ -57,7 +56,8 @@ from synthcp3d.evidence import synthesis_section
 from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
 from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
-from synthcp3d.workflows.common import case_seed, require_file, save_network_spec, study_stage, write_csv_rows
+from synthcp3d.workflows.common import case_seed, study_stage, write_csv_rows
+from synthcp3d.workflows.trained import load_network, save_network_spec
 
 __all__ = [
     "StreetHazardsStudy",
@@ -215,10 +215,10 @@ def evaluate(
     ``evaluate/fig7.png``.
     """
     dev = study.torch_device
-    seg = load_net(segmenter, require_file(study.models / "segmenter.pt", "train_segmenter"), "segmenter", dev)
-    gen = load_net(generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", dev)
+    seg = load_network(study, "segmenter", "segmenter", "train_segmenter", segmenter)
+    gen = load_network(study, "generator", "generator", "train_synthesizer", generator)
     painter = load_painter(study)
-    ae = load_net(autoencoder, require_file(study.models / "autoencoder.pt", "train_autoencoder"), "autoencoder", dev)
+    ae = load_network(study, "autoencoder", "autoencoder", "train_autoencoder", autoencoder)
     test = study.cases()["test"]
     ablated = [synthcp_name(study.t) + suffix for suffix in X_HAT_ABLATIONS]
     methods = [synthcp_name(t) for t in study.thresholds] + ablated + list(BASELINES)

@@ -41,7 +41,7 @@ from synthcp3d.export.metadata import bundle_metadata, eval_metrics, verify_bund
 from synthcp3d.study_registry import study_bundle
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 from synthcp3d.workflows import pancreas_model as wf
-from synthcp3d.workflows.common import load_network_spec
+from synthcp3d.workflows.trained import load_network_spec
 
 __all__ = ["export_bundle", "EXPORTED_NETWORKS", "TEMPLATE_PATH"]
 

@@ -13,6 +13,6 @@ trained model those stages write: what inference and the DSC alarm need, without
 from __future__ import annotations
 
 __all__ = [
-    "common", "protocol", "protocol_judges", "pancreas", "pancreas_judges", "pancreas_report", "pancreas_model",
+    "common", "trained", "protocol", "protocol_judges", "pancreas", "pancreas_judges", "pancreas_report", "pancreas_model",
     "pancreas_scoring",
 ]

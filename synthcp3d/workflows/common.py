@@ -1,5 +1,5 @@
 """What every study's stage functions share, whatever the study or ``spatial_dims``: output layout, done-markers,
-network specs, CSV rows.
+CSV rows (how a trained network is kept and loaded back: :mod:`synthcp3d.workflows.trained`).
 
 A study's settings dataclass derives from :class:`StudyBase`; a stage function is decorated with :func:`study_stage`,
 which writes ``<output_dir>/<stage>/done.json`` atomically as the stage's last act (the marker ``synthcp run`` checks).
@@ -23,10 +23,8 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import logging
 import math
-import pydoc
 import time
 import uuid
 import zlib
@@ -39,11 +37,10 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from synthcp3d.engines.checkpoint import save_weights
 from synthcp3d.engines.distributed import prepare_network
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
-from synthcp3d.workflows.records import NETWORK_PACKAGES, describe_factory, to_json
+from synthcp3d.workflows.records import describe_factory, to_json
 from synthcp3d.workflows.staleness import (
     DONE,
     configured_stale_reason,
@@ -66,10 +63,6 @@ __all__ = [
     "on_main_process",
     "to_json",
     "describe_factory",
-    "save_network",
-    "save_network_spec",
-    "load_network_spec",
-    "build_network",
     "case_seed",
     "require_file",
     "write_csv_rows",
@@ -248,62 +241,6 @@ def on_main_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     result = fn(*args, **kwargs) if idist.get_rank() == 0 else None
     idist.barrier()
     return result
-
-
-def save_network_spec(study: StudyBase, name: str, factory: Any) -> None:
-    """Record how ``models/<name>.pt`` is built in ``models/networks.json`` (so weights can be reloaded elsewhere);
-    on rank 0 only, as `save_weights`."""
-    if idist.get_rank() != 0:
-        return
-    path = study.models / "networks.json"
-    specs = json.loads(path.read_text()) if path.is_file() else {}
-    specs[name] = describe_factory(factory)
-    atomic_save_json(specs, path)
-
-
-def save_network(study: StudyBase, name: str, key: str, net: torch.nn.Module, factory: Any) -> Path:
-    """The one way a trained network is kept: weights ``{key: state}`` in ``models/<name>.pt`` (`save_weights`:
-    atomic, rank 0) and how to build it in ``models/networks.json``. Returns the weights' path."""
-    path = study.models / f"{name}.pt"
-    save_weights({key: net}, path)
-    save_network_spec(study, name, factory)
-    return path
-
-
-def load_network_spec(models: str | Path, name: str, stage: str) -> dict:
-    """The ``networks.json`` entry of network ``name`` (see :func:`save_network_spec`) in the ``models`` folder.
-
-    Raises:
-        SynthCPInputError: the file is missing or unreadable, or has no entry ``name`` (``stage`` writes it).
-    """
-    path = require_file(Path(models) / "networks.json", stage)
-    try:
-        specs = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise SynthCPInputError(f"network specs {path} are unreadable ({err})") from None
-    if not isinstance(specs, dict) or not isinstance(specs.get(name), dict):
-        raise SynthCPInputError(f"{path} describes no {name!r} network: run the {stage} stage")
-    return dict(specs[name])
-
-
-def build_network(spec: Mapping[str, Any], name: str) -> torch.nn.Module:
-    """Build a network from its :func:`describe_factory` spec: ``_target_(**arguments)``.
-
-    Only callables of this project are built, called directly with the JSON arguments (nothing is evaluated).
-
-    Raises:
-        SynthCPInputError: unexpected ``_target_``, or the constructor refuses the arguments.
-    """
-    args = dict(spec)
-    target = str(args.pop("_target_", ""))
-    factory = pydoc.locate(target) if target.startswith(NETWORK_PACKAGES) else None
-    if not callable(factory):
-        raise SynthCPInputError(f"networks.json entry {name!r} has an unexpected _target_ {target!r}")
-    try:
-        return factory(**args)
-    except Exception as err:  # noqa: BLE001 - constructors raise many types for arguments that do not fit
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SynthCPInputError(f"cannot build network {name!r} from networks.json: {first}") from None
 
 
 def case_seed(study: StudyBase, case_id: str) -> int:

@@ -63,7 +63,6 @@ from synthcp3d.workflows.common import (
     nanmean,
     on_main_process,
     require_file,
-    save_network_spec,
     study_stage,
 )
 from synthcp3d.workflows.pancreas_model import Factory, PancreasStudy, TUMOUR, load_volume, save_settings
@@ -76,6 +75,7 @@ from synthcp3d.workflows.pancreas_scoring import (
 )
 from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed
 from synthcp3d.workflows.protocol_judges import fit_cv_regressors, mc_dropout_feature
+from synthcp3d.workflows.trained import save_network_spec
 
 __all__ = ["prepare", "train_segmenter", "crossval", "cv_records"]  # stages in order, and what they leave
 

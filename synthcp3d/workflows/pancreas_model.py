@@ -25,14 +25,15 @@ import torch
 from monai.transforms import Compose
 
 from synthcp3d.data.volume_io import save_like
-from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.scoring.mc_dropout import MCDropoutQualityRegressor
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.transforms import HU_RANGE, ct_preprocessing
 from synthcp3d.utils.atomic import atomic_save_json
-from synthcp3d.workflows.common import StudyBase, build_network, load_network_spec, require_file
+from synthcp3d.workflows import trained
+from synthcp3d.workflows.common import StudyBase, require_file
+from synthcp3d.workflows.trained import load_network_spec
 
 __all__ = [
     "PancreasStudy",
@@ -210,37 +211,17 @@ def load_study(folder: str | Path, device: str | torch.device = "cpu") -> Pancre
 def load_network(
     study: PancreasStudy, name: str, factory: Factory | None = None, weights: Path | None = None
 ) -> torch.nn.Module:
-    """Network ``name`` (:data:`NETWORKS`) with its trained weights, in eval mode on the study's device.
-
-    Built with ``factory`` (the bundle config's) or, without it, from ``models/networks.json``; the weights come
-    from ``models/`` or from ``weights`` (e.g. a cross-validation fold's segmenter).
+    """Network ``name`` (:data:`NETWORKS`: its weights file, key and stage) with its trained weights, in eval mode on
+    the study's device: `synthcp3d.workflows.trained.load_network` (built with ``factory``, the bundle config's, or
+    from ``models/networks.json``; the weights from ``models/`` or from ``weights``, e.g. a cross-validation fold's
+    segmenter).
 
     Raises:
         SynthCPInputError: spec or weights absent, a class count other than the study's, weights that do not fit.
     """
     filename, key, stage = NETWORKS[name]
-    if factory is not None:
-        spec = dict(getattr(factory, "keywords", {}))
-    else:
-        spec = load_network_spec(study.models, name, stage)
-    num_classes = spec.get("num_classes")
-    if num_classes is not None and int(num_classes) != study.num_classes:
-        raise SynthCPInputError(
-            f"label count differs: network {name!r} has {num_classes} classes, the study's labels are "
-            f"{list(study.class_names)}"
-        )
-    weights = study.models / filename if weights is None else Path(weights)
-    if not weights.is_file():
-        raise SynthCPInputError(f"weights {weights} are absent: run the {stage} stage first")
-    net = factory() if factory is not None else build_network(spec, name)
-    try:
-        load_weights({key: net}, weights)
-    except SynthCPInputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - size mismatches (RuntimeError), truncated files (EOFError, pickle)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SynthCPInputError(f"weights {weights} do not fit network {name!r} ({first})") from None
-    return net.to(study.torch_device).eval()
+    weights = study.models / filename if weights is None else weights
+    return trained.load_network(study, name, key, stage, factory, weights)
 
 
 #: where an exported bundle (``synthcp export``) keeps the folds' segmenters: ``models/segmenter_fold_{i}.pt``

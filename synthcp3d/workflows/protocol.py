@@ -4,7 +4,7 @@ A study's stage function is an adapter: it reads its cases, builds the datasets 
 pancreas ROIs of preprocessed volumes, 2D cached street images), names the weights and picks the quality measure
 (DSC or IoU), then calls these. Each body seeds itself from the study seed plus a fixed per-stage offset (so the
 studies' stages draw independent streams), trains through `run_training` (resumable, distributed when the study
-is) and writes ``models/<name>.pt`` with its ``networks.json`` spec (`synthcp3d.workflows.common.save_network`).
+is) and writes ``models/<name>.pt`` with its ``networks.json`` spec (`synthcp3d.workflows.trained.save_network`).
 
 - `fit_segmenter`: the segmenter ``M`` (final model or a cross-validation fold), trained by a `SegmenterRecipe`;
 - `fit_synthesizer`: SPADE ``G`` on ground-truth (label, image) pairs; `synthesizer_stage`: the ``train_synthesizer``
@@ -38,8 +38,9 @@ from synthcp3d.engines.training import run_training
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.networks.comparator import comparator_loss
 from synthcp3d.networks.gan_losses import make_gan_optimizers
-from synthcp3d.workflows.common import StudyBase, on_main_process, save_network
+from synthcp3d.workflows.common import StudyBase, on_main_process
 from synthcp3d.workflows.protocol_judges import fit_painter
+from synthcp3d.workflows.trained import save_network
 
 __all__ = [
     "SEED_OFFSETS",

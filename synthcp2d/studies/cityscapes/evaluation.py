@@ -20,14 +20,15 @@ from synthcp2d.studies.cityscapes.study import (
     CityscapesStudy,
     segmenter_factories,
 )
-from synthcp2d.studies.common import Factory, load_net, load_painter
+from synthcp2d.studies.common import Factory, load_painter
 from synthcp2d.studies.figures import metrics_markdown, panel_figure
 from synthcp2d.studies.measures import synthesis_per_case
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS
 from synthcp3d.evidence import synthesis_section, synthesis_use_section
 from synthcp3d.report import METRIC_COLUMNS, quality_report
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
-from synthcp3d.workflows.common import require_file, study_stage, write_csv_rows
+from synthcp3d.workflows.common import study_stage, write_csv_rows
+from synthcp3d.workflows.trained import load_network
 
 __all__ = ["evaluate"]
 
@@ -58,10 +59,9 @@ def evaluate(
     ``evaluate/<name>/scores/<case>.npz`` (error, ignore and every method's error map), and ``evaluate/fig5.png``.
     """
     segmenters = segmenter_factories(segmenters, study)
-    dev = study.torch_device
-    g = load_net(generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", dev)
+    g = load_network(study, "generator", "generator", "train_synthesizer", generator)
     painter = load_painter(study)
-    vae = load_net(mask_vae, require_file(study.models / "mask_vae.pt", "train_baselines"), "vae", dev)
+    vae = load_network(study, "mask_vae", "vae", "train_baselines", mask_vae)
     val = study.cases()["val"]
     out = study.stage_dir("evaluate")
     synthesis = synthesis_section(

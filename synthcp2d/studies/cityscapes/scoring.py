@@ -26,7 +26,7 @@ from synthcp2d.studies.cityscapes.study import (
     true_iou,
     vae_feature,
 )
-from synthcp2d.studies.common import Factory, image_tensor, load_cached, load_net, segment, synthesize
+from synthcp2d.studies.common import Factory, image_tensor, load_cached, segment, synthesize
 from synthcp2d.studies.figures import to_display_image
 from synthcp2d.studies.measures import DatasetIoU
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses
@@ -44,6 +44,7 @@ from synthcp3d.scoring.synthesis import ClassMeanPainter
 from synthcp3d.targets import not_predicted_is_zero
 from synthcp3d.utils.atomic import atomic_path
 from synthcp3d.workflows.common import case_seed, require_file
+from synthcp3d.workflows.trained import load_network
 
 __all__ = ["Judges", "SegmenterScores", "load_judges", "score_segmenter"]
 
@@ -72,25 +73,15 @@ def load_judges(
 ) -> Judges:
     """Segmenter ``name`` and its judges; the comparators are those trained on ``comparator_source``'s CV
     predictions (``name`` itself, or another segmenter for the cross-model row)."""
-    dev = study.torch_device
-    seg = load_net(
-        segmenters[name], require_file(study.models / f"segmenter_{name}.pt", "train_segmenter"), "segmenter", dev
-    )
+    seg = load_network(study, f"segmenter_{name}", "segmenter", "train_segmenter", segmenters[name])
     comps = {
-        MODE_NAMES[mode]: load_net(
-            comparators[mode],
-            require_file(study.models / f"comparator_{comparator_source}_{mode}.pt", "train_comparator"),
-            "comparator",
-            dev,
+        MODE_NAMES[mode]: load_network(
+            study, f"comparator_{comparator_source}_{mode}", "comparator", "train_comparator", comparators[mode]
         )
         for mode in study.comparator_modes
     }
-    head = load_net(
-        partial(confidnet, feature_channels=feature_channels(seg, study)),
-        require_file(study.models / f"confidnet_{name}.pt", "train_baselines"),
-        "confidnet",
-        dev,
-    )
+    head_factory = partial(confidnet, feature_channels=feature_channels(seg, study))
+    head = load_network(study, f"confidnet_{name}", "confidnet", "train_baselines", head_factory)
     mc = MCDropoutQualityRegressor.from_state_dict(
         json.loads(require_file(study.models / f"mc_dropout_{name}.json", "crossval").read_text())
     )
@@ -98,7 +89,10 @@ def load_judges(
         json.loads(require_file(study.models / f"vae_alarm_{name}.json", "train_baselines").read_text())
     )
     folds = sorted(study.cv_dir(name).glob("fold_*/segmenter.pt"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    fold_nets = [load_net(segmenters[name], path, "segmenter", dev) for path in folds]
+    fold_nets = [
+        load_network(study, f"segmenter_{name}", "segmenter", "crossval", segmenters[name], weights=path)
+        for path in folds
+    ]
     mc_full = MCDropoutFullLinearRegressor.from_state_dict(
         json.loads(require_file(study.models / f"mc_dropout_full_{name}.json", "crossval").read_text())
     )

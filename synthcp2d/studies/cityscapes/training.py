@@ -34,7 +34,6 @@ from synthcp2d.studies.common import (
     fit_street_segmenter,
     image_tensor,
     load_cached,
-    load_net,
     segment,
 )
 from synthcp3d.engines.crossval import load_prediction, make_folds, run_crossval
@@ -44,12 +43,11 @@ from synthcp3d.workflows.common import (
     case_seed,
     nanmean,
     on_main_process,
-    require_file,
-    save_network_spec,
     study_stage,
 )
 from synthcp3d.workflows.protocol import fit_comparator, fit_mask_vae, fold_seed
 from synthcp3d.workflows.protocol_judges import fit_cv_regressors, fit_vae_alarm_regressor, mc_dropout_feature
+from synthcp3d.workflows.trained import load_network, save_network_spec
 
 __all__ = ["crossval", "prepare", "train_baselines", "train_comparator", "train_segmenter"]
 
@@ -213,9 +211,7 @@ def train_comparator(
     ``error_weight``: the two terms' weights, 1 and 1 in the paper; ``optimizer``: see `comparator_optimizer`) ->
     ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and seed for every mode: Direct Prediction is
     the ablation without synthesis."""
-    g = load_net(
-        generator, require_file(study.models / "generator.pt", "train_synthesizer"), "generator", study.torch_device
-    )
+    g = load_network(study, "generator", "generator", "train_synthesizer", generator)
     out = study.stage_dir("train_comparator")
     for name in study.segmenters:
         dataset = case_dataset(list(cv_records(study, name).values()), with_pred=True)
@@ -247,11 +243,8 @@ def train_baselines(
     ``models/vae_alarm_<name>.json``)."""
     out = study.stage_dir("train_baselines")
     train = study.cases()["train"]
-    dev = study.torch_device
     for name, factory in segmenter_factories(segmenters, study).items():
-        seg = load_net(
-            factory, require_file(study.models / f"segmenter_{name}.pt", "train_segmenter"), "segmenter", dev
-        )
+        seg = load_network(study, f"segmenter_{name}", "segmenter", "train_segmenter", factory)
         head = partial(confidnet, feature_channels=feature_channels(seg, study))  # width from the segmenter
         fit_confidnet(
             study,
@@ -259,7 +252,7 @@ def train_baselines(
             head,
             train,
             out / f"checkpoints_tcp_{name}",
-            study.models / f"confidnet_{name}.pt",
+            f"confidnet_{name}",
             iterations,
             batch_size,
             lr,
