@@ -94,6 +94,9 @@ def segmenter_train_augmentation(
     image_key: str = "image",
     label_key: str = "label",
     class_ratios: Sequence[float] | None = None,
+    flip_prob: float = 0.5,
+    intensity_shift: float = 0.05,
+    intensity_shift_prob: float = 0.5,
 ) -> Compose:
     """Random training patches for the segmenter from a preprocessed ``(1, H, W, D)`` pair.
 
@@ -103,7 +106,8 @@ def segmenter_train_augmentation(
     tumour-aware sampling, so a structure that is 10⁻³ of the volume is in a third of the patches. Volumes smaller
     than the patch are padded first (image with -1 = the bottom of the HU window). The voxel indices are computed by
     a deterministic step, so a ``CacheDataset`` caches them (recomputing them at every draw costs more than the
-    network step on CPU).
+    network step on CPU). Then a left-right flip (first axis) with probability ``flip_prob`` and an intensity shift
+    of up to ``±intensity_shift`` (in [-1, 1] units) with probability ``intensity_shift_prob``.
     """
     keys = [image_key, label_key]
     pad = [
@@ -142,7 +146,7 @@ def segmenter_train_augmentation(
         [
             *pad,
             *crop,
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-            RandShiftIntensityd(keys=image_key, offsets=0.05, prob=0.5),
+            RandFlipd(keys=keys, prob=float(flip_prob), spatial_axis=0),
+            RandShiftIntensityd(keys=image_key, offsets=float(intensity_shift), prob=float(intensity_shift_prob)),
         ]
     )

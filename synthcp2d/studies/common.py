@@ -175,12 +175,15 @@ class LoadCase:
         return out
 
 
-def case_dataset(records: Sequence[Mapping[str, Any]], flip: bool = True, with_pred: bool = False) -> Dataset:
-    """MONAI ``Dataset`` of cached cases with a random horizontal flip (image, label and prediction together)."""
+def case_dataset(
+    records: Sequence[Mapping[str, Any]], flip_prob: float = 0.5, with_pred: bool = False
+) -> Dataset:
+    """MONAI ``Dataset`` of cached cases with a random horizontal flip of probability ``flip_prob`` (image, label and
+    prediction together; 0: no flip)."""
     keys = ["image", "label"] + (["pred"] if with_pred else [])
     transforms: list[Any] = [LoadCase()]
-    if flip:
-        transforms.append(RandFlipd(keys, prob=0.5, spatial_axis=1))
+    if flip_prob:
+        transforms.append(RandFlipd(keys, prob=float(flip_prob), spatial_axis=1))
     data = [{k: r[k] for k in ("cache", "pred") if k in r} for r in records]
     return Dataset(data, Compose(transforms))
 
@@ -197,14 +200,16 @@ def fit_street_segmenter(
     lr: float,
     seed: int,
     recipe: Mapping | None = None,
+    flip_prob: float = 0.5,
 ) -> torch.nn.Module:
-    """The core's `fit_segmenter` on whole cached images of ``records`` (random horizontal flip); the study's ignore
-    label has no target. Returns it in eval mode."""
+    """The core's `fit_segmenter` on whole cached images of ``records`` (random horizontal flip of probability
+    ``flip_prob``); the study's ignore label has no target. Returns it in eval mode."""
     recipe = SegmenterRecipe.of(recipe)
     if recipe.crop_ratios is not None:
         raise SynthCPInputError("segmenter_recipe.crop_ratios: the 2D studies train on whole images, not patches")
     return fit_segmenter(
-        study, factory, partial(case_dataset, records), checkpoint_dir, weights, iterations, batch_size, lr, seed,
+        study, factory, partial(case_dataset, records, flip_prob), checkpoint_dir, weights, iterations, batch_size, lr,
+        seed,
         recipe, ignore_index=study.ignore_index,
     )
 
@@ -221,11 +226,13 @@ def _fit_supervised(
     batch_size: int,
     lr: float,
     seed: int,
+    flip_prob: float = 0.5,
 ) -> None:
-    """MONAI ``SupervisedTrainer`` on cached cases, ``prepare_batch`` making ``(input, target)``; only ``trainable``'s
-    parameters (a part of ``model``, or ``model`` itself) are optimised and checkpointed (resumable through
-    `run_training`); ``model`` runs wrapped by `StudyBase.prepare_network`."""
-    loader = train_loader(study, case_dataset(records), batch_size, seed)
+    """MONAI ``SupervisedTrainer`` on cached cases (random horizontal flip of probability ``flip_prob``),
+    ``prepare_batch`` making ``(input, target)``; only ``trainable``'s parameters (a part of ``model``, or ``model``
+    itself) are optimised and checkpointed (resumable through `run_training`); ``model`` runs wrapped by
+    `StudyBase.prepare_network`."""
+    loader = train_loader(study, case_dataset(records, flip_prob), batch_size, seed)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=lr)
     trainer = SupervisedTrainer(
         device=study.torch_device,
@@ -273,10 +280,12 @@ def fit_confidnet(
     iterations: int,
     batch_size: int,
     lr: float,
+    flip_prob: float = 0.5,
 ) -> torch.nn.Module:
     """TCP baseline (ConfidNet): a head on the frozen segmenter's features regresses the true-class probability
-    (`tcp_loss`, MSE over labelled pixels) -> ``models/<name>.pt`` (``{"confidnet": ...}``) and its
-    ``networks.json`` spec (`save_network`: ``head_factory``'s, the features' width included)."""
+    (`tcp_loss`, MSE over labelled pixels; images flipped horizontally with probability ``flip_prob``) ->
+    ``models/<name>.pt`` (``{"confidnet": ...}``) and its ``networks.json`` spec (`save_network`: ``head_factory``'s,
+    the features' width included)."""
     offset = SEED_OFFSETS["tcp"]
     seed_stage(study, offset)
     head = head_factory().to(study.torch_device)
@@ -299,6 +308,7 @@ def fit_confidnet(
         batch_size,
         lr,
         seed=int(study.seed) + offset,
+        flip_prob=flip_prob,
     )
     save_network(study, name, "confidnet", head, head_factory)
     return head.eval()
@@ -320,16 +330,18 @@ def train_synthesizer(
     lr_decay_fraction: float = 0.0,
     perceptual_loss: Any = None,
     betas: Sequence[float] = (0.0, 0.9),
+    flip_prob: float = 0.5,
 ) -> dict:
     """2D SPADE (`GanTrainer`: hinge + feature matching [+ L1 reconstruction] [+ per-class mean]) on ground-truth
     (label, image) pairs of the training split -> ``models/generator.pt``; ignore-label pixels are all-zero one-hot
     vectors. Then the class-mean painter on the same images -> ``models/painter.json``. ``lr_decay_fraction``:
-    SPADE's linear LR decay; ``perceptual_loss``: its perceptual term (see `fit_synthesizer`)."""
+    SPADE's linear LR decay; ``perceptual_loss``: its perceptual term (see `fit_synthesizer`); ``flip_prob``: the
+    training pairs' random horizontal flip (the painter fits on unflipped images)."""
     options = spade_options(locals())
     train = study.cases()["train"]
     synthesizer_stage(
-        study, generator, discriminator, case_dataset(train), case_dataset(train, flip=False), iterations, batch_size,
-        options, image_channels=3, ignore_index=study.ignore_index,
+        study, generator, discriminator, case_dataset(train, flip_prob), case_dataset(train, flip_prob=0.0), iterations,
+        batch_size, options, image_channels=3, ignore_index=study.ignore_index,
     )
     return {"num_train": len(train), "iterations": int(iterations)}
 
@@ -341,9 +353,11 @@ def load_painter(study: StreetStudy) -> ClassMeanPainter:
 
 @study_stage("train_autoencoder", training=True, after=("prepare",))
 def train_autoencoder(
-    study: StreetStudy, autoencoder: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-3
+    study: StreetStudy, autoencoder: Factory, iterations: int = 20000, batch_size: int = 8, lr: float = 1e-3,
+    flip_prob: float = 0.5,
 ) -> dict:
-    """The AE baseline's auto-encoder reconstructing the training images (L1) -> ``models/autoencoder.pt``."""
+    """The AE baseline's auto-encoder reconstructing the training images (L1; random horizontal flip of probability
+    ``flip_prob``) -> ``models/autoencoder.pt``."""
     train = study.cases()["train"]
     offset = SEED_OFFSETS["autoencoder"]
     seed_stage(study, offset)
@@ -360,6 +374,7 @@ def train_autoencoder(
         batch_size,
         lr,
         seed=int(study.seed) + offset,
+        flip_prob=flip_prob,
     )
     save_network(study, "autoencoder", "autoencoder", net, autoencoder)
     return {"num_train": len(train), "iterations": int(iterations)}

@@ -161,13 +161,14 @@ def train_segmenter(
     batch_size: int = 8,
     lr: float = 1e-4,
     recipe: Mapping | None = None,
+    flip_prob: float = 0.5,
 ) -> dict:
     """The segmenter on the 13 known classes of the training split -> ``models/segmenter.pt`` (``recipe``: the
-    core's `SegmenterRecipe`)."""
+    core's `SegmenterRecipe`; ``flip_prob``: the images' random horizontal flip)."""
     train = study.cases()["train"]
     fit_street_segmenter(
         study, segmenter, train, study.stage_dir("train_segmenter") / "checkpoints", study.models / "segmenter.pt",
-        iterations, batch_size, lr, seed=int(study.seed), recipe=recipe,
+        iterations, batch_size, lr, seed=int(study.seed), recipe=recipe, flip_prob=flip_prob,
     )
     save_network_spec(study, "segmenter", segmenter)
     return {"num_train": len(train), "iterations": int(iterations)}

@@ -150,12 +150,17 @@ def prepare(study: PancreasStudy) -> dict:
 # ================================================================================================================
 # segmenter
 # ================================================================================================================
-def _segmenter_dataset(study: PancreasStudy, case_ids: Sequence[str], num_samples: int, crop_ratios: Any) -> Dataset:
-    """Patches of the preprocessed training volumes (``RandCropByPosNegLabeld`` / ``RandCropByLabelClassesd``)."""
+def _segmenter_dataset(
+    study: PancreasStudy, case_ids: Sequence[str], num_samples: int, crop_ratios: Any, augment: Mapping[str, float]
+) -> Dataset:
+    """Patches of the preprocessed training volumes (``RandCropByPosNegLabeld`` / ``RandCropByLabelClassesd``), then
+    ``augment`` (`segmenter_train_augmentation`'s flip and intensity-shift arguments)."""
     cases = study.cases()["cases"]
     data = [{"image": cases[c]["image"], "label": cases[c]["label"]} for c in case_ids]
     # one flat chain: CacheDataset caches the deterministic prefix (loading) and stops at the first random transform
-    augmentation = segmenter_train_augmentation(study.patch_size, num_samples=num_samples, class_ratios=crop_ratios)
+    augmentation = segmenter_train_augmentation(
+        study.patch_size, num_samples=num_samples, class_ratios=crop_ratios, **augment
+    )
     transform = Compose([*load_preprocessed().transforms, *augmentation.transforms])
     return CacheDataset(data, transform, cache_rate=study.cache_rate, progress=False)
 
@@ -163,11 +168,13 @@ def _segmenter_dataset(study: PancreasStudy, case_ids: Sequence[str], num_sample
 def _fit_segmenter(
     study: PancreasStudy, segmenter: Factory, case_ids: Sequence[str], fold_dir: Path, weights: Path,
     iterations: int, batch_size: int, num_samples: int, lr: float, seed: int, recipe: Mapping | None,
+    augment: Mapping[str, float],
 ) -> torch.nn.Module:
-    """`fit_segmenter` on patches of ``case_ids`` (checkpoints in ``fold_dir/checkpoints``)."""
+    """`fit_segmenter` on patches of ``case_ids`` (checkpoints in ``fold_dir/checkpoints``; ``augment``: see
+    :func:`_segmenter_dataset`)."""
     recipe = SegmenterRecipe.of(recipe)
     return fit_segmenter(
-        study, segmenter, partial(_segmenter_dataset, study, case_ids, num_samples, recipe.crop_ratios),
+        study, segmenter, partial(_segmenter_dataset, study, case_ids, num_samples, recipe.crop_ratios, augment),
         fold_dir / "checkpoints", weights, iterations, batch_size, lr, seed, recipe,
         # drop_last: AH-Net's batch norm cannot train on a last batch of one 32^3 patch (a 1-voxel deepest map)
         drop_last=True,
@@ -183,13 +190,18 @@ def train_segmenter(
     num_samples: int = 2,
     lr: float = 1e-4,
     recipe: Mapping | None = None,
+    flip_prob: float = 0.5,
+    intensity_shift: float = 0.05,
+    intensity_shift_prob: float = 0.5,
 ) -> dict:
     """Train the final segmenter on every training case -> ``models/segmenter.pt`` (``recipe``: `SegmenterRecipe`,
-    the bundle's ``segmenter_recipe``)."""
+    the bundle's ``segmenter_recipe``; ``flip_prob``, ``intensity_shift``, ``intensity_shift_prob``: the patches'
+    augmentation, see `segmenter_train_augmentation`)."""
     train = study.cases()["train"]
+    augment = {"flip_prob": flip_prob, "intensity_shift": intensity_shift, "intensity_shift_prob": intensity_shift_prob}
     _fit_segmenter(
         study, segmenter, train, study.stage_dir("train_segmenter"), study.models / "segmenter.pt",
-        iterations, batch_size, num_samples, lr, seed=int(study.seed), recipe=recipe,
+        iterations, batch_size, num_samples, lr, seed=int(study.seed), recipe=recipe, augment=augment,
     )
     save_network_spec(study, "segmenter", segmenter)
     return {"num_train": len(train), "iterations": int(iterations)}
@@ -207,21 +219,27 @@ def crossval(
     num_samples: int = 2,
     lr: float = 1e-4,
     recipe: Mapping | None = None,
+    flip_prob: float = 0.5,
+    intensity_shift: float = 0.05,
+    intensity_shift_prob: float = 0.5,
 ) -> dict:
     """K-fold CV on the training cases (the core's `run_crossval` layout in ``crossval/``): each fold's segmenter
     (``crossval/fold_{i}/segmenter.pt``) predicts its held-out cases, each case exactly once ->
     ``crossval/predictions/{case}_pred.nii.gz`` and ``_record.json`` (true DSC per class on the native grid, NaN =
     undefined; ROI box; MC-Dropout and predicted-volume features). Then ``crossval/cases.json`` (every case's record
     with its paths) and the quality regressors fitted on them -> ``models/mc_dropout_regressor.json``,
-    ``models/volume_regressor.json`` (the label-only baseline). Resumable per fold.
+    ``models/volume_regressor.json`` (the label-only baseline). Resumable per fold. The folds train as
+    `train_segmenter` does (``recipe``, ``flip_prob``, ``intensity_shift``, ``intensity_shift_prob``: the same
+    meaning).
     """
     meta = study.cases()
     cases = [{"case": c, **meta["cases"][c]} for c in meta["train"]]
+    augment = {"flip_prob": flip_prob, "intensity_shift": intensity_shift, "intensity_shift_prob": intensity_shift_prob}
 
     def train_fold(train_cases: list[dict], fold_dir: Path) -> torch.nn.Module:
         return _fit_segmenter(
             study, segmenter, [c["case"] for c in train_cases], fold_dir, fold_dir / "segmenter.pt",
-            iterations, batch_size, num_samples, lr, seed=fold_seed(study, fold_dir), recipe=recipe,
+            iterations, batch_size, num_samples, lr, seed=fold_seed(study, fold_dir), recipe=recipe, augment=augment,
         )
 
     manifest = run_crossval(

@@ -43,6 +43,7 @@ __all__ = [
     "NETWORKS",
     "REGRESSORS",
     "MODEL_SETTINGS",
+    "VAE_CROP_MARGIN",
     "Factory",
     # volumes
     "load_volume",
@@ -82,6 +83,8 @@ MODEL_SETTINGS = (
     "spacing", "hu_range", "patch_size", "roi_size", "vae_shape", "mc_samples", "sw_roi_size", "sw_batch_size",
     "sw_overlap", "class_names", "settings_name",
 )
+#: the VAE alarm's crop margin (voxels around the mask) when its regressor records none (``train_vae_alarm``'s default)
+VAE_CROP_MARGIN = 2
 Factory = Callable[..., torch.nn.Module]
 
 
@@ -257,6 +260,8 @@ def load_regressor(study: PancreasStudy, name: str) -> Any:
         raise SynthCPInputError(f"regressor {path} is unreadable ({err})") from None
     if name == "vae_alarm":  # which VAE feature it regresses (folders written before the loss feature: "dice")
         regressor.vae_feature = state.get("vae_feature", "dice")
+        # the crop margin of its VAE's input (folders written before it was a setting: VAE_CROP_MARGIN)
+        regressor.vae_crop_margin = int(state.get("vae_crop_margin", VAE_CROP_MARGIN))
     if regressor.num_outputs != study.num_classes:
         raise SynthCPInputError(
             f"label count differs: {path} predicts {regressor.num_outputs} classes, the study has {study.num_classes}"

@@ -14,7 +14,7 @@ outputs go; these bodies do the rest.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,13 @@ def fit_cv_regressors(
 def fit_vae_alarm_regressor(
     study: StudyBase, vae: torch.nn.Module, masks: Iterable[torch.Tensor], true: np.ndarray, path: Path,
     feature: str = "loss",
+    record: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The VAE alarm's regressor: the mask VAE's ``feature`` (``"loss"`` as published, or ``"dice"``; see
     `per_class_vae_feature`) of each cross-validated prediction's VAE input ``masks`` (one-hot ``(1, C, *vae_shape)``,
     cropped by the study's rule) regressed, linear per class, onto its true quality ``true (N, C)`` -> ``path``
-    (with ``vae_feature``). Returns the features ``(N, C)``."""
+    (with ``vae_feature`` and the entries of ``record``, e.g. the crop's settings that scoring must repeat). Returns
+    the features ``(N, C)``."""
     vae.eval()
     with torch.no_grad():
         masks = tqdm(masks, desc="VAE features", total=len(true), disable=not study.progress)
@@ -97,5 +99,5 @@ def fit_vae_alarm_regressor(
     regressor, _ = fit_quality_regressor(
         LinearQualityRegressor(study.num_classes, missing_feature_quality=0.0), feats, true
     )
-    atomic_save_json({**regressor.state_dict(), "vae_feature": feature}, path)
+    atomic_save_json({**regressor.state_dict(), "vae_feature": feature, **dict(record or {})}, path)
     return feats

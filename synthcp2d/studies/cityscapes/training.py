@@ -97,14 +97,16 @@ def train_segmenter(
     batch_size: int = 8,
     lr: float = 1e-4,
     recipe: Mapping | None = None,
+    flip_prob: float = 0.5,
 ) -> dict:
     """Every segmenter on the whole training split -> ``models/segmenter_<name>.pt`` (finished ones are kept;
-    ``recipe``: the core's `SegmenterRecipe`)."""
+    ``recipe``: the core's `SegmenterRecipe`; ``flip_prob``: the images' random horizontal flip)."""
     train = study.cases()["train"]
     for name, factory in segmenter_factories(segmenters, study).items():
         fit_street_segmenter(
             study, factory, train, study.stage_dir("train_segmenter") / f"checkpoints_{name}",
             study.models / f"segmenter_{name}.pt", iterations, batch_size, lr, seed=int(study.seed), recipe=recipe,
+            flip_prob=flip_prob,
         )
         save_network_spec(study, f"segmenter_{name}", factory)
     return {"num_train": len(train), "iterations": int(iterations)}
@@ -118,8 +120,10 @@ def crossval(
     batch_size: int = 8,
     lr: float = 1e-4,
     recipe: Mapping | None = None,
+    flip_prob: float = 0.5,
 ) -> dict:
-    """K-fold CV predictions of every segmenter on the training split (the comparators' training data).
+    """K-fold CV predictions of every segmenter on the training split (the comparators' training data); the folds
+    train as `train_segmenter` does (``recipe``, ``flip_prob``: the same meaning).
 
     Per segmenter ``name``: the core's `run_crossval` layout in ``crossval/<name>/`` (PNG label maps, each case's
     MC-Dropout feature in its record), then ``crossval/<name>/cases.json`` (per case: fold, prediction path, true
@@ -133,7 +137,7 @@ def crossval(
         def train_fold(cases: list[dict], fold_dir: Path, factory: Factory = factory) -> torch.nn.Module:
             return fit_street_segmenter(
                 study, factory, cases, fold_dir / "checkpoints", fold_dir / "segmenter.pt", iterations, batch_size,
-                lr, seed=fold_seed(study, fold_dir), recipe=recipe,
+                lr, seed=fold_seed(study, fold_dir), recipe=recipe, flip_prob=flip_prob,
             )
 
         manifest = run_crossval(
@@ -205,16 +209,17 @@ def train_comparator(
     optimizer: str = "adamw",
     quality_weight: float = 1.0,
     error_weight: float = 1.0,
+    flip_prob: float = 0.5,
 ) -> dict:
     """Per segmenter and mode: the comparator on ``(x, G(ŷ), ŷ)`` (``direct``: ``(x, ŷ)``) of the CV predictions,
     IoU + error-map targets (paper eq. 8; ``quality_loss``: ``"l1"`` as published or ``"bce"``; ``quality_weight``,
     ``error_weight``: the two terms' weights, 1 and 1 in the paper; ``optimizer``: see `comparator_optimizer`) ->
     ``models/comparator_<segmenter>_<mode>.pt``. Same data, schedule and seed for every mode: Direct Prediction is
-    the ablation without synthesis."""
+    the ablation without synthesis. ``flip_prob``: the training images' random horizontal flip."""
     g = load_network(study, "generator", "generator", "train_synthesizer", generator)
     out = study.stage_dir("train_comparator")
     for name in study.segmenters:
-        dataset = case_dataset(list(cv_records(study, name).values()), with_pred=True)
+        dataset = case_dataset(list(cv_records(study, name).values()), flip_prob, with_pred=True)
         for mode in study.comparator_modes:
             logger.info(f"comparator {mode} on the CV predictions of {name}")
             fit_comparator(
@@ -237,10 +242,17 @@ def train_baselines(
     lr: float = 1e-4,
     vae_beta: float = 1e-3,
     vae_lr: float = 1e-3,
+    vae_iterations: int | None = None,
+    vae_batch_size: int | None = None,
+    flip_prob: float = 0.5,
 ) -> dict:
     """TCP heads (``models/confidnet_<name>.pt``) and the VAE alarm (``models/mask_vae.pt`` on ground-truth label maps,
     then per segmenter a linear per-class regressor from the VAE loss to IoU on its CV predictions ->
-    ``models/vae_alarm_<name>.json``)."""
+    ``models/vae_alarm_<name>.json``).
+
+    ``iterations``, ``batch_size``, ``lr``, ``flip_prob`` (random horizontal flip): the TCP heads'; ``vae_iterations``,
+    ``vae_batch_size`` (``None``: the TCP heads' ``iterations``, ``batch_size``), ``vae_lr``, ``vae_beta``: the mask
+    VAE's."""
     out = study.stage_dir("train_baselines")
     train = study.cases()["train"]
     for name, factory in segmenter_factories(segmenters, study).items():
@@ -256,13 +268,18 @@ def train_baselines(
             iterations,
             batch_size,
             lr,
+            flip_prob=flip_prob,
         )
 
     def masks() -> Dataset:
         labels = (torch.as_tensor(load_cached(r["cache"])["label"].astype(np.int64)) for r in train)
         return Dataset([{"label": vae_input(label, study)[0].argmax(0, keepdim=True)} for label in labels])
 
-    vae = fit_mask_vae(study, mask_vae, masks, out / "checkpoints_vae", iterations, batch_size, vae_lr, vae_beta)
+    vae_iterations = iterations if vae_iterations is None else vae_iterations
+    vae_batch_size = batch_size if vae_batch_size is None else vae_batch_size
+    vae = fit_mask_vae(
+        study, mask_vae, masks, out / "checkpoints_vae", vae_iterations, vae_batch_size, vae_lr, vae_beta
+    )
     on_main_process(_fit_vae_regressors, study, vae)
     return {"iterations": int(iterations), "num_train": len(train)}
 
