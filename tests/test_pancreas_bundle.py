@@ -274,6 +274,28 @@ def test_report_evidence_sections(run_dir):
     assert json.loads((out / "models" / "painter.json").read_text())["kind"] == "class_mean_painter"
 
 
+def test_mask_sensitivity_benchmark_on_a_trained_folder(run_dir, tmp_path):
+    """benchmarks/mask_sensitivity.py scores one test image's masks with every predictor: the true DSC of the ground
+    truth beats its tumour shifted 20 mm and a tumour elsewhere scores 0, every prediction lies in [0, 1], the figure
+    is written."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from mask_sensitivity import PREDICTORS, run_folder
+
+    _, out = run_dir
+    meta = json.loads((out / "prepare" / "cases.json").read_text())
+    first = meta["test"][0]
+    rows = run_folder(out, max_cases=1, figure=tmp_path / "masks.png")
+    assert {r["case"] for r in rows} == {first} and {"segmenter", "ground truth"} <= {r["mask"] for r in rows}
+    label = np.asarray(nib.load(meta["cases"][first]["label"]).dataobj)
+    true = {r["mask"]: r["true"] for r in rows}
+    if (label == 2).any():  # judged on the case's own (finer) label grid: the ground truth beats its shifted copy
+        assert true["ground truth"] > true["tumour shifted 20 mm"] and true["tumour elsewhere in the gland"] == 0
+        assert (tmp_path / "masks.png").stat().st_size > 0
+    for row in rows:
+        for name in PREDICTORS:
+            assert np.isnan(row[name]) or 0.0 <= row[name] <= 1.0, (row["mask"], name)
+
+
 def test_synthesis_difference_benchmark_on_a_trained_folder(run_dir):
     """benchmarks/synthesis_difference.py runs on a study folder: mean differences in HU, shares in [0, 1]."""
     import sys
