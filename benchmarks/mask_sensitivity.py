@@ -38,6 +38,7 @@ import torch
 from scipy import ndimage, stats
 from tqdm.auto import tqdm
 
+from synthcp3d.engines.mask_perturbation import ball, ball_at
 from synthcp3d.evidence import comparison_figure
 from synthcp3d.roi import crop_to_box
 from synthcp3d.scoring.base import run_scorer
@@ -58,11 +59,6 @@ TUMOUR, PANCREAS = 2, 1
 SHIFTED = "tumour shifted 20 mm"
 PREDICTORS = ("SynthCP", "SynthCP, x̂ = class-mean painter", "SynthCP, x̂ = blank", "Direct Prediction",
               "Predicted volume (no image)", "VAE alarm", "Pairwise Dice (fold ensemble)")
-
-
-def _ball(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
 
 
 def _with_tumour(label: np.ndarray, tumour: np.ndarray) -> np.ndarray:
@@ -96,12 +92,7 @@ def _relocated(tumour: np.ndarray, gland: np.ndarray, radius_without: int) -> np
         return np.zeros_like(tumour)
     centre = np.argwhere(tumour).mean(0) if tumour.any() else inside.mean(0)
     target = inside[np.argmax(((inside - centre) ** 2).sum(1))]
-    ball = np.zeros_like(tumour)
-    lo = np.maximum(target - radius, 0)
-    hi = np.minimum(target + radius + 1, tumour.shape)
-    kernel = _ball(radius)[tuple(slice(a - t + radius, b - t + radius) for a, b, t in zip(lo, hi, target))]
-    ball[tuple(slice(a, b) for a, b in zip(lo, hi))] = kernel
-    return ball & gland
+    return ball_at(tumour.shape, target, radius) & gland
 
 
 def judged_masks(label: np.ndarray, spacing: tuple[float, ...], pred: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,9 +101,9 @@ def judged_masks(label: np.ndarray, spacing: tuple[float, ...], pred: np.ndarray
     step_mm = float(spacing[0])
     masks = {"segmenter": pred.astype(np.uint8), "ground truth": label.astype(np.uint8)}
     if tumour.any():
-        masks["tumour dilated 1"] = _with_tumour(label, ndimage.binary_dilation(tumour, _ball(1)))
-        masks["tumour dilated 2"] = _with_tumour(label, ndimage.binary_dilation(tumour, _ball(2)))
-        eroded = ndimage.binary_erosion(tumour, _ball(1))
+        masks["tumour dilated 1"] = _with_tumour(label, ndimage.binary_dilation(tumour, ball(1, 3)))
+        masks["tumour dilated 2"] = _with_tumour(label, ndimage.binary_dilation(tumour, ball(2, 3)))
+        eroded = ndimage.binary_erosion(tumour, ball(1, 3))
         if eroded.any():
             masks["tumour eroded 1"] = _with_tumour(label, eroded)
         for mm in (10, 20):
@@ -129,7 +120,8 @@ def judge(
     study, nets, image: np.ndarray, mask: np.ndarray, fold_masks: list[np.ndarray], seed: int
 ) -> tuple[dict[str, float], Comparison, torch.Tensor]:
     """Every predictor's tumour DSC of ``mask`` (``"class not predicted -> 0"`` applied to all), SynthCP's
-    comparison and the painter's image of the ROI ``(1, 1, *roi)``."""
+    comparison and the painter's image of the ROI ``(1, 1, *roi)``. The same scorers as `score_case`, without
+    MC-Dropout and with the fold models' masks of the image computed once for all its masks (``fold_masks``)."""
     judged = synthesize_and_compare(study, nets.generator, nets.synthcp, image, mask)
     inputs = {"image": judged.x_roi, "segmentation": judged.onehot, "direct_comparator": nets.direct}
     replaced = replaced_syntheses(nets.painter, judged.pred_roi, judged.synthesis, seed=seed)

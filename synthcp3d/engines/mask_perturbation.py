@@ -26,21 +26,29 @@ from scipy import ndimage
 
 from synthcp3d.errors import SynthCPInputError
 
-__all__ = ["OPERATIONS", "perturb_mask", "RandMaskPerturbd", "mask_perturbation_transform"]
+__all__ = ["OPERATIONS", "ball", "ball_at", "perturb_mask", "RandMaskPerturbd", "mask_perturbation_transform"]
 
 #: the perturbations, drawn uniformly
 OPERATIONS = ("shift", "dilate", "erode", "remove", "add")
 
 
-def _ball(radius: int, ndim: int) -> np.ndarray:
+def ball(radius: int, ndim: int) -> np.ndarray:
+    """A ball of ``radius`` voxels as a structuring element ``(2r+1,) * ndim`` (bool)."""
     grid = np.ogrid[tuple(slice(-radius, radius + 1) for _ in range(ndim))]
     return sum(g**2 for g in grid) <= radius**2
+
+
+def ball_at(shape: tuple[int, ...], centre: np.ndarray, radius: int) -> np.ndarray:
+    """A ball of ``radius`` voxels centred on the voxel ``centre`` in an array of ``shape``, clipped at its edges."""
+    seed = np.zeros(shape, dtype=bool)
+    seed[tuple(int(c) for c in centre)] = True
+    return ndimage.binary_dilation(seed, ball(radius, len(shape)))
 
 
 def _surrounding_label(mask: np.ndarray, region: np.ndarray) -> int:
     """The most common label just outside ``region``: what its voxels become when the region shrinks or moves (a
     tumour's -> the gland's, an organ's -> the background's)."""
-    ring = ndimage.binary_dilation(region, _ball(1, region.ndim)) & ~region
+    ring = ndimage.binary_dilation(region, ball(1, region.ndim)) & ~region
     values = mask[ring]
     return int(np.bincount(values).argmax()) if values.size else 0
 
@@ -66,10 +74,7 @@ def perturb_mask(
         classes = present or [1]
         centres = np.argwhere(mask > 0) if present else np.argwhere(np.ones_like(mask, dtype=bool))
         centre = centres[rng.randint(len(centres))]
-        radius = 1 + rng.randint(max_blob)
-        ball = np.zeros(mask.shape, dtype=bool)
-        ball[tuple(centre)] = True
-        out[ndimage.binary_dilation(ball, _ball(radius, mask.ndim))] = classes[rng.randint(len(classes))]
+        out[ball_at(mask.shape, centre, 1 + rng.randint(max_blob))] = classes[rng.randint(len(classes))]
         return out
     cls = present[rng.randint(len(present))]
     region = mask == cls
@@ -82,9 +87,9 @@ def perturb_mask(
         out[region] = fill
         out[moved] = cls
     elif op == "dilate":
-        out[ndimage.binary_dilation(region, _ball(1 + rng.randint(max_morph), mask.ndim))] = cls
+        out[ndimage.binary_dilation(region, ball(1 + rng.randint(max_morph), mask.ndim))] = cls
     elif op == "erode":
-        kept = ndimage.binary_erosion(region, _ball(1 + rng.randint(max_morph), mask.ndim))
+        kept = ndimage.binary_erosion(region, ball(1 + rng.randint(max_morph), mask.ndim))
         out[region & ~kept] = fill
     else:  # remove
         out[region] = fill
@@ -113,15 +118,18 @@ class RandMaskPerturbd(Randomizable, MapTransform):
         self.prob, self.from_label = float(prob), float(from_label)
         self.sizes = {"max_shift": int(max_shift), "max_morph": int(max_morph), "max_blob": int(max_blob)}
 
-    def randomize(self, data: Any = None) -> None:  # draws happen in __call__, from self.R
-        pass
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether to perturb, and from which source (the second draw only when perturbing)."""
+        self._perturb = self.R.rand() < self.prob
+        self._from_label = self._perturb and self.R.rand() < self.from_label
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        if self.R.rand() >= self.prob:
+        self.randomize()
+        if not self._perturb:
             return d
         pred = d[self.pred_key]
-        source = d[self.label_key] if self.R.rand() < self.from_label else pred
+        source = d[self.label_key] if self._from_label else pred
         array = np.asarray(torch.as_tensor(source).detach().cpu()).astype(np.int64)
         perturbed = perturb_mask(array[0], self.R, **self.sizes)[None]
         if isinstance(pred, torch.Tensor):
