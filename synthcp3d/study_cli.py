@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="extra bundle override, e.g. --set num_folds=4 --set train_comparator.iterations=500 (VALUE is YAML)",
+        help="extra bundle override, e.g. --set num_folds=4 --set train_comparator.iterations=500 (STAGE.KEY: that "
+        "stage only) --set segmenter_recipe#lr_decay=poly (MONAI's '#' for a key inside a config entry; VALUE is YAML)",
     )
 
 
@@ -262,6 +263,13 @@ def run_study(
     unknown = [s for s in chosen if s not in study.stages]
     if unknown:
         raise SynthCPInputError(f"unknown stage(s) {unknown}; stages of {study_name}: {', '.join(study.stages)}")
+    extra = extra or {}
+    unknown = sorted(set(extra) - {"common", *study.stages})
+    if unknown:  # "a.b=v" means stage a, key b: a nested config key would otherwise be dropped without a word
+        raise SynthCPInputError(
+            f"--set {unknown[0]}.<key>: {unknown[0]!r} is not a stage of {study_name} ({', '.join(study.stages)}); "
+            f"a key inside a config entry is written with '#', e.g. --set segmenter_recipe#lr_decay=poly"
+        )
     if data is None:
         if not demo:
             raise SynthCPInputError(f"give --data DIR ({study.data_help}) or use --demo")
@@ -272,7 +280,6 @@ def run_study(
     base = {"dataset_dir": str(data), "output_dir": str(out), "device": device, "bundle_root": str(bundle)}
     if seed is not None:
         base["seed"] = int(seed)
-    extra = extra or {}
     from synthcp3d.workflows.common import marker_run_id
 
     timings: dict[str, float] = {}

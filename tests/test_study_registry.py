@@ -48,6 +48,28 @@ def test_demo_overrides_merge_in_order() -> None:
     assert stage_overrides("pancreas", "train_segmenter", base, demo=False, extra={}) == base
 
 
+def test_set_names_a_stage_or_a_nested_key_with_hash(tmp_path: Path) -> None:
+    """``a.b=v`` means stage ``a``; a dotted config path is refused (it was silently dropped), ``a#b`` reaches the
+    config entry through MONAI's own override syntax."""
+    from monai.bundle import ConfigParser
+
+    from synthcp3d.study_cli import _parse_overrides, run_study
+
+    extra = _parse_overrides(["segmenter_recipe.lr_decay=poly"])
+    assert extra == {"segmenter_recipe": {"lr_decay": "poly"}}
+    with pytest.raises(SynthCPInputError, match="not a stage of streethazards.*segmenter_recipe#lr_decay"):
+        run_study("streethazards", tmp_path / "out", demo=True, extra=extra)
+    assert not (tmp_path / "out").exists()  # refused before any data was generated
+
+    extra = _parse_overrides(["segmenter_recipe#lr_decay=poly", "train_segmenter.iterations=5"])
+    assert extra == {"common": {"segmenter_recipe#lr_decay": "poly"}, "train_segmenter": {"iterations": 5}}
+    parser = ConfigParser()
+    parser.read_config(bundle_dir(STUDIES["streethazards"]) / "configs" / "common.yaml")
+    parser.update(extra["common"])
+    assert parser.get_parsed_content("segmenter_recipe")["lr_decay"] == "poly"
+    assert parser.get_parsed_content("segmenter_recipe")["include_background"] is True  # the rest kept
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
