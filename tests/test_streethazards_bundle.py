@@ -71,8 +71,9 @@ def test_every_stage_ran_and_tables_printed(study_run):
     assert "reduction `per_image`" in report and "reduction `pooled`" in report
     assert "## Synthesis quality: G(ground truth) vs the real image" in report
     assert "| 2D SPADE G(y) |" in report and "| class-mean painter |" in report
-    miou = json.loads((out / "evaluate" / "report.json").read_text())["segmenter_miou"]
-    assert f"(segmenter mIoU {miou:.3f})" in report
+    saved = json.loads((out / "evaluate" / "report.json").read_text())
+    miou = saved["segmenter_miou"]
+    assert saved["segmenter"] == "fcn8" and f"(fcn8 segmenter mIoU {miou:.3f})" in report
     assert (out / "evaluate" / "fig7.png").stat().st_size > 1000
     tables = json.loads((out / "evaluate" / "report.json").read_text())["tables"]
     for reduction in ("per_image", "pooled"):

@@ -87,3 +87,25 @@ def test_a_broken_study_description_is_refused_in_one_line(tmp_path: Path, edit,
     with pytest.raises(SynthCPInputError, match=message) as info:
         read_study(bundle)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["unet", "deeplabv2", "fcn8"])
+def test_streethazards_segmenter_options_follow_its_name(name: str) -> None:
+    """One config entry per segmenter kind (``segmenter_options[segmenter_name]``); the demo picks the full-resolution
+    UNet with median-frequency class weights, and every kind builds at demo size with full-size logits."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from synthcp3d.workflows.protocol import SegmenterRecipe
+
+    study = STUDIES["streethazards"]
+    parser = ConfigParser()
+    parser.read_config(bundle_dir(study) / "configs" / "common.yaml")
+    parser.update({**study.demo_settings["common"], "segmenter_name": name,
+                   "segmenter_layers": [1, 1, 1, 1], "segmenter_channels": [8, 8, 16, 16]})
+    net = parser.get_parsed_content("segmenter")()
+    assert (type(net.body).__name__ == "BasicUNet") == (name == "unet")
+    logits = net.eval()(torch.zeros(1, 3, *reversed(study.demo_settings["common"]["image_size"])))
+    assert logits.shape == (1, 13, 64, 128)
+    assert study.demo_settings["common"]["segmenter_name"] == "unet"
+    assert SegmenterRecipe.of(parser.get_parsed_content("segmenter_recipe")).class_weights == "median_frequency"

@@ -16,7 +16,9 @@ from synthcp3d.engines.checkpoint import load_weights
 from synthcp3d.engines.segmentation import SegmentationLoss
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.workflows.common import StudyBase
-from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed
+from synthcp3d.errors import SynthCPInputError
+from synthcp3d.workflows import protocol
+from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed, median_frequency_weights
 from synthcp3d.workflows.protocol_judges import fit_quality_regressor
 
 
@@ -88,6 +90,44 @@ def test_recipe_from_config_mapping() -> None:
     assert SegmenterRecipe.of(None) == SegmenterRecipe()
     recipe = SegmenterRecipe.of({"batch_dice": True})
     assert recipe.batch_dice and SegmenterRecipe.of(recipe) is recipe
+
+
+def test_median_frequency_weights_by_hand() -> None:
+    """f_c = pixels of c / valid pixels of the maps holding c; w_c = median(f) / f_c; 255 not counted; a class no map
+    holds gets 1. Maps: [0, 0, 255, 1] (3 valid pixels) and [0, 2, 2, 2] (4): f = (3/7, 1/3, 3/4), median 3/7."""
+    maps = [np.array([[0, 0, 255, 1]]), torch.tensor([[0, 2, 2, 2]])]
+    assert median_frequency_weights(maps, 4) == pytest.approx([1.0, 9 / 7, 4 / 7, 1.0])
+    # a class in every pixel of one map only is frequent there: its weight does not fall with the other maps' size
+    assert median_frequency_weights([np.zeros((1, 4)), np.ones((1, 400))], 2) == pytest.approx([1.0, 1.0])
+    with pytest.raises(SynthCPInputError, match="no class"):
+        median_frequency_weights([np.full((2, 2), 255)], 3)
+
+
+def test_fit_segmenter_balances_classes_on_its_training_labels(tmp_path: Path, monkeypatch) -> None:
+    study = _Study(dataset_dir=str(tmp_path), output_dir=str(tmp_path), progress=False, checkpoint_every=100)
+    samples = _samples(2)
+    for s in samples:  # make class 2 rare
+        s["label"][s["label"] == 2] = 0
+        s["label"][0, :2, :2] = 2
+    seen = []
+
+    class _Recording(SegmentationLoss):
+        def __init__(self, **kwargs) -> None:
+            seen.append(kwargs["class_weights"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(protocol, "SegmentationLoss", _Recording)
+    recipe = {"class_weights": "median_frequency"}
+    fit_segmenter(study, lambda: _segmenter(2), lambda: Dataset(samples), tmp_path / "ckpt", tmp_path / "seg.pt", 2, 2,
+                  1e-2, seed=5, recipe=recipe, num_classes=3)
+    expected = median_frequency_weights([s["label"] for s in samples], 3)
+    assert seen == [pytest.approx(expected)] and expected[2] > 10 * expected[0]
+    study.force = True
+    with pytest.raises(SynthCPInputError, match="class count"):
+        fit_segmenter(study, lambda: _segmenter(2), lambda: Dataset(samples), tmp_path / "ckpt2", tmp_path / "seg.pt",
+                      2, 2, 1e-2, seed=5, recipe=recipe)
+    with pytest.raises(SynthCPInputError, match="median_frequency"):
+        SegmenterRecipe.of({"class_weights": "inverse"})
 
 
 def test_fold_seed_follows_the_fold_folder(tmp_path: Path) -> None:

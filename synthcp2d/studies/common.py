@@ -209,8 +209,7 @@ def fit_street_segmenter(
         raise SynthCPInputError("segmenter_recipe.crop_ratios: the 2D studies train on whole images, not patches")
     return fit_segmenter(
         study, factory, partial(case_dataset, records, flip_prob), checkpoint_dir, weights, iterations, batch_size, lr,
-        seed,
-        recipe, ignore_index=study.ignore_index,
+        seed, recipe, ignore_index=study.ignore_index, num_classes=study.num_classes,
     )
 
 

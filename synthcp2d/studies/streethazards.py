@@ -57,7 +57,7 @@ from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
 from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
 from synthcp3d.workflows.common import case_seed, study_stage, write_csv_rows
-from synthcp3d.workflows.trained import load_network, save_network_spec
+from synthcp3d.workflows.trained import load_network, load_network_spec, save_network_spec
 
 __all__ = [
     "StreetHazardsStudy",
@@ -287,7 +287,8 @@ def evaluate(
         "0-255)",
         element="pixel", average=True,
     )
-    report = _write_report(study, tables, test, per_image_rows, iou.per_class(), synthesis, out)
+    segmenter_name = str(load_network_spec(study.models, "segmenter", "train_segmenter").get("name", "segmenter"))
+    report = _write_report(study, tables, test, per_image_rows, iou.per_class(), synthesis, out, segmenter_name)
     print(report, flush=True)
     print(
         f"report: {out / 'report.md'} (+ .json, .csv); per-image: {out / 'per_image.csv'}; figure: {out / 'fig7.png'}"
@@ -310,7 +311,7 @@ def _figure_row(case: dict, pred: torch.Tensor, synth: torch.Tensor, scores: dic
 
 def _write_report(
     study: StreetHazardsStudy, tables: dict, test: list, per_image_rows: list, class_iou: np.ndarray,
-    synthesis: tuple, out: Any,
+    synthesis: tuple, out: Any, segmenter_name: str,
 ) -> str:
     main_rows = [synthcp_name(study.t)] + [synthcp_name(study.t) + s for s in X_HAT_ABLATIONS] + list(BASELINES)
     n_anom = len(per_image_rows)
@@ -323,7 +324,7 @@ def _write_report(
         f"'{study.crf_backend}' (the benchmark's, on the softmax: {study.crf_iterations} mean-field iterations; "
         f"image-guided: {study.crf_image_iterations}), SynthCP scales {list(study.scales)}.",
         "All values ×100; anomaly pixels positive; no pixel ignored.",
-        f"Segmenter test mIoU {miou:.3f}: dataset-level IoU over the {study.num_classes} known classes (intersections "
+        f"Segmenter ({segmenter_name}) test mIoU {miou:.3f}: dataset-level IoU over the {study.num_classes} known classes (intersections "
         "and unions summed over the test images, anomaly pixels excluded), averaged over the classes labelled or "
         "predicted there.",
         f"Rows '{synthcp_name(study.t)}, x̂ = class-mean painter' and '…, x̂ = blank': the same score with the "
@@ -338,10 +339,10 @@ def _write_report(
             if reduction == "per_image"
             else f"all test pixels pooled ({study.num_bins}-bin streaming histograms; Fishyscapes / SMIYC style)"
         )
-        lines += [f"## Table 3 — reduction `{reduction}`: {note} (segmenter mIoU {miou:.3f})", ""]
+        lines += [f"## Table 3 — reduction `{reduction}`: {note} ({segmenter_name} segmenter mIoU {miou:.3f})", ""]
         lines += [metrics_markdown({m: tables[reduction][m] for m in main_rows}, ANOMALY_COLUMNS), ""]
-    lines += [f"## Table 4 — SynthCP MSP post-processing threshold sweep (reduction `per_image`; segmenter mIoU "
-              f"{miou:.3f})", ""]
+    lines += [f"## Table 4 — SynthCP MSP post-processing threshold sweep (reduction `per_image`; {segmenter_name} "
+              f"segmenter mIoU {miou:.3f})", ""]
     lines += [
         metrics_markdown(
             {synthcp_name(t): tables["per_image"][synthcp_name(t)] for t in study.thresholds}, ANOMALY_COLUMNS
@@ -355,7 +356,7 @@ def _write_report(
     known = STREETHAZARDS_CLASSES[: study.num_classes]
     atomic_save_json(
         {"tables": tables, "settings": study.describe(), "num_test": len(test), "num_images_with_anomaly": n_anom,
-         "segmenter_miou": miou, "segmenter_class_iou": dict(zip(known, class_iou.tolist())),
+         "segmenter": segmenter_name, "segmenter_miou": miou, "segmenter_class_iou": dict(zip(known, class_iou.tolist())),
          "synthesis": synthesis[1]},
         out / "report.json",
     )

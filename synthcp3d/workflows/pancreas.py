@@ -177,7 +177,7 @@ def _fit_segmenter(
         study, segmenter, partial(_segmenter_dataset, study, case_ids, num_samples, recipe.crop_ratios, augment),
         fold_dir / "checkpoints", weights, iterations, batch_size, lr, seed, recipe,
         # drop_last: AH-Net's batch norm cannot train on a last batch of one 32^3 patch (a 1-voxel deepest map)
-        drop_last=True,
+        drop_last=True, num_classes=study.num_classes,
     )
 
 

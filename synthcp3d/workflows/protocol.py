@@ -17,12 +17,14 @@ The judges fitted without training a network (painter, regressors) are :mod:`syn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import Dataset
 from monai.utils import set_determinism
@@ -42,12 +44,16 @@ from synthcp3d.workflows.common import StudyBase, on_main_process
 from synthcp3d.workflows.protocol_judges import fit_painter
 from synthcp3d.workflows.trained import save_network
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "SEED_OFFSETS",
     "seed_stage",
     "train_loader",
     "run_trainer",
     "SegmenterRecipe",
+    "MEDIAN_FREQUENCY",
+    "median_frequency_weights",
     "fit_segmenter",
     "fit_synthesizer",
     "SPADE_OPTIONS",
@@ -96,7 +102,8 @@ class SegmenterRecipe:
     Attributes:
         include_background: count the background in the Dice term.
         batch_dice: Dice of each class summed over the batch (a patch without tumour does not reward missing it).
-        class_weights: per-class weights of both loss terms, e.g. ``[1, 1, 3]``.
+        class_weights: per-class weights of both loss terms, e.g. ``[1, 1, 3]``, or ``"median_frequency"``: Eigen &
+            Fergus's median frequency balancing, counted on the training labels (:func:`median_frequency_weights`).
         crop_ratios: patch centres per class, e.g. background : pancreas : tumour ``[1, 1, 2]``; None = 1:2
             background : foreground (``RandCropByPosNegLabeld``); used by studies that train on patches.
         lr_decay: ``"poly"`` (``(1 - t/T) ** lr_power``, nnU-Net's schedule) or ``"none"``.
@@ -106,7 +113,7 @@ class SegmenterRecipe:
 
     include_background: bool = True
     batch_dice: bool = False
-    class_weights: Sequence[float] | None = None
+    class_weights: Sequence[float] | str | None = None
     crop_ratios: Sequence[float] | None = None
     lr_decay: str = "none"
     weight_decay: float = 1e-5
@@ -115,6 +122,9 @@ class SegmenterRecipe:
     def __post_init__(self) -> None:
         if self.lr_decay not in ("poly", "none"):
             raise SynthCPInputError(f"segmenter_recipe.lr_decay must be 'poly' or 'none', got {self.lr_decay!r}")
+        if isinstance(self.class_weights, str) and self.class_weights != MEDIAN_FREQUENCY:
+            raise SynthCPInputError(f"segmenter_recipe.class_weights must be a list, null or {MEDIAN_FREQUENCY!r}, "
+                                    f"got {self.class_weights!r}")
 
     @classmethod
     def of(cls, recipe: SegmenterRecipe | Mapping | None) -> SegmenterRecipe:
@@ -122,10 +132,41 @@ class SegmenterRecipe:
         return recipe if isinstance(recipe, cls) else cls(**dict(recipe or {}))
 
     def loss(self, ignore_index: int | None = None) -> torch.nn.Module:
+        if isinstance(self.class_weights, str):
+            raise ValueError("resolve class_weights='median_frequency' (median_frequency_weights) before the loss")
         return SegmentationLoss(
             ignore_index=ignore_index, include_background=self.include_background, batch=self.batch_dice,
             class_weights=self.class_weights,
         )
+
+
+MEDIAN_FREQUENCY = "median_frequency"
+
+
+def median_frequency_weights(label_maps: Iterable[np.ndarray | torch.Tensor], num_classes: int) -> list[float]:
+    """Median frequency balancing (Eigen & Fergus, ICCV 2015; SegNet's class weights): ``w_c = median(f) / f_c``.
+
+    ``f_c`` = pixels of class ``c`` / all valid pixels of the label maps that contain ``c``; the median runs over the
+    classes that occur. A class no label map holds gets weight 1 (nothing to balance). Written here because MONAI
+    and scikit-learn offer only global-frequency weights (``compute_class_weight``), not this per-image definition.
+
+    Args:
+        label_maps: integer label maps of any shape (e.g. ``(1, *S)``), one per training sample.
+        num_classes: classes ``0 .. num_classes - 1``; values outside (an ignore label such as 255) are not counted.
+    """
+    pixels = np.zeros(num_classes, dtype=np.float64)
+    present_in = np.zeros(num_classes, dtype=np.float64)  # valid pixels of the maps that hold the class
+    for label in label_maps:
+        values = np.asarray(label).astype(np.int64).ravel()
+        values = values[(values >= 0) & (values < num_classes)]
+        counts = np.bincount(values, minlength=num_classes)[:num_classes].astype(np.float64)
+        pixels += counts
+        present_in += (counts > 0) * values.size
+    occurs = present_in > 0
+    if not occurs.any():
+        raise SynthCPInputError("median frequency class weights: the training labels hold no class")
+    freq = np.divide(pixels, present_in, out=np.zeros(num_classes), where=occurs)
+    return np.where(occurs, np.median(freq[occurs]) / np.where(occurs, freq, 1.0), 1.0).tolist()
 
 
 def fit_segmenter(
@@ -141,10 +182,12 @@ def fit_segmenter(
     recipe: SegmenterRecipe | Mapping | None = None,
     ignore_index: int | None = None,
     drop_last: bool = False,
+    num_classes: int | None = None,
 ) -> torch.nn.Module:
     """Train one segmenter (Dice + CE by ``recipe``, Adam, optional poly LR decay) on ``make_dataset()`` of
     ``{"image" (Ci, *S), "label" (1, *S)}`` samples -> ``weights`` (``{"segmenter": ...}``, atomic); resumable from
     ``checkpoint_dir``. Existing ``weights`` are loaded instead unless ``force`` (the dataset is then not built).
+    ``num_classes`` is needed by ``recipe.class_weights="median_frequency"`` (counted on one pass over the dataset).
 
     Returns the network unwrapped, in eval mode (distributed runs: every rank holds the same weights).
     """
@@ -155,7 +198,15 @@ def fit_segmenter(
         load_weights({"segmenter": net}, weights)
         return net.eval()
     net = study.prepare_network(factory())
-    loader = train_loader(study, make_dataset(), batch_size, seed, drop_last=drop_last)
+    dataset = make_dataset()
+    if recipe.class_weights == MEDIAN_FREQUENCY:
+        if num_classes is None:
+            raise SynthCPInputError("segmenter_recipe.class_weights='median_frequency' needs the study's class count")
+        balanced = median_frequency_weights((dataset[i]["label"] for i in range(len(dataset))), num_classes)
+        logger.info("median frequency class weights: %s", [round(w, 3) for w in balanced])
+        recipe = replace(recipe, class_weights=balanced)
+        set_determinism(seed=int(seed))  # the counting pass drew the dataset's random transforms: start afresh
+    loader = train_loader(study, dataset, batch_size, seed, drop_last=drop_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(iterations), power=float(recipe.lr_power))
