@@ -3,8 +3,9 @@
     python -m synthcp3d.seed_summary runs/seed0/evaluate/report.json runs/seed1/evaluate/report.json ... [--out F]
 
 Prints (and with ``--out`` writes) Markdown: per table (e.g. tumour, pancreas) the methods × metrics as mean ± SD
-over the runs, the segmenter's true DSC and the synthesis and pixel-level figures the same way. Every number is
-taken from the runs' own reports; the runs stay in their folders.
+over the runs, the segmenter's true DSC and the synthesis and pixel-level figures the same way. An anomaly report
+(StreetHazards: tables per reduction of FPR95 / AUROC / AUPR, no quality measure) is summarised the same way, with its
+segmenter's mIoU. Every number is taken from the runs' own reports; the runs stay in their folders.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from synthcp3d.report import METRIC_COLUMNS
 from synthcp3d.utils.atomic import atomic_save_text
 
 __all__ = ["summarize_reports", "main"]
+
+#: columns of an anomaly report's tables (x100 already), as the StreetHazards evaluate stage writes them
+ANOMALY_COLUMNS = (("FPR95", "FPR95 ↓"), ("AUROC", "AUROC ↑"), ("AUPR", "AUPR ↑"))
 
 
 def _mean_sd(values: Sequence[Any]) -> str:
@@ -54,16 +58,25 @@ def summarize_reports(paths: Sequence[str | Path]) -> str:
             raise SynthCPInputError(f"cannot read report {path}: {err}") from None
     if not reports:
         raise SynthCPInputError("give at least one report.json")
-    lines = [f"# {reports[0]['title']} — mean ± SD over {len(reports)} run(s)", ""]
+    anomaly = "quality" not in reports[0]
+    title = reports[0].get("title", "Anomaly segmentation" if anomaly else "Quality prediction")
+    lines = [f"# {title} — mean ± SD over {len(reports)} run(s)", ""]
     lines += [f"Runs: {', '.join(str(p) for p in paths)}", ""]
+    if all("segmenter_miou" in r for r in reports):
+        names = sorted({str(r.get("segmenter", "segmenter")) for r in reports})
+        lines += [f"Segmenter ({', '.join(names)}) mIoU: {_mean_sd([100.0 * r['segmenter_miou'] for r in reports])} "
+                  "(x100)", ""]
     for group in reports[0]["tables"]:
         rows: dict[str, list[dict]] = {}
         for r in reports:
             for method, values in r["tables"].get(group, {}).items():
                 rows.setdefault(method, []).append(values)
-        lines += [f"## {group} {reports[0]['quality']} prediction (x100)", ""]
-        lines += _table(rows, METRIC_COLUMNS, "Method") + [""]
+        heading = f"reduction `{group}`" if anomaly else f"{group} {reports[0]['quality']} prediction"
+        lines += [f"## {heading} (x100)", ""]
+        lines += _table(rows, ANOMALY_COLUMNS if anomaly else METRIC_COLUMNS, "Method") + [""]
     extras = [r.get("extra", {}) for r in reports]
+    if all("synthesis" in r for r in reports):  # the 2D reports keep it at the top level
+        extras = [{**e, "synthesis": r["synthesis"]} for e, r in zip(extras, reports)]
     if all("segmenter" in e for e in extras):
         splits = extras[0]["segmenter"]["splits"]
         lines += [f"## True DSC of the judged segmenter ({extras[0]['segmenter']['segmenter']}), x100", ""]
@@ -76,7 +89,9 @@ def summarize_reports(paths: Sequence[str | Path]) -> str:
     if all("synthesis" in e for e in extras):
         keys = list(next(iter(extras[0]["synthesis"].values())))
         rows = {name: [e["synthesis"][name] for e in extras] for name in extras[0]["synthesis"]}
-        lines += ["## Synthesis quality (HU; SSIM)", ""] + _table(rows, [(k, k) for k in keys], "synthesizer") + [""]
+        unit = "colour levels 0-255" if anomaly else "HU"
+        lines += [f"## Synthesis quality ({unit}; SSIM)", ""]
+        lines += _table(rows, [(k, k) for k in keys], "synthesizer") + [""]
     if all("comparator_features" in e for e in extras):
         names = dict.fromkeys(n for e in extras for n in e["comparator_features"])
         lines += ["## Comparator encoders: relative spread of the pooled features across test cases", "",

@@ -44,3 +44,23 @@ def test_comparator_collapse_counted_over_runs(tmp_path):
         (tmp_path / f"{k}.json").write_text(json.dumps(payload))
         paths.append(tmp_path / f"{k}.json")
     assert "| SynthCP | 0.370 | 0.004 | 1 of 2 |" in summarize_reports(paths)
+
+
+def test_anomaly_reports_summarised_per_reduction(tmp_path):
+    """StreetHazards reports: tables per reduction of FPR95 / AUROC / AUPR, the segmenter's mIoU, the synthesis."""
+    paths = []
+    for k, (auroc, miou, err) in enumerate(((60.0, 0.5, 30.0), (70.0, 0.4, 34.0))):
+        payload = {
+            "tables": {"per_image": {"MSP": {"FPR95": 50.0, "AUROC": auroc, "AUPR": 3.0, "reduction": "per_image"}},
+                       "pooled": {"MSP": {"FPR95": 80.0, "AUROC": auroc - 5, "AUPR": 2.0}}},
+            "segmenter": "unet", "segmenter_miou": miou,
+            "synthesis": {"class-mean painter": {"mean_error": err, "ssim": 0.1}},
+        }
+        paths.append(tmp_path / f"r{k}.json")
+        paths[-1].write_text(json.dumps(payload))
+    md = summarize_reports(paths)
+    assert "Segmenter (unet) mIoU: 45.00 ± 7.07 (x100)" in md
+    assert "## reduction `per_image` (x100)" in md and "| Method | FPR95 ↓ | AUROC ↑ | AUPR ↑ |" in md
+    assert "| MSP | 50.00 ± 0.00 | 65.00 ± 7.07 | 3.00 ± 0.00 |" in md
+    assert "| MSP | 80.00 ± 0.00 | 60.00 ± 7.07 | 2.00 ± 0.00 |" in md
+    assert "## Synthesis quality (colour levels 0-255; SSIM)" in md and "| class-mean painter | 32.00 ± 2.83 |" in md
