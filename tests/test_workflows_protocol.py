@@ -122,7 +122,12 @@ def test_fit_segmenter_balances_classes_on_its_training_labels(tmp_path: Path, m
                   1e-2, seed=5, recipe=recipe, num_classes=3)
     expected = median_frequency_weights([s["label"] for s in samples], 3)
     assert seen == [pytest.approx(expected)] and expected[2] > 10 * expected[0]
+    # patch sampling (RandCropByPosNegLabeld & co.) gives a list of samples per item: each patch counts
+    pairs = [[samples[i], samples[i + 1]] for i in (0, 2)]
     study.force = True
+    fit_segmenter(study, lambda: _segmenter(2), lambda: Dataset(pairs), tmp_path / "ckpt3", tmp_path / "seg.pt", 2, 2,
+                  1e-2, seed=5, recipe=recipe, num_classes=3)
+    assert seen[-1] == pytest.approx(expected)
     with pytest.raises(SynthCPInputError, match="class count"):
         fit_segmenter(study, lambda: _segmenter(2), lambda: Dataset(samples), tmp_path / "ckpt2", tmp_path / "seg.pt",
                       2, 2, 1e-2, seed=5, recipe=recipe)

@@ -169,6 +169,14 @@ def median_frequency_weights(label_maps: Iterable[np.ndarray | torch.Tensor], nu
     return np.where(occurs, np.median(freq[occurs]) / np.where(occurs, freq, 1.0), 1.0).tolist()
 
 
+def _training_labels(dataset: Dataset) -> Iterable[Any]:
+    """Every sample's ``label``, one pass; a patch-sampling transform's item is a list of samples."""
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for sample in item if isinstance(item, list) else [item]:
+            yield sample["label"]
+
+
 def fit_segmenter(
     study: StudyBase,
     factory: Factory,
@@ -202,7 +210,7 @@ def fit_segmenter(
     if recipe.class_weights == MEDIAN_FREQUENCY:
         if num_classes is None:
             raise SynthCPInputError("segmenter_recipe.class_weights='median_frequency' needs the study's class count")
-        balanced = median_frequency_weights((dataset[i]["label"] for i in range(len(dataset))), num_classes)
+        balanced = median_frequency_weights(_training_labels(dataset), num_classes)
         logger.info("median frequency class weights: %s", [round(w, 3) for w in balanced])
         recipe = replace(recipe, class_weights=balanced)
         set_determinism(seed=int(seed))  # the counting pass drew the dataset's random transforms: start afresh
