@@ -324,9 +324,9 @@ def _write_report(
         f"'{study.crf_backend}' (the benchmark's, on the softmax: {study.crf_iterations} mean-field iterations; "
         f"image-guided: {study.crf_image_iterations}), SynthCP scales {list(study.scales)}.",
         "All values ×100; anomaly pixels positive; no pixel ignored.",
-        f"Segmenter ({segmenter_name}) test mIoU {miou:.3f}: dataset-level IoU over the {study.num_classes} known classes (intersections "
-        "and unions summed over the test images, anomaly pixels excluded), averaged over the classes labelled or "
-        "predicted there.",
+        f"Segmenter ({segmenter_name}) test mIoU {miou:.3f}: dataset-level IoU over the {study.num_classes} known "
+        "classes (intersections and unions summed over the test images, anomaly pixels excluded), averaged over the "
+        "classes labelled or predicted there.",
         f"Rows '{synthcp_name(study.t)}, x̂ = class-mean painter' and '…, x̂ = blank': the same score with the "
         "class-mean painter's image of ŷ (training mean colour per class plus noise of its training SD) or a blank "
         "mid-grey image in place of G(ŷ).",
@@ -356,7 +356,8 @@ def _write_report(
     known = STREETHAZARDS_CLASSES[: study.num_classes]
     atomic_save_json(
         {"tables": tables, "settings": study.describe(), "num_test": len(test), "num_images_with_anomaly": n_anom,
-         "segmenter": segmenter_name, "segmenter_miou": miou, "segmenter_class_iou": dict(zip(known, class_iou.tolist())),
+         "segmenter": segmenter_name, "segmenter_miou": miou,
+         "segmenter_class_iou": dict(zip(known, class_iou.tolist())),
          "synthesis": synthesis[1]},
         out / "report.json",
     )
