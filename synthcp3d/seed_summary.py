@@ -58,7 +58,11 @@ def summarize_reports(paths: Sequence[str | Path]) -> str:
             raise SynthCPInputError(f"cannot read report {path}: {err}") from None
     if not reports:
         raise SynthCPInputError("give at least one report.json")
-    anomaly = "quality" not in reports[0]
+    kinds = {"quality" if "quality" in r else "anomaly" for r in reports}
+    if len(kinds) > 1 or not all(isinstance(r.get("tables"), dict) for r in reports):
+        raise SynthCPInputError("give report.json files of one kind, each with its tables (image-level quality "
+                                "reports, or StreetHazards anomaly reports)")
+    anomaly = kinds == {"anomaly"}
     title = reports[0].get("title", "Anomaly segmentation" if anomaly else "Quality prediction")
     lines = [f"# {title} — mean ± SD over {len(reports)} run(s)", ""]
     lines += [f"Runs: {', '.join(str(p) for p in paths)}", ""]

@@ -64,3 +64,9 @@ def test_anomaly_reports_summarised_per_reduction(tmp_path):
     assert "| MSP | 50.00 ± 0.00 | 65.00 ± 7.07 | 3.00 ± 0.00 |" in md
     assert "| MSP | 80.00 ± 0.00 | 60.00 ± 7.07 | 2.00 ± 0.00 |" in md
     assert "## Synthesis quality (colour levels 0-255; SSIM)" in md and "| class-mean painter | 32.00 ± 2.83 |" in md
+    quality = _report(tmp_path / "q.json", 10.0, 50.0, 0.3)
+    with pytest.raises(SynthCPInputError, match="one kind"):
+        summarize_reports([paths[0], quality])
+    (tmp_path / "no_tables.json").write_text(json.dumps({"segmenter_miou": {"fcn8": 0.2}}))
+    with pytest.raises(SynthCPInputError, match="one kind"):
+        summarize_reports([tmp_path / "no_tables.json"])

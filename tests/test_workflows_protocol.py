@@ -17,6 +17,7 @@ from synthcp3d.engines.segmentation import SegmentationLoss
 from synthcp3d.scoring.regression import LinearQualityRegressor
 from synthcp3d.workflows.common import StudyBase
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.networks.segmenters import build_segmenter
 from synthcp3d.workflows import protocol
 from synthcp3d.workflows.protocol import SegmenterRecipe, fit_segmenter, fold_seed, median_frequency_weights
 from synthcp3d.workflows.protocol_judges import fit_quality_regressor
@@ -128,6 +129,14 @@ def test_fit_segmenter_balances_classes_on_its_training_labels(tmp_path: Path, m
     fit_segmenter(study, lambda: _segmenter(2), lambda: Dataset(pairs), tmp_path / "ckpt3", tmp_path / "seg.pt", 2, 2,
                   1e-2, seed=5, recipe=recipe, num_classes=3)
     assert seen[-1] == pytest.approx(expected)
+    # counting does not move the run's random stream (dropout draws from it): the same run given the weights as a
+    # list trains the same net
+    with_dropout = lambda: build_segmenter("unet", 2, 1, 3, dropout=0.5, features=(4,) * 6)  # noqa: E731
+    balanced = fit_segmenter(study, with_dropout, lambda: Dataset(samples), tmp_path / "ckpt4",
+                             tmp_path / "a.pt", 2, 2, 1e-2, seed=5, recipe=recipe, num_classes=3)
+    listed = fit_segmenter(study, with_dropout, lambda: Dataset(samples), tmp_path / "ckpt5",
+                           tmp_path / "b.pt", 2, 2, 1e-2, seed=5, recipe={"class_weights": expected}, num_classes=3)
+    assert all(torch.equal(a, b) for a, b in zip(balanced.state_dict().values(), listed.state_dict().values()))
     with pytest.raises(SynthCPInputError, match="class count"):
         fit_segmenter(study, lambda: _segmenter(2), lambda: Dataset(samples), tmp_path / "ckpt2", tmp_path / "seg.pt",
                       2, 2, 1e-2, seed=5, recipe=recipe)

@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from monai.data import Dataset
@@ -147,7 +148,8 @@ def median_frequency_weights(label_maps: Iterable[np.ndarray | torch.Tensor], nu
     """Median frequency balancing (Eigen & Fergus, ICCV 2015; SegNet's class weights): ``w_c = median(f) / f_c``.
 
     ``f_c`` = pixels of class ``c`` / all valid pixels of the label maps that contain ``c``; the median runs over the
-    classes that occur. A class no label map holds gets weight 1 (nothing to balance). Written here because MONAI
+    classes that occur. A class no label map holds gets weight 1 (nothing to balance; with random patches, a rare
+    class that no counted patch happened to hold is weighted 1 too). Written here because MONAI
     and scikit-learn offer only global-frequency weights (``compute_class_weight``), not this per-image definition.
 
     Args:
@@ -157,7 +159,7 @@ def median_frequency_weights(label_maps: Iterable[np.ndarray | torch.Tensor], nu
     pixels = np.zeros(num_classes, dtype=np.float64)
     present_in = np.zeros(num_classes, dtype=np.float64)  # valid pixels of the maps that hold the class
     for label in label_maps:
-        values = np.asarray(label).astype(np.int64).ravel()
+        values = torch.as_tensor(label).detach().cpu().numpy().astype(np.int64).ravel()
         values = values[(values >= 0) & (values < num_classes)]
         counts = np.bincount(values, minlength=num_classes)[:num_classes].astype(np.float64)
         pixels += counts
@@ -207,13 +209,14 @@ def fit_segmenter(
         return net.eval()
     net = study.prepare_network(factory())
     dataset = make_dataset()
-    if recipe.class_weights == MEDIAN_FREQUENCY:
+    if isinstance(recipe.class_weights, str):  # MEDIAN_FREQUENCY (the recipe refuses any other string)
         if num_classes is None:
             raise SynthCPInputError("segmenter_recipe.class_weights='median_frequency' needs the study's class count")
-        balanced = median_frequency_weights(_training_labels(dataset), num_classes)
-        logger.info("median frequency class weights: %s", [round(w, 3) for w in balanced])
+        with torch.random.fork_rng(devices=[]):  # counting must not move the training run's random stream
+            balanced = median_frequency_weights(_training_labels(dataset), num_classes)
+        if idist.get_rank() == 0:
+            logger.info("median frequency class weights: %s", [round(w, 3) for w in balanced])
         recipe = replace(recipe, class_weights=balanced)
-        set_determinism(seed=int(seed))  # the counting pass drew the dataset's random transforms: start afresh
     loader = train_loader(study, dataset, batch_size, seed, drop_last=drop_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     scheduler = (
