@@ -165,6 +165,11 @@ def _segmenter_dataset(
     return CacheDataset(data, transform, cache_rate=study.cache_rate, progress=False)
 
 
+def _augment(flip_prob: float, intensity_shift: float, intensity_shift_prob: float) -> dict[str, float]:
+    """The segmenter stages' augmentation arguments, as `segmenter_train_augmentation` takes them."""
+    return {"flip_prob": flip_prob, "intensity_shift": intensity_shift, "intensity_shift_prob": intensity_shift_prob}
+
+
 def _fit_segmenter(
     study: PancreasStudy, segmenter: Factory, case_ids: Sequence[str], fold_dir: Path, weights: Path,
     iterations: int, batch_size: int, num_samples: int, lr: float, seed: int, recipe: Mapping | None,
@@ -198,7 +203,7 @@ def train_segmenter(
     the bundle's ``segmenter_recipe``; ``flip_prob``, ``intensity_shift``, ``intensity_shift_prob``: the patches'
     augmentation, see `segmenter_train_augmentation`)."""
     train = study.cases()["train"]
-    augment = {"flip_prob": flip_prob, "intensity_shift": intensity_shift, "intensity_shift_prob": intensity_shift_prob}
+    augment = _augment(flip_prob, intensity_shift, intensity_shift_prob)
     _fit_segmenter(
         study, segmenter, train, study.stage_dir("train_segmenter"), study.models / "segmenter.pt",
         iterations, batch_size, num_samples, lr, seed=int(study.seed), recipe=recipe, augment=augment,
@@ -234,7 +239,7 @@ def crossval(
     """
     meta = study.cases()
     cases = [{"case": c, **meta["cases"][c]} for c in meta["train"]]
-    augment = {"flip_prob": flip_prob, "intensity_shift": intensity_shift, "intensity_shift_prob": intensity_shift_prob}
+    augment = _augment(flip_prob, intensity_shift, intensity_shift_prob)
 
     def train_fold(train_cases: list[dict], fold_dir: Path) -> torch.nn.Module:
         return _fit_segmenter(

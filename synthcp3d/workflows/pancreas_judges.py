@@ -177,9 +177,9 @@ def train_vae_alarm(
     """
     if feature not in ("loss", "dice"):
         raise SynthCPInputError(f"VAE alarm feature must be 'loss' or 'dice', got {feature!r}")
-    margin = crop_margin if isinstance(crop_margin, int) and not isinstance(crop_margin, bool) else -1
-    if margin < 0:
+    if isinstance(crop_margin, bool) or not isinstance(crop_margin, int) or crop_margin < 0:
         raise SynthCPInputError(f"VAE alarm crop_margin must be a whole number of voxels >= 0, got {crop_margin!r}")
+    margin = crop_margin
     meta = study.cases()
 
     def masks() -> Dataset:

@@ -46,7 +46,6 @@ __all__ = [
     "to_native_grid",
     "native_dsc",
     "vae_input",
-    "vae_crop_margin",
     "not_predicted_is_zero",
     "vae_alarm_dsc",
     "volume_feature",
@@ -160,7 +159,7 @@ def native_dsc(study: PancreasStudy, pred: np.ndarray, case: Mapping) -> np.ndar
 def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = VAE_CROP_MARGIN) -> torch.Tensor:
     """Tight crop of ``mask > 0`` (+ ``margin`` voxels) grown to a cube in millimetres (so the shape keeps its aspect
     ratio), resized (nearest) to ``vae_shape``, one-hot: ``(1, C, *vae_shape)``. Scoring takes ``margin`` from the
-    VAE alarm's regressor (:func:`vae_crop_margin`: the one ``train_vae_alarm`` cropped with)."""
+    VAE alarm's regressor (``vae_crop_margin``, set by `load_regressor`: the one ``train_vae_alarm`` cropped with)."""
     tight = tight_box(mask, margin=margin)
     spacing = np.asarray(study.spacing, dtype=np.float64)
     extent_mm = float(max((b - a) * sp for a, b, sp in zip(tight.start, tight.stop, spacing)))
@@ -173,12 +172,6 @@ def vae_input(study: PancreasStudy, mask: np.ndarray, margin: int = VAE_CROP_MAR
     return one_hot_labels(labels, study.num_classes).to(study.torch_device)
 
 
-def vae_crop_margin(regressor: Any) -> int:
-    """The crop margin the VAE alarm's ``regressor`` was fitted with (its ``vae_crop_margin``, recorded in
-    ``models/vae_alarm_regressor.json`` by ``train_vae_alarm``; :data:`VAE_CROP_MARGIN` when absent)."""
-    return int(getattr(regressor, "vae_crop_margin", VAE_CROP_MARGIN))
-
-
 def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Predicted DSC ``(C,)`` with 0 for every class but the background absent from ``pred`` (see
     `synthcp3d.targets.not_predicted_is_zero`), the rule every pancreas method gets."""
@@ -189,7 +182,7 @@ def not_predicted_is_zero(quality: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def vae_alarm_dsc(study: PancreasStudy, vae: torch.nn.Module, regressor: Any, pred: np.ndarray) -> np.ndarray:
     """The VAE alarm's predicted DSC ``(C,)`` of a segmentation ``pred (H, W, D)`` (the scorer ``"vae_alarm"`` on its
     aspect-keeping crop, :func:`vae_input`)."""
-    mask = vae_input(study, pred, vae_crop_margin(regressor))
+    mask = vae_input(study, pred, regressor.vae_crop_margin)
     out = run_scorer("vae_alarm", {"vae": vae, "vae_mask": mask, "vae_regressor": regressor})
     return not_predicted_is_zero(out.quality[0].float().cpu().numpy(), pred)
 
@@ -313,7 +306,7 @@ def score_case(
         "image": x_roi, "segmentation": onehot, "synthesis": judged.synthesis, "comparator": nets.synthcp,
         "direct_comparator": nets.direct, "segmenter": segmenter, "mc_regressor": nets.mc_regressor,
         "probs": torch.softmax(segmenter(x_roi).float(), dim=1),
-        "vae": nets.vae, "vae_mask": vae_input(study, pred, vae_crop_margin(nets.vae_regressor)),
+        "vae": nets.vae, "vae_mask": vae_input(study, pred, nets.vae_regressor.vae_crop_margin),
         "vae_regressor": nets.vae_regressor,
     }
     direct = run_scorer("direct", inputs)
