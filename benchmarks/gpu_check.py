@@ -674,7 +674,7 @@ def part_streaming_metrics(check: Check, part: Part) -> None:
     from synthcp3d.metrics import StreamingPixelFailureMetrics
 
     sizes, device = check.sizes, check.device
-    metric = StreamingPixelFailureMetrics("pooled", num_bins=1 << 16, device=device)
+    metric = StreamingPixelFailureMetrics("pooled", device=device)
     chunks = chunk_sizes(sizes.pixels, sizes.chunk)
     tenth = max(1, len(chunks) // 10)
     if check.cuda:

@@ -144,6 +144,21 @@ def test_a_new_argument_at_its_default_reruns_nothing(study: ToyStudy, stage_log
     assert "stage second: stale: settings changed (stage.width)" in stage_log.text
 
 
+def test_a_study_setting_removed_since_reruns_nothing(study: ToyStudy) -> None:
+    """A done.json recording a study setting synthcp no longer has (e.g. the 2D studies' num_bins) stays up to date;
+    a setting the study has still counts."""
+    run_all(study)
+    for stage in ("first", "second", "third"):
+        path = study.out / stage / "done.json"
+        record = json.loads(path.read_text())
+        record["inputs"]["settings"]["study"]["num_bins"] = 65536
+        canonical = json.dumps(record["inputs"]["settings"], sort_keys=True, separators=(",", ":"))
+        record["inputs"]["fingerprint"] = hashlib.sha256(canonical.encode()).hexdigest()
+        path.write_text(json.dumps(record))
+    assert run_all(study) == []
+    assert run_all(replace(study, scale=2.0)) == ["first", "second", "third"]
+
+
 # ---- the data set: by its listing (names and sizes), not by its path -------------------------------------------------
 def _fake_dataset(folder: Path) -> Path:
     """A tiny data set: a description and three "volumes"."""

@@ -7,6 +7,7 @@ anomaly tables (methods x metric keys) are formatted here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,15 @@ def panel_figure(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return path
+
+
+def pooled_ranking_note(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """How exactly the pooled rows ranked their pixels (``precision_bits`` of the streaming metrics, 23 = exact)."""
+    rounded = {m: r["precision_bits"] for m, r in rows.items() if r.get("precision_bits", 23) < 23}
+    if not rounded:
+        return "exact ranking of the float32 scores"
+    listed = ", ".join(f"{m} {bits}" for m, bits in rounded.items())
+    return f"exact float32 ranking except scores rounded to fewer mantissa bits to fit the count table: {listed}"
 
 
 def metrics_markdown(rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]]) -> str:

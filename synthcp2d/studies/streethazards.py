@@ -49,11 +49,11 @@ from synthcp2d.studies.common import (
     segment,
     synthesize,
 )
-from synthcp2d.studies.figures import metrics_markdown, panel_figure, to_display_image
+from synthcp2d.studies.figures import metrics_markdown, panel_figure, pooled_ranking_note, to_display_image
 from synthcp2d.studies.measures import DatasetIoU, synthesis_per_case
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses
 from synthcp3d.evidence import synthesis_section
-from synthcp3d.metrics import StreamingAnomalyMetrics, binary_curve_metrics
+from synthcp3d.metrics import DEFAULT_MAX_BINS, StreamingAnomalyMetrics, binary_curve_metrics, check_max_bins
 from synthcp3d.scoring import run_scorer, threshold_sweep
 from synthcp3d.utils.atomic import atomic_path, atomic_save_json, atomic_save_text
 from synthcp3d.workflows.common import case_seed, study_stage, write_csv_rows
@@ -101,7 +101,6 @@ class StreetHazardsStudy(StreetStudy):
             ``eval_ood.py``: one bilateral kernel on the softmax, sxy 10, schan 13, compat 10; 100 iterations).
         crf_image_iterations: those of "MSP+CRF (image-guided)" (smoothness + bilateral kernel on the image).
         save_pixel_scores: write every method's score map per test image (``evaluate/scores``).
-        num_bins: histogram bins of the pooled (streaming) metrics.
         figure_cases: test images shown in the Fig. 7 panel.
     """
 
@@ -113,7 +112,6 @@ class StreetHazardsStudy(StreetStudy):
     crf_iterations: int = 100
     crf_image_iterations: int = 5
     save_pixel_scores: bool = True
-    num_bins: int = 1 << 16
     figure_cases: int = 3
 
     def __post_init__(self) -> None:
@@ -180,32 +178,16 @@ def synthcp_name(t: float) -> str:
     return f"SynthCP (t={t:g})"
 
 
-def _pooled_range(method: str) -> tuple[float, float]:
-    # pooled histograms need a score range: 1-cos lies in [0, 2]; the max-logit score is squashed (see _pooled_score)
-    return (0.0, 2.0) if method.startswith("SynthCP") else (0.0, 1.0)
-
-
-def _pooled_score(method: str, score: torch.Tensor) -> torch.Tensor:
-    """The score as the pooled histograms bin it, inside :func:`_pooled_range` (a score outside would be clamped
-    into an end bin, its ranking lost). Unbounded scores get a strictly increasing squash into (0, 1), which keeps the
-    ranking the metrics depend on: -max logit (any real) by a sigmoid, the auto-encoder's l1 error (>= 0, above 1
-    when the reconstruction overshoots the [-1, 1] image range) by s / (1 + s). The rest are bounded already: MSP,
-    entropy / log C, MC-Dropout's normalised entropy in [0, 1]; SynthCP's 1 - cos in [0, 2]."""
-    if method == "Max-logit":
-        return torch.sigmoid(score / 10.0)
-    if method == "AE":
-        return score / (1.0 + score)
-    return score
-
-
 @study_stage("evaluate", after=("prepare", "train_segmenter", "train_synthesizer", "train_autoencoder"))
 def evaluate(
     study: StreetHazardsStudy,
     segmenter: Factory,
     generator: Factory,
     autoencoder: Factory,
+    pooled_max_bins: int = DEFAULT_MAX_BINS,
 ) -> dict:
-    """Tables 3 and 4 on the test split, both reductions, streamed one image at a time.
+    """Tables 3 and 4 on the test split, both reductions, streamed one image at a time (``pooled_max_bins``: the
+    distinct scores each pooled row ranks exactly, see `StreamingBinaryCurve`).
 
     With them: SynthCP at ``t`` with ``x̂`` replaced by the class-mean painter's image of ``ŷ`` and by a blank image
     (Table 3 rows), the synthesis quality of ``G(y)`` against the painter on the test images, and the segmenter's
@@ -215,6 +197,7 @@ def evaluate(
     image with an anomaly), ``evaluate/scores/<case>.npz`` (score maps; with ``save_pixel_scores``) and
     ``evaluate/fig7.png``.
     """
+    max_bins = check_max_bins(pooled_max_bins, "pooled_max_bins")
     dev = study.torch_device
     seg = load_network(study, "segmenter", "segmenter", "train_segmenter", segmenter)
     gen = load_network(study, "generator", "generator", "train_synthesizer", generator)
@@ -224,7 +207,7 @@ def evaluate(
     ablated = [synthcp_name(study.t) + suffix for suffix in X_HAT_ABLATIONS]
     methods = [synthcp_name(t) for t in study.thresholds] + ablated + list(BASELINES)
     meters = {
-        (m, r): StreamingAnomalyMetrics(r, num_bins=study.num_bins, score_range=_pooled_range(m), device=dev)
+        (m, r): StreamingAnomalyMetrics(r, max_bins=max_bins, device=dev)
         for m in methods
         for r in REDUCTIONS
     }
@@ -258,7 +241,7 @@ def evaluate(
         row: dict[str, Any] = {"case": item["case"], "anomaly_pixels": int(is_anomaly.sum())}
         for method, score in scores.items():
             meters[(method, "per_image")].update(score[0], is_anomaly[0])
-            meters[(method, "pooled")].update(_pooled_score(method, score[0]), is_anomaly[0])
+            meters[(method, "pooled")].update(score[0], is_anomaly[0])
             if 0 < row["anomaly_pixels"] < is_anomaly.numel():
                 single = binary_curve_metrics(score[0].cpu().numpy(), is_anomaly[0].cpu().numpy())
                 for key in ("FPR95", "AUROC", "AUPR"):
@@ -337,7 +320,7 @@ def _write_report(
             "per-image metrics averaged over the images holding both anomaly and in-distribution pixels "
             "(StreetHazards benchmark)"
             if reduction == "per_image"
-            else f"all test pixels pooled ({study.num_bins}-bin streaming histograms; Fishyscapes / SMIYC style)"
+            else f"all test pixels pooled, Fishyscapes / SMIYC style; {pooled_ranking_note(tables['pooled'])}"
         )
         lines += [f"## Table 3 — reduction `{reduction}`: {note} ({segmenter_name} segmenter mIoU {miou:.3f})", ""]
         lines += [metrics_markdown({m: tables[reduction][m] for m in main_rows}, ANOMALY_COLUMNS), ""]

@@ -17,7 +17,13 @@ from synthcp3d.metrics.curves import RECALL_LEVEL, curve_metrics_from_counts, th
 from synthcp3d.metrics.pixel import anomaly_metrics, binary_curve_metrics, pixel_failure_metrics
 from synthcp3d.metrics.quality import STD_DDOF, quality_metrics
 from synthcp3d.metrics.risk_coverage import risk_coverage, risk_coverage_curve
-from synthcp3d.metrics.streaming import StreamingAnomalyMetrics, StreamingBinaryCurve, StreamingPixelFailureMetrics
+from synthcp3d.metrics.streaming import (
+    DEFAULT_MAX_BINS,
+    StreamingAnomalyMetrics,
+    StreamingBinaryCurve,
+    StreamingPixelFailureMetrics,
+    check_max_bins,
+)
 
 __all__ = [
     "RECALL_LEVEL",
@@ -31,6 +37,8 @@ __all__ = [
     "StreamingBinaryCurve",
     "StreamingPixelFailureMetrics",
     "StreamingAnomalyMetrics",
+    "DEFAULT_MAX_BINS",
+    "check_max_bins",
     "curve_metrics_from_counts",
     "threshold_counts",
 ]

@@ -25,7 +25,7 @@ Values here are fractions in [0, 1]; the public functions of :mod:`synthcp3d.met
 The table is hand-built (one ``np.sort`` of the scores and one of the positives' scores, then
 ``searchsorted``) rather than calling scikit-learn because scikit-learn runs a stable int64 argsort per metric
 (AP, AUROC and the ROC points: about 6x slower on 10^7 pixels here) and raises or warns on the degenerate cases
-instead of returning NaN. The streaming histograms (:mod:`synthcp3d.metrics.streaming`) feed the same
+instead of returning NaN. The streaming count tables (:mod:`synthcp3d.metrics.streaming`) feed the same
 :func:`curve_metrics_from_counts`, so exact and binned results differ only through the binning.
 """
 
@@ -125,7 +125,7 @@ def curve_metrics_from_counts(
 
     Args:
         positives: ``(K,)`` integer count of positives whose score falls at threshold ``k`` (distinct value or
-            histogram bin), ordered from the highest threshold to the lowest. Zero rows (empty bins) are allowed.
+            table bin), ordered from the highest threshold to the lowest. Zero rows (empty bins) are allowed.
         negatives: ``(K,)`` likewise for negatives.
 
     Returns:

@@ -1,32 +1,34 @@
 """Streaming pixel metrics in fixed memory: feed images one at a time, never hold every pixel's score.
 
-- :class:`StreamingBinaryCurve`: two int64 histograms (positives, negatives) over ``num_bins`` equal-width score
-  bins on ``score_range``; AUPR / AUROC / FPR95 are then computed exactly as in
-  :mod:`synthcp3d.metrics.curves` with one threshold per bin. It therefore equals the exact metric of the scores
-  rounded to their bin (bit for bit when every score is a bin centre, see :meth:`StreamingBinaryCurve.bin_centers`),
-  and differs from the exact metric of continuous scores only by the within-bin ties: with 2**16 bins on
-  scores spread over (0, 1) the difference is typically below 0.01 points and bounded in the tests by 0.5 points.
-  **Scores outside ``score_range`` are clamped into the first / last bin** (so ±inf is allowed, NaN is not):
-  give the range of your scores (e.g. ``(0, 1)`` for probabilities, ``(0, 2)`` for ``1 - cos``).
-  Memory: ``2 * num_bins`` int64 counts (1 MiB at 2**16 bins) plus a bounded work buffer
-  (:data:`CHUNK_PIXELS` pixels at a time), whatever the number of pixels.
+- :class:`StreamingBinaryCurve`: a table of (negatives, positives) counts per distinct float32 score; AUPR / AUROC
+  / FPR95 are then computed exactly as in :mod:`synthcp3d.metrics.curves` with one threshold per table row. Up to
+  ``max_bins`` distinct scores (2**20 by default) the result is the exact metric of the float32 scores; beyond, every
+  score is rounded to fewer mantissa bits, so that each bin spans the same *relative* width at every magnitude (a
+  softmax score saturated near 1e-9 is ranked as finely, for its size, as one near 0.5 — equal-width bins on a
+  chosen range put every score below the first bin edge into one bin, and any score outside the range into an end
+  bin). Memory: the table (at most ``max_bins`` rows of 24 bytes, 24 MiB by default), about as many rows waiting to
+  be merged into it, and a bounded work buffer (:data:`CHUNK_PIXELS` pixels at a time), whatever the number of
+  pixels.
 - :class:`StreamingPixelFailureMetrics` / :class:`StreamingAnomalyMetrics`: the same keys as
   :func:`~synthcp3d.metrics.pixel.pixel_failure_metrics` / :func:`~synthcp3d.metrics.pixel.anomaly_metrics`.
-  ``"pooled"`` goes through the histograms (AUPR-Success reads the same histograms in reverse);
+  ``"pooled"`` goes through the table (AUPR-Success reads the same table in reverse);
   ``"per_image"`` computes each image exactly (sort-based) as it arrives and keeps only a running mean, so it is
   equal to the exact ``per_image`` result (bit for bit on CPU, to ~1e-12 on CUDA where the final sums run in a
   different order). Memory is bounded by one image.
 
-Everything runs on the histograms' device (``device``, or the device of the first scores given). Counts are
-integers, so the pooled result is identical on CPU and CUDA.
+Everything runs on the table's device (``device``, or the device of the first scores given). Counts are integers,
+so the pooled result is identical on CPU and CUDA.
+
+Why by hand: MONAI's and ignite's ROC-AUC / average-precision metrics (and scikit-learn's) keep every score, which
+pooled over a test set of full-resolution images does not fit in memory.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from synthcp3d.errors import SynthCPInputError
@@ -40,64 +42,94 @@ from synthcp3d.metrics.pixel import (
     failure_metrics_from_counts,
 )
 
-__all__ = ["CHUNK_PIXELS", "StreamingBinaryCurve", "StreamingPixelFailureMetrics", "StreamingAnomalyMetrics"]
+__all__ = [
+    "CHUNK_PIXELS",
+    "DEFAULT_MAX_BINS",
+    "StreamingBinaryCurve",
+    "StreamingPixelFailureMetrics",
+    "StreamingAnomalyMetrics",
+    "check_max_bins",
+    "float_order_keys",
+]
 
 CHUNK_PIXELS = 1 << 22
-"""Pixels binned at a time: bounds the float64 / int64 work buffers (~100 MiB) whatever the image size."""
+"""Pixels keyed at a time: bounds the int64 work buffers (~100 MiB) whatever the image size."""
+
+DEFAULT_MAX_BINS = 1 << 20
+"""Distinct score bins a pooled curve keeps (24 MiB of int64 keys and counts) before it coarsens them."""
+
+MANTISSA_BITS = 23
+"""float32 mantissa bits: at this precision every float32 value is a bin of its own."""
+
+
+def check_max_bins(value: Any, name: str = "max_bins") -> int:
+    """``value`` as the bins a curve may keep (an integer >= 512, the (sign, exponent) pairs of float32), or a
+    `SynthCPInputError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 512:
+        raise SynthCPInputError(f"{name} must be an integer >= 512, got {value!r}")
+    return int(value)
+
+
+def float_order_keys(score: torch.Tensor, precision_bits: int = MANTISSA_BITS) -> torch.Tensor:
+    """``(P,)`` scores -> ``(P,)`` int64 keys in score order: the float32 pattern made order-preserving (positive
+    floats above every negative one, negative patterns reversed), its last ``23 - precision_bits`` mantissa bits
+    dropped. Equal keys = the same bin; -0.0 is keyed as +0.0; float64 scores round to float32 first (the
+    ranking is kept up to ties)."""
+    bits = (score.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
+    ordered = torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+    return ordered >> (MANTISSA_BITS - precision_bits)
+
+
+def _sum_by_key(keys: torch.Tensor, counts: torch.Tensor, presorted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K,)`` keys and ``(K, 2)`` counts -> the distinct keys, ascending, and their ``(K', 2)`` summed counts."""
+    if not presorted:
+        keys, order = torch.sort(keys)
+        counts = counts[order]
+    distinct, inverse = torch.unique_consecutive(keys, return_inverse=True)
+    return distinct, counts.new_zeros(distinct.numel(), 2).index_add_(0, inverse, counts)
 
 
 class StreamingBinaryCurve:
-    """AUPR, AUROC and FPR95 (×100) of one pooled ranking from fixed-size score histograms.
+    """AUPR, AUROC and FPR95 (×100) of one pooled ranking, from a bounded table of per-score counts.
+
+    The table holds (negatives, positives) per distinct float32 score, so the result equals the exact metric of
+    the float32 scores, until more than ``max_bins`` distinct scores have been seen; then every score is rounded to
+    fewer mantissa bits (``precision_bits``, one bit at a time, 23 = exact) until the table fits. A bin then spans
+    ``2**-precision_bits`` of its scores' magnitude, at every magnitude: a softmax score saturated at 1e-9 is
+    ranked as finely, relative to its size, as one at 0.5, and no score range has to be chosen (any real, ±inf
+    included, is ranked; nothing is clamped). The final precision is the largest at which all the scores seen fit
+    in ``max_bins`` bins: it does not depend on their order or on how they were cut into images.
 
     Args:
-        num_bins: number of equal-width score bins (thresholds); 2**16 by default.
-        score_range: ``(lo, hi)``; scores below ``lo`` / above ``hi`` are clamped into the first / last bin.
-        device: where the histograms live; ``None`` = the device of the first scores passed to :meth:`update`.
+        max_bins: distinct bins kept, at least 512 (24 bytes each); 2**20 by default.
+        device: where the table lives; ``None`` = the device of the first scores passed to :meth:`update`.
 
     Example:
-        >>> curve = StreamingBinaryCurve(num_bins=1024)
+        >>> curve = StreamingBinaryCurve()
         >>> for score, target in images:  # doctest: +SKIP
         ...     curve.update(score, target)
         >>> curve.compute()  # doctest: +SKIP
         {'AUPR': ..., 'AUROC': ..., 'FPR95': ...}
     """
 
-    def __init__(
-        self,
-        num_bins: int = 1 << 16,
-        score_range: tuple[float, float] = (0.0, 1.0),
-        device: torch.device | str | None = None,
-    ) -> None:
-        if int(num_bins) < 1:
-            raise SynthCPInputError(f"num_bins must be a positive integer, got {num_bins!r}")
-        low, high = (float(v) for v in score_range)
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise SynthCPInputError(f"score_range must be finite (lo, hi) with lo < hi, got {score_range!r}")
-        self.num_bins = int(num_bins)
-        self.score_range = (low, high)
+    def __init__(self, max_bins: int = DEFAULT_MAX_BINS, device: torch.device | str | None = None) -> None:
+        self.max_bins = check_max_bins(max_bins)
         self.device = None if device is None else torch.device(device)
         self.reset()
 
     def reset(self) -> None:
         """Forget every pixel seen so far."""
-        self.histogram: torch.Tensor | None = None
-        if self.device is not None:
-            self.histogram = torch.zeros(self.num_bins, 2, dtype=torch.int64, device=self.device)
-
-    def bin_centers(self) -> torch.Tensor:
-        """``(num_bins,)`` float64 centre of each bin; scores equal to these are binned without loss."""
-        low, high = self.score_range
-        return low + (torch.arange(self.num_bins, dtype=torch.float64) + 0.5) * ((high - low) / self.num_bins)
-
-    def bin_index(self, score: torch.Tensor) -> torch.Tensor:
-        """``(P,)`` scores -> ``(P,)`` int64 bin indices, out-of-range scores clamped to the end bins."""
-        low, high = self.score_range
-        scaled = score.to(torch.float64, copy=True)  # float64: exact bin edges for float32 scores
-        scaled.sub_(low).mul_(self.num_bins / (high - low)).floor_().clamp_(0, self.num_bins - 1)
-        return scaled.long()
+        self.precision_bits = MANTISSA_BITS
+        #: ``(K,)`` int64 keys (:func:`float_order_keys` at ``precision_bits``), ascending, and their ``(K, 2)``
+        #: int64 counts (negatives, positives); the keys of pending chunks are merged in when they add up to
+        #: ``max_bins`` rows, so that a stream of small images does not re-sort the table each time.
+        self.keys = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.table = torch.zeros(0, 2, dtype=torch.int64, device=self.device)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_rows = 0
 
     def update(self, score: Any, target: Any, ignore: Any = None) -> int:
-        """Add every non-ignored element of one image (any shape) to the histograms.
+        """Add every non-ignored element of one image (any shape) to the table.
 
         Args:
             score: ``(*spatial)`` scores, higher = more likely positive.
@@ -112,25 +144,41 @@ class StreamingBinaryCurve:
         return flat_score.numel()
 
     def add_pixels(self, score: torch.Tensor, target: torch.Tensor) -> None:
-        """Add already-checked ``(P,)`` scores (no NaN) and ``(P,)`` bool targets to the histograms."""
-        if self.histogram is None:
+        """Add already-checked ``(P,)`` scores (no NaN) and ``(P,)`` bool targets to the table."""
+        if self.device is None:
             self.device = score.device
-            self.histogram = torch.zeros(self.num_bins, 2, dtype=torch.int64, device=self.device)
+            self.keys, self.table = self.keys.to(self.device), self.table.to(self.device)
         score, target = score.to(self.device), target.to(self.device)
-        flat = self.histogram.view(-1)
         for start in range(0, score.numel(), CHUNK_PIXELS):
             stop = start + CHUNK_PIXELS
-            # One bincount fills both columns: index 2*bin + target.
-            index = self.bin_index(score[start:stop]).mul_(2).add_(target[start:stop])
-            flat += torch.bincount(index, minlength=2 * self.num_bins)
+            # One unique counts both columns: key 2 * bin + target.
+            keyed = float_order_keys(score[start:stop], self.precision_bits).mul_(2).add_(target[start:stop])
+            distinct, counts = torch.unique(keyed, return_counts=True)
+            table = torch.zeros(distinct.numel(), 2, dtype=torch.int64, device=self.device)
+            table[torch.arange(distinct.numel(), device=self.device), distinct & 1] = counts
+            self._pending.append((distinct >> 1, table))
+            self._pending_rows += distinct.numel()
+            if self._pending_rows >= self.max_bins:
+                self._merge()
+
+    def _merge(self) -> None:
+        """Fold the pending chunks into the table, coarsening it while it holds more than ``max_bins`` rows."""
+        if not self._pending:
+            return
+        keys = torch.cat([self.keys] + [k for k, _ in self._pending])
+        table = torch.cat([self.table] + [t for _, t in self._pending])
+        self._pending, self._pending_rows = [], 0
+        keys, table = _sum_by_key(keys, table)
+        while keys.numel() > self.max_bins:
+            self.precision_bits -= 1
+            keys, table = _sum_by_key(keys >> 1, table, presorted=True)  # a shift keeps the order
+        self.keys, self.table = keys, table
 
     def counts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(positives, negatives)``: CPU int64 ``(num_bins,)`` counts per bin, highest bin first."""
-        if self.histogram is None:
-            empty = torch.zeros(self.num_bins, dtype=torch.int64)
-            return empty, empty
-        histogram = self.histogram.cpu().flip(0)
-        return histogram[:, 1].contiguous(), histogram[:, 0].contiguous()
+        """``(positives, negatives)``: CPU int64 ``(K,)`` counts per bin, highest bin first."""
+        self._merge()
+        table = self.table.cpu().flip(0)
+        return table[:, 1].contiguous(), table[:, 0].contiguous()
 
     def compute(self) -> dict:
         """``{"AUPR", "AUROC", "FPR95"}`` ×100 with one threshold per bin; NaN without positives or negatives."""
@@ -139,7 +187,7 @@ class StreamingBinaryCurve:
 
 
 class _StreamingImageMetrics:
-    """Pooled (histogram) or per-image (exact, running mean) image-stream metrics.
+    """Pooled (count table) or per-image (exact, running mean) image-stream metrics.
 
     Subclasses set ``keys``, ``names`` (of score and target in messages), ``default_reduction`` (used when
     ``reduction`` is ``None``) and ``from_counts``.
@@ -154,12 +202,11 @@ class _StreamingImageMetrics:
     def __init__(
         self,
         reduction: str | None = None,
-        num_bins: int = 1 << 16,
-        score_range: tuple[float, float] = (0.0, 1.0),
+        max_bins: int = DEFAULT_MAX_BINS,
         device: torch.device | str | None = None,
     ) -> None:
         self.reduction = check_reduction(self.default_reduction if reduction is None else reduction)
-        self.curve = StreamingBinaryCurve(num_bins, score_range, device)
+        self.curve = StreamingBinaryCurve(max_bins, device)
         self.per_image = PerImageMean(self.keys)
         self.num_images = 0
         self.num_pooled_images = 0
@@ -197,11 +244,14 @@ class _StreamingImageMetrics:
             self.update(score, target, ignore)
 
     def compute(self) -> dict:
-        """The metrics (×100) of every image added so far, with ``reduction`` and ``num_images_used``."""
+        """The metrics (×100) of every image added so far, with ``reduction``, ``num_images_used`` and, pooled, the
+        ``precision_bits`` of the ranking (23 = exact)."""
         if self.reduction == "pooled":
-            values, used = self.from_counts(*self.curve.counts()), self.num_pooled_images
-        else:
-            values, used = self.per_image.compute(), self.per_image.num_images_used
+            values = self.from_counts(*self.curve.counts())
+            # 23: the exact ranking of the float32 scores; fewer: rounded to fit max_bins (StreamingBinaryCurve)
+            return {**values, "reduction": "pooled", "num_images_used": self.num_pooled_images,
+                    "precision_bits": self.curve.precision_bits}
+        values, used = self.per_image.compute(), self.per_image.num_images_used
         return {**values, "reduction": self.reduction, "num_images_used": used}
 
 
@@ -209,10 +259,9 @@ class StreamingPixelFailureMetrics(_StreamingImageMetrics):
     """Streaming :func:`~synthcp3d.metrics.pixel.pixel_failure_metrics`: AUPR_Error, AUPR_Success, AUROC, FPR95.
 
     Args:
-        reduction: ``"pooled"`` (default: histograms over all pixels) or ``"per_image"`` (exact per image, then
+        reduction: ``"pooled"`` (default: one ranking of all pixels) or ``"per_image"`` (exact per image, then
             the mean over images holding both error and correct pixels).
-        num_bins: histogram bins for ``"pooled"``.
-        score_range: ``(lo, hi)`` of the error scores for ``"pooled"``; values outside are clamped.
+        max_bins: distinct score bins the ``"pooled"`` table keeps (see :class:`StreamingBinaryCurve`).
         device: where the work runs; ``None`` = the device of the first scores.
 
     :meth:`update` takes one image ``(error_score, error, ignore=None)``, error = 1 for a wrongly segmented pixel.
@@ -229,8 +278,7 @@ class StreamingAnomalyMetrics(_StreamingImageMetrics):
 
     Args:
         reduction: ``"per_image"`` (default: StreetHazards) or ``"pooled"`` (Fishyscapes / SegmentMeIfYouCan).
-        num_bins: histogram bins for ``"pooled"``.
-        score_range: ``(lo, hi)`` of the anomaly scores for ``"pooled"``; values outside are clamped.
+        max_bins: distinct score bins the ``"pooled"`` table keeps (see :class:`StreamingBinaryCurve`).
         device: where the work runs; ``None`` = the device of the first scores.
 
     :meth:`update` takes one image ``(anomaly_score, is_anomaly, ignore=None)``.

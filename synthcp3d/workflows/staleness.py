@@ -195,7 +195,10 @@ def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
     A ``done.json`` of an older synthcp (no ``dataset`` entry) recorded the data set by its path, ``dataset_dir``
     among its settings: it stays up to date while that path and the other settings are unchanged. A stage argument
     the ``done.json`` does not record (added to the stage since) counts as unchanged while its current value is the
-    function's default, so a new argument whose default keeps the old behaviour reruns nothing."""
+    function's default, so a new argument whose default keeps the old behaviour reruns nothing. A study setting the
+    ``done.json`` records but the study no longer has (removed from synthcp since) is not compared: nothing reads it
+    now, and, as for any change of synthcp's code, a stage whose results the removal changes is rerun with force
+    (the bundle's changelog says which)."""
     recorded = read_marker(marker).get("inputs")
     if not isinstance(recorded, Mapping):
         return "stale: its done.json records no inputs (written by an older synthcp, or unreadable)"
@@ -215,11 +218,20 @@ def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
         old_settings = {**old_settings, "study": study}
         fingerprint = _fingerprint(old_settings)
     if fingerprint != inputs["fingerprint"] and isinstance(old_settings, Mapping):
-        old_settings = _with_new_defaults(old_settings, inputs)
+        old_settings = _with_new_defaults(_without_removed_study_fields(old_settings, inputs), inputs)
         fingerprint = _fingerprint(old_settings)
     if fingerprint != inputs["fingerprint"]:
         changed += _changed_keys(old_settings, inputs["settings"]) or ["fingerprint"]
     return f"stale: settings changed ({', '.join(changed)})" if changed else None
+
+
+def _without_removed_study_fields(old: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict:
+    """Recorded settings ``old`` less the study settings the current study does not have."""
+    before = old.get("study")
+    if not isinstance(before, Mapping):
+        return dict(old)
+    current = inputs["settings"]["study"]
+    return {**old, "study": {k: v for k, v in before.items() if k in current}}
 
 
 def _with_new_defaults(old: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict:

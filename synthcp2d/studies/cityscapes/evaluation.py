@@ -21,10 +21,11 @@ from synthcp2d.studies.cityscapes.study import (
     segmenter_factories,
 )
 from synthcp2d.studies.common import Factory, load_painter
-from synthcp2d.studies.figures import metrics_markdown, panel_figure
+from synthcp2d.studies.figures import metrics_markdown, panel_figure, pooled_ranking_note
 from synthcp2d.studies.measures import synthesis_per_case
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS
 from synthcp3d.evidence import synthesis_section, synthesis_use_section
+from synthcp3d.metrics import DEFAULT_MAX_BINS, check_max_bins
 from synthcp3d.report import METRIC_COLUMNS, quality_report
 from synthcp3d.utils.atomic import atomic_save_json, atomic_save_text
 from synthcp3d.workflows.common import study_stage, write_csv_rows
@@ -47,8 +48,10 @@ def evaluate(
     comparators: Mapping[str, Factory],
     confidnet: Factory,
     mask_vae: Factory,
+    pooled_max_bins: int = DEFAULT_MAX_BINS,
 ) -> dict:
-    """Table 1 on the val split for every segmenter (+ the cross-model row) and Fig. 5.
+    """Table 1 on the val split for every segmenter (+ the cross-model row) and Fig. 5 (``pooled_max_bins``: the
+    distinct scores each pooled pixel row ranks exactly, see `StreamingBinaryCurve`).
 
     With them: the synthesis quality of ``G(y)`` against the class-mean painter on the val images, the SynthCP rows
     with ``x̂`` replaced by the painter's image and by a blank one, how far that moves SynthCP's predicted IoU, and
@@ -58,6 +61,7 @@ def evaluate(
     ``per_case.csv`` (the core's `quality_report`: per-image predicted and true IoU) and
     ``evaluate/<name>/scores/<case>.npz`` (error, ignore and every method's error map), and ``evaluate/fig5.png``.
     """
+    max_bins = check_max_bins(pooled_max_bins, "pooled_max_bins")
     segmenters = segmenter_factories(segmenters, study)
     g = load_network(study, "generator", "generator", "train_synthesizer", generator)
     painter = load_painter(study)
@@ -82,7 +86,7 @@ def evaluate(
         judges = load_judges(study, name, source, segmenters, comparators, confidnet)
         run_dir = out / key
         run_dir.mkdir(parents=True, exist_ok=True)
-        scores = score_segmenter(study, judges, g, painter, vae, val, run_dir, baselines, not fig_rows)
+        scores = score_segmenter(study, judges, g, painter, vae, val, run_dir, baselines, not fig_rows, max_bins)
         fig_rows = fig_rows or scores.fig_rows
         pixel[key], scored[key] = scores.tables, scores
         report = quality_report(
@@ -165,7 +169,7 @@ def _write_report(
         lines += [metrics_markdown({m: rows[m] for m in IMAGE_METHODS if m in rows}, cols), ""]
         for reduction in REDUCTIONS:
             note = (
-                "all val pixels pooled (streaming histograms)"
+                f"all val pixels pooled; {pooled_ranking_note(pixel[key]['pooled'])}"
                 if reduction == "pooled"
                 else "per image, then the mean over images holding both error and correct pixels"
             )

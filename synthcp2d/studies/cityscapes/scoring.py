@@ -30,7 +30,7 @@ from synthcp2d.studies.common import Factory, image_tensor, load_cached, segment
 from synthcp2d.studies.figures import to_display_image
 from synthcp2d.studies.measures import DatasetIoU
 from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses
-from synthcp3d.metrics import StreamingPixelFailureMetrics
+from synthcp3d.metrics import DEFAULT_MAX_BINS, StreamingPixelFailureMetrics
 from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.scoring import run_scorer
 from synthcp3d.scoring.ensemble import pairwise_agreement
@@ -134,14 +134,15 @@ def score_segmenter(
     out: Any,
     baselines: bool,
     figure: bool,
+    max_bins: int = DEFAULT_MAX_BINS,
 ) -> SegmenterScores:
     """Score every val image of one segmenter with every method, and SynthCP with ``x̂`` replaced by the painter's
-    image of ``ŷ`` and by a blank image."""
+    image of ``ŷ`` and by a blank image (``max_bins``: of the pooled pixel metrics)."""
     dev = study.torch_device
     compared = list(judges.comparators) + _ablated_rows(judges.comparators)
     methods = (["MSP", "MC-Dropout", "TCP"] if baselines else []) + compared
     meters = {
-        (m, r): StreamingPixelFailureMetrics(r, num_bins=study.num_bins, device=dev)
+        (m, r): StreamingPixelFailureMetrics(r, max_bins=max_bins, device=dev)
         for m in methods
         for r in REDUCTIONS
     }

@@ -87,7 +87,6 @@ class CityscapesStudy(StreetStudy):
         mc_samples: MC-Dropout passes (paper: 50).
         vae_shape: ``(H, W)`` the label maps are resized to (nearest) for the VAE alarm.
         save_pixel_scores: write every method's error map per val image (``evaluate/<segmenter>/scores``).
-        num_bins: histogram bins of the pooled (streaming) metrics.
         figure_cases: val images shown in the Fig. 5 panel.
     """
 
@@ -99,7 +98,6 @@ class CityscapesStudy(StreetStudy):
     mc_samples: int = 50
     vae_shape: Sequence[int] = (64, 128)
     save_pixel_scores: bool = True
-    num_bins: int = 1 << 16
     figure_cases: int = 3
 
     def __post_init__(self) -> None:
