@@ -136,6 +136,8 @@ def main() -> int:
         )
     for method, run in runs.items():
         values = ", ".join(f"{k}={v:.4f}" for k, v in run["result"].items() if isinstance(v, float))
+        if "precision_bits" in run["result"]:  # the mantissa bits the streaming table kept (23: exact ranking)
+            values += f", precision_bits={run['result']['precision_bits']}"
         print(f"{method:<10} {values}")
     if {"exact", "streaming"} <= runs.keys():
         exact, stream = runs["exact"], runs["streaming"]
