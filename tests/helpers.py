@@ -218,3 +218,26 @@ def make_untrained_bundle(out: str | os.PathLike, overrides: dict[str, Any] | No
     regressor = LinearQualityRegressor(n, missing_feature_quality=0.0).fit(feats, feats)
     atomic_save_json(regressor.state_dict(), study.models / pancreas_model.REGRESSORS["vae_alarm"][0])
     return out
+
+TINY_STREETHAZARDS = {
+    "common": {
+        "image_size": [64, 32],
+        "segmenter_name": "fcn8",
+        "segmenter_layers": [1, 1, 1, 1],
+        "segmenter_channels": [8, 8, 16, 16],
+        "generator_channels": [16, 8],
+        "generator_spade_hidden": 8,
+        "discriminator_num_d": 1,
+        "discriminator_layers": 1,
+        "discriminator_channels": 8,
+        "autoencoder_channels": [8, 8],
+        "autoencoder_strides": [2, 2],
+        "mc_samples": 2,
+        "crf_iterations": 1,
+        "progress": False,
+        "checkpoint_every": 100,
+    },
+    "train_segmenter": {"iterations": 3, "batch_size": 2},
+    "train_synthesizer": {"iterations": 2, "batch_size": 2},
+    "train_autoencoder": {"iterations": 2, "batch_size": 2},
+}

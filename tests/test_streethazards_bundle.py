@@ -8,9 +8,9 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from helpers import TINY_STREETHAZARDS as TINY
 from helpers import sklearn_saved_miou
 
 from synthcp2d.data import make_streethazards_dataset
@@ -19,28 +19,6 @@ from synthcp3d.study_cli import STUDIES, bundle_dir, run_study, stage_command
 
 pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
 
-TINY = {
-    "common": {
-        "image_size": [64, 32],
-        "segmenter_name": "fcn8",
-        "segmenter_layers": [1, 1, 1, 1],
-        "segmenter_channels": [8, 8, 16, 16],
-        "generator_channels": [16, 8],
-        "generator_spade_hidden": 8,
-        "discriminator_num_d": 1,
-        "discriminator_layers": 1,
-        "discriminator_channels": 8,
-        "autoencoder_channels": [8, 8],
-        "autoencoder_strides": [2, 2],
-        "mc_samples": 2,
-        "crf_iterations": 1,
-        "progress": False,
-        "checkpoint_every": 100,
-    },
-    "train_segmenter": {"iterations": 3, "batch_size": 2},
-    "train_synthesizer": {"iterations": 2, "batch_size": 2},
-    "train_autoencoder": {"iterations": 2, "batch_size": 2},
-}
 METHODS = ["SynthCP (t=0.999)", "SynthCP (t=0.999), x̂ = class-mean painter", "SynthCP (t=0.999), x̂ = blank", "MSP", "MSP+CRF", "MSP+CRF (image-guided)", "MC-Dropout", "AE", "Max-logit", "Entropy"]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -113,6 +113,14 @@ class StreetHazardsStudy(StreetStudy):
     crf_image_iterations: int = 5
     save_pixel_scores: bool = True
     figure_cases: int = 3
+
+    stage_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        field: ("evaluate",)
+        for field in (
+            "t", "thresholds", "scales", "mc_samples", "crf_backend", "crf_iterations", "crf_image_iterations",
+            "save_pixel_scores", "figure_cases",
+        )
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()

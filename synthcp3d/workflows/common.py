@@ -112,6 +112,11 @@ class StudyBase:
     #: recorded by its content instead (:func:`dataset_listing`), so that a run folder moved or copied with its data,
     #: or the same data reached by another path, reruns nothing (``output_dir`` is among ``runtime_fields``)
     location_fields: ClassVar[tuple[str, ...]] = ("dataset_dir",)
+    #: fields only some stages read, with those stages: left out of the other stages' recorded settings, so that
+    #: changing an evaluation setting (a threshold, a number of MC-Dropout passes) reruns the stages that read it,
+    #: not the training before them; a field not listed counts for every stage (tests/test_stage_fields.py checks
+    #: each listing against the fields a tiny run's stages actually read)
+    stage_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @property
     def out(self) -> Path:
@@ -184,6 +189,14 @@ class StudyBase:
     def describe(self) -> dict:
         return {k: to_json(v) for k, v in asdict(self).items()}
 
+    def recorded_settings(self, stage: str) -> dict:
+        """The settings a ``stage``'s ``done.json`` records: :meth:`describe` less the ``runtime_fields``, the
+        ``location_fields`` and the ``stage_fields`` of other stages."""
+        left_out = {*self.runtime_fields, *self.location_fields}
+        return {
+            k: v for k, v in self.describe().items() if k not in left_out and stage in self.stage_fields.get(k, (stage,))
+        }
+
     def resolve_paths(self, value: Any, written_by: str) -> Any:
         """``value`` (JSON data read from a file the stage ``written_by`` wrote, e.g. ``prepare/cases.json``) with
         every path below the ``output_dir`` or ``dataset_dir`` that stage ran with (the ``settings`` its
@@ -209,7 +222,7 @@ def study_stage(
 
     def decorate(fn: Callable[..., Mapping[str, Any] | None]) -> Callable[..., dict]:
         def inputs(study: StudyBase, *args: Any, **kwargs: Any) -> dict:
-            return stage_inputs(study, fn, after, args, kwargs)
+            return stage_inputs(study, fn, after, args, kwargs, stage=name)
 
         @functools.wraps(fn)
         def run(study: StudyBase, *args: Any, **kwargs: Any) -> dict:

@@ -85,10 +85,16 @@ def move_recorded_paths(study: Any, value: Any, written_by: str) -> Any:
 
 
 def stage_inputs(
-    study: Any, fn: Callable[..., Any], after: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]
+    study: Any,
+    fn: Callable[..., Any],
+    after: Sequence[str],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    stage: str,
 ) -> dict:
-    """What the call ``fn(study, *args, **kwargs)`` of a stage function depends on, as its ``done.json`` records it:
-    ``settings`` (``study``: the study's less its ``runtime_fields`` and ``location_fields``; ``stage``: the
+    """What the call ``fn(study, *args, **kwargs)`` of the stage named ``stage`` depends on, as its ``done.json``
+    records it: ``settings`` (``study``: `StudyBase.recorded_settings` — the study's less its ``runtime_fields``,
+    ``location_fields`` and the ``stage_fields`` of other stages; ``stage``: the
     function's other arguments, defaults included), their sha256 ``fingerprint``, ``dataset``: the data set by its
     content (:func:`dataset_listing` of ``dataset_dir``, the output folder left out where it lies inside; ``None``
     when there is no such folder), ``dataset_dir`` (where it was: a record, not compared), ``after``: the
@@ -103,9 +109,8 @@ def stage_inputs(
         for name, p in list(signature.parameters.items())[1:]
         if p.default is not inspect.Parameter.empty
     }
-    left_out = {*study.runtime_fields, *study.location_fields}
     settings = {
-        "study": {k: v for k, v in study.describe().items() if k not in left_out},
+        "study": study.recorded_settings(stage),
         "stage": {k: _describe_argument(v) for k, v in arguments},
     }
     return {

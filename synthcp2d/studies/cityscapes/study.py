@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -99,6 +99,17 @@ class CityscapesStudy(StreetStudy):
     vae_shape: Sequence[int] = (64, 128)
     save_pixel_scores: bool = True
     figure_cases: int = 3
+
+    stage_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "num_folds": ("prepare", "evaluate"),
+        "fold_split": ("prepare", "evaluate"),
+        "mc_samples": ("crossval", "evaluate"),
+        "comparator_modes": ("train_comparator", "evaluate"),
+        "vae_shape": ("train_baselines", "evaluate"),
+        "cross_model": ("evaluate",),
+        "save_pixel_scores": ("evaluate",),
+        "figure_cases": ("evaluate",),
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
