@@ -1,4 +1,4 @@
-"""Time and peak memory of the exact (sort-based) vs streaming (histogram) pixel-failure metrics.
+"""Time and peak memory of the exact (sort-based) vs streaming (count table) pixel-failure metrics.
 
 Each method runs in its own subprocess so that its peak resident memory (``resource.getrusage`` ``ru_maxrss``)
 is its own. The split is ``--pixels`` pixels cut into ``--chunk``-pixel "images" (float32 scores, bool errors,
@@ -73,7 +73,7 @@ def worker(args: argparse.Namespace) -> dict:
         result = pixel_failure_metrics(list(scores), list(errors), reduction=args.reduction)
         seconds = time.perf_counter() - start
     else:
-        metric = StreamingPixelFailureMetrics(args.reduction, max_bins=int(args.max_bins), device=args.device)
+        metric = StreamingPixelFailureMetrics(args.reduction, max_bins=args.max_bins, device=args.device)
         seconds, input_mib = 0.0, 0.0
         for i, n in enumerate(tqdm(sizes, desc="stream")):
             score, error = make_chunk(args.seed, i, n)
@@ -104,7 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pixels", type=float, default=1e8, help="pixels in the split (default 1e8)")
     parser.add_argument("--chunk", type=float, default=1e7, help="pixels per image fed to the streaming metric")
-    parser.add_argument("--max-bins", type=float, default=2**20, help="distinct scores the pooled table keeps")
+    parser.add_argument("--max-bins", type=int, default=2**20, help="distinct scores the pooled table keeps")
     parser.add_argument("--reduction", choices=("pooled", "per_image"), default="pooled")
     parser.add_argument("--device", default="cpu", help="device of the streaming metric")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -119,7 +119,7 @@ def main() -> int:
 
     print(
         f"{args.pixels:.3g} pixels in {len(chunk_sizes(args.pixels, args.chunk))} images of <= {args.chunk:.3g}, "
-        f"reduction={args.reduction}, max_bins={int(args.max_bins)}, streaming device={args.device}",
+        f"reduction={args.reduction}, max_bins={args.max_bins}, streaming device={args.device}",
         flush=True,
     )
     runs = {}

@@ -13,7 +13,7 @@ keeps what it measured:
 3. ``sliding_window``: the full-size segmenter's sliding-window inference (the bundle's window, overlap and batch)
    in milliseconds per million voxels, fp32 and bf16, from 128^3 to the alarm CT's working volume (399x399x250 at
    1 mm).
-4. ``streaming_metrics``: `StreamingPixelFailureMetrics` (pooled, 2^16 bins) over 10^9 pixels in chunks of 10^7
+4. ``streaming_metrics``: `StreamingPixelFailureMetrics` (pooled: the count table, 2^20 bins at most) over 10^9 pixels in chunks of 10^7
    drawn on the GPU (``bench_metrics.make_chunk_on``): seconds and peak GPU memory after 10^8 and 10^9 pixels.
 5. ``distributed``: two processes train the segmenter for a few iterations through
    `synthcp3d.engines.distributed.run_distributed` and `run_training`, and must end with identical weights: NCCL at

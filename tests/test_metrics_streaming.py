@@ -136,6 +136,7 @@ def test_chunked_and_batched_merges_and_bounded_table(monkeypatch):
     for score, error in images:
         whole.update(score, error)
     monkeypatch.setattr(streaming, "CHUNK_PIXELS", 100)
+    monkeypatch.setattr(streaming, "MAX_PENDING_CHUNKS", 3)  # merges after every third chunk of 100 pixels
     chunked = StreamingBinaryCurve(max_bins=1024)
     for score, error in images:
         chunked.update(score, error)
@@ -152,6 +153,7 @@ def test_empty_and_reset():
     assert stream.compute()["AUROC"] == 100.0 and stream.compute()["num_images_used"] == 1
     stream.reset()
     assert math.isnan(stream.compute()["AUROC"]) and stream.compute()["num_images_used"] == 0
+    assert stream.curve.device is None  # inferred from the first scores again after a reset
 
 
 def test_bad_arguments():
