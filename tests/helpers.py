@@ -45,32 +45,36 @@ def needs_cuda(test: Callable) -> Callable:
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
+#: the networks both tiny 2D studies share, each at its smallest valid size
+_TINY_STREET = {
+    "image_size": [64, 32],
+    "segmenter_layers": [1, 1, 1, 1],
+    "segmenter_channels": [8, 8, 16, 16],
+    "generator_channels": [16, 8],
+    "generator_spade_hidden": 8,
+    "discriminator_num_d": 1,
+    "discriminator_layers": 1,
+    "discriminator_channels": 8,
+    "mc_samples": 2,
+    "progress": False,
+    "checkpoint_every": 100,
+}
+
+_TWO_STEPS = {"iterations": 2, "batch_size": 2}
+
 #: tiny Cityscapes study settings (`run_study(..., extra=...)`): every network at its smallest valid size, 2 iterations
 TINY_CITYSCAPES = {
     "common": {
-        "image_size": [64, 32],
-        "segmenter_layers": [1, 1, 1, 1],
-        "segmenter_channels": [8, 8, 16, 16],
+        **_TINY_STREET,
         "fcn_width": 8,
-        "generator_channels": [16, 8],
-        "generator_spade_hidden": 8,
-        "discriminator_num_d": 1,
-        "discriminator_layers": 1,
-        "discriminator_channels": 8,
         "comparator_channels": [8, 8, 16, 16],
         "confidnet_hidden": [8],
         "vae_shape": [16, 32],
         "vae_channels": [4, 8],
         "vae_latent": 4,
-        "mc_samples": 2,
-        "progress": False,
-        "checkpoint_every": 100,
     },
-    "train_segmenter": {"iterations": 2, "batch_size": 2},
-    "crossval": {"iterations": 2, "batch_size": 2},
-    "train_synthesizer": {"iterations": 2, "batch_size": 2},
-    "train_comparator": {"iterations": 2, "batch_size": 2},
-    "train_baselines": {"iterations": 2, "batch_size": 2},
+    **{stage: _TWO_STEPS for stage in ("train_segmenter", "crossval", "train_synthesizer", "train_comparator",
+                                        "train_baselines")},
 }
 
 
@@ -219,25 +223,16 @@ def make_untrained_bundle(out: str | os.PathLike, overrides: dict[str, Any] | No
     atomic_save_json(regressor.state_dict(), study.models / pancreas_model.REGRESSORS["vae_alarm"][0])
     return out
 
+
+#: tiny StreetHazards study settings: the FCN-8 segmenter (the demo's UNet is larger), 2-3 iterations
 TINY_STREETHAZARDS = {
     "common": {
-        "image_size": [64, 32],
+        **_TINY_STREET,
         "segmenter_name": "fcn8",
-        "segmenter_layers": [1, 1, 1, 1],
-        "segmenter_channels": [8, 8, 16, 16],
-        "generator_channels": [16, 8],
-        "generator_spade_hidden": 8,
-        "discriminator_num_d": 1,
-        "discriminator_layers": 1,
-        "discriminator_channels": 8,
         "autoencoder_channels": [8, 8],
         "autoencoder_strides": [2, 2],
-        "mc_samples": 2,
         "crf_iterations": 1,
-        "progress": False,
-        "checkpoint_every": 100,
     },
     "train_segmenter": {"iterations": 3, "batch_size": 2},
-    "train_synthesizer": {"iterations": 2, "batch_size": 2},
-    "train_autoencoder": {"iterations": 2, "batch_size": 2},
+    **{stage: _TWO_STEPS for stage in ("train_synthesizer", "train_autoencoder")},
 }
