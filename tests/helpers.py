@@ -236,3 +236,25 @@ TINY_STREETHAZARDS = {
     "train_segmenter": {"iterations": 3, "batch_size": 2},
     **{stage: _TWO_STEPS for stage in ("train_synthesizer", "train_autoencoder")},
 }
+
+
+#: a tiny pancreas study run (`run_study("pancreas", ..., extra={"common": TINY_PANCREAS_RUN})`): every stage in seconds
+TINY_PANCREAS_RUN = {
+    "device": "cpu",
+    "num_folds": 2,
+    "spacing": [5.0, 5.0, 5.0],  # the phantoms are real-size patients: a coarse grid keeps the volumes ~48^3
+    "patch_size": [32, 32, 32],
+    "roi_size": [16, 16, 16],
+    "vae_shape": [32, 32, 32],
+    "ahnet_layers": [1, 1, 1, 1],
+    "psp_block_num": 0,
+    "generator_channels": [16, 8],
+    "discriminator_num_d": 1,
+    "discriminator_layers": 1,
+    "comparator_channels": [8, 8, 16, 16],
+    "vae_channels": [4, 8, 8, 16],
+    "vae_latent": 8,
+    "mc_samples": 2,
+    "iterations": 2,
+    "progress": False,
+}

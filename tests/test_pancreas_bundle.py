@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_PANCREAS_RUN as TINY
 from scipy import stats
 
 from synthcp3d.errors import SynthCPInputError
@@ -25,25 +26,6 @@ pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "pancreas_ct_synthcp"
 STAGES = ("prepare", "train_segmenter", "crossval", "train_synthesizer", "train_comparator", "train_vae_alarm",
           "evaluate", "inference")
-TINY = {
-    "device": "cpu",
-    "num_folds": 2,
-    "spacing": [5.0, 5.0, 5.0],  # the phantoms are real-size patients: a coarse grid keeps the volumes ~48^3
-    "patch_size": [32, 32, 32],
-    "roi_size": [16, 16, 16],
-    "vae_shape": [32, 32, 32],
-    "ahnet_layers": [1, 1, 1, 1],
-    "psp_block_num": 0,
-    "generator_channels": [16, 8],
-    "discriminator_num_d": 1,
-    "discriminator_layers": 1,
-    "comparator_channels": [8, 8, 16, 16],
-    "vae_channels": [4, 8, 8, 16],
-    "vae_latent": 8,
-    "mc_samples": 2,
-    "iterations": 2,
-    "progress": False,
-}
 
 
 def _command(stage: str, data: Path, out: Path) -> list[str]:

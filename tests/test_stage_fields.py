@@ -5,18 +5,21 @@ its ``done.json`` records (or be a run-time or location field)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections import defaultdict
 
 import pytest
-from helpers import TINY_CITYSCAPES, TINY_STREETHAZARDS
+from helpers import TINY_CITYSCAPES, TINY_PANCREAS_RUN, TINY_STREETHAZARDS
 
 import synthcp3d.workflows.common as common
 from synthcp2d.data import make_cityscapes_dataset, make_streethazards_dataset
 from synthcp2d.studies.cityscapes.study import CityscapesStudy
 from synthcp2d.studies.streethazards import StreetHazardsStudy
+from synthcp3d.data.phantom import make_pancreas_dataset
 from synthcp3d.study_cli import run_study
+from synthcp3d.workflows.pancreas_model import PancreasStudy
 
 pytestmark = pytest.mark.slow  # end-to-end: not in `make test-fast`
 
@@ -28,7 +31,7 @@ BOOKKEEPING = {"describe", "recorded_settings", "replace", "asdict", "_asdict_in
 
 def _record_reads(monkeypatch, study_cls) -> dict[str, set[str]]:
     """Patch ``study_cls`` to log, per running stage, the dataclass fields read on its instances."""
-    fields = set(study_cls.__dataclass_fields__)
+    fields = {f.name for f in dataclasses.fields(study_cls)}
     reads: dict[str, set[str]] = defaultdict(set)
     plain = object.__getattribute__
 
@@ -75,6 +78,14 @@ def test_cityscapes_stages_record_every_setting_they_read(tmp_path, monkeypatch)
     run_study("cityscapes", tmp_path / "out", data=data, demo=True, extra=TINY_CITYSCAPES)
     assert "mc_samples" in reads["crossval"] and "vae_shape" in reads["train_baselines"]
     _check(tmp_path / "out", CityscapesStudy, reads)
+
+
+def test_pancreas_stages_record_every_setting_they_read(tmp_path, monkeypatch):
+    reads = _record_reads(monkeypatch, PancreasStudy)
+    make_pancreas_dataset(tmp_path / "data", cases=10, seed=3, test_cases=1, shape=(48, 48, 24), progress=False)
+    run_study("pancreas", tmp_path / "out", data=tmp_path / "data", device="cpu", extra={"common": TINY_PANCREAS_RUN})
+    assert "mc_samples" in reads["crossval"] and "mc_samples" not in reads["train_segmenter"]
+    _check(tmp_path / "out", PancreasStudy, reads)
 
 
 def test_an_evaluation_setting_reruns_evaluate_alone(tmp_path):
