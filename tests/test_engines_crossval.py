@@ -139,6 +139,31 @@ def test_run_crossval_resumes_after_a_crash(tmp_path: Path) -> None:
         run_crossval(_cases(), 3, tmp_path, second.train, second.predict, seed=99, progress=False)
 
 
+def test_restart_redoes_every_fold_and_an_interrupted_restart_keeps_nothing_old(tmp_path: Path) -> None:
+    """A forced or stale stage restarts: every fold is trained and predicted again, on a new split if it changed, and
+    a restart that crashes leaves no old fold or prediction for the next (resuming) run to take as finished."""
+    folds = make_folds(IDS, k=3, seed=0)
+    run_crossval(_cases(), 3, tmp_path, _Recorder().train, _Recorder().predict, folds=folds, progress=False)
+    (tmp_path / "fold_2" / "stale_checkpoint.pt").write_text("old")
+    crashing = _Recorder(fail_on=folds[1][1])
+    with pytest.raises(RuntimeError, match="killed"):
+        run_crossval(_cases(), 3, tmp_path, crashing.train, crashing.predict, folds=folds, progress=False, restart=True)
+    assert not (tmp_path / "fold_2").exists() and not (tmp_path / "manifest.json").exists()
+    assert not (tmp_path / "predictions" / f"{folds[2][0]}_pred.npy").exists()  # fold 2 not reached: nothing old
+    resumed = _Recorder()
+    run_crossval(_cases(), 3, tmp_path, resumed.train, resumed.predict, folds=folds, progress=False)
+    assert len(crashing.trained) == 2 and len(resumed.trained) == 2  # folds 0-1, then 1-2: nothing skipped as old
+    assert Counter(c for c, _ in crashing.predicted + resumed.predicted) == Counter(IDS)
+    # a new split replaces the saved one on a restart (without, it is refused)
+    other = make_folds(IDS, k=2, seed=5)
+    with pytest.raises(SynthCPInputError, match="different fold split"):
+        run_crossval(_cases(), 2, tmp_path, resumed.train, resumed.predict, folds=other, progress=False)
+    again = _Recorder()
+    run_crossval(_cases(), 2, tmp_path, again.train, again.predict, folds=other, progress=False, restart=True)
+    assert len(again.trained) == 2 and sorted(p.name for p in tmp_path.glob("fold_*")) == ["fold_0", "fold_1"]
+    assert len(load_manifest(tmp_path)) == len(IDS)
+
+
 def test_prediction_formats_roundtrip(tmp_path: Path) -> None:
     vol = np.random.default_rng(0).integers(0, 3, size=(6, 5, 4))
     affine = np.diag([0.8, 0.8, 2.5, 1.0])

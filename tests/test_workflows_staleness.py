@@ -49,6 +49,12 @@ def first(study: ToyStudy, factor: int = 2) -> dict:
     return _log_run(study, "first")
 
 
+@study_stage("first")
+def broken(study: ToyStudy, factor: int = 2) -> dict:
+    """The stage ``first`` failing half-way through a rerun."""
+    raise RuntimeError("killed half-way")
+
+
 @study_stage("second", after=("first",))
 def second(study: ToyStudy, width: int = 3) -> dict:
     return _log_run(study, "second")
@@ -157,6 +163,40 @@ def test_a_study_setting_removed_since_reruns_nothing(study: ToyStudy) -> None:
         path.write_text(json.dumps(record))
     assert run_all(study) == []
     assert run_all(replace(study, scale=2.0)) == ["first", "second", "third"]
+
+
+@dataclass
+class ListedToyStudy(ToyStudy):
+    stage_fields: ClassVar[dict] = {"scale": ("second",)}  # read by `second` alone
+
+
+def test_a_setting_listed_for_one_stage_reruns_it_and_those_after_it_only(tmp_path: Path) -> None:
+    study = ListedToyStudy(dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"), progress=False)
+    run_all(study)
+    recorded = json.loads((study.out / "first" / "done.json").read_text())["inputs"]["settings"]["study"]
+    assert "scale" not in recorded and "seed" in recorded
+    assert run_all(replace(study, scale=2.0)) == ["second", "third"]  # third reads second's outputs (its run id)
+    assert run_all(replace(study, scale=2.0)) == []
+
+
+def test_a_setting_listed_since_is_not_compared_where_the_stage_no_longer_records_it(tmp_path: Path) -> None:
+    """done.json files written before the listing recorded the setting for every stage."""
+    unlisted = ToyStudy(dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"), progress=False)
+    run_all(unlisted)
+    assert "scale" in json.loads((unlisted.out / "first" / "done.json").read_text())["inputs"]["settings"]["study"]
+    listed = ListedToyStudy(dataset_dir=unlisted.dataset_dir, output_dir=unlisted.output_dir, progress=False)
+    assert run_all(replace(listed, scale=2.0)) == ["second", "third"]
+
+
+def test_an_interrupted_rerun_is_not_taken_as_done(study: ToyStudy) -> None:
+    """A stage rerun (stale or forced) loses its old done.json first: if the rerun fails half-way, the next run
+    reruns it rather than reading half-replaced outputs as finished."""
+    run_all(study)
+    failing = replace(study, scale=2.0)
+    with pytest.raises(RuntimeError, match="half-way"):
+        broken(failing)
+    assert not (study.out / "first" / "done.json").is_file()
+    assert run_all(failing) == ["first", "second", "third"]
 
 
 # ---- the data set: by its listing (names and sizes), not by its path -------------------------------------------------

@@ -118,7 +118,7 @@ class StreetHazardsStudy(StreetStudy):
         field: ("evaluate",)
         for field in (
             "t", "thresholds", "scales", "mc_samples", "crf_backend", "crf_iterations", "crf_image_iterations",
-            "save_pixel_scores", "figure_cases",
+            "save_pixel_scores", "figure_cases", "settings_name",
         )
     }
 

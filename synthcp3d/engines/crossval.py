@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -270,6 +271,7 @@ def run_crossval(
     top_k: int = 3,
     case_key: str = "case",
     progress: bool = True,
+    restart: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``k`` models, each on the other folds, and predict every held-out case once; resumable.
 
@@ -291,12 +293,16 @@ def run_crossval(
         prob_format: ``"none"``, ``"float16"`` (whole softmax) or ``"topk"`` (``top_k`` classes).
         case_key: the id entry of each case.
         progress: show a progress bar over the held-out cases.
+        restart: first delete every fold's folder (markers, checkpoints) and every prediction, then train and predict
+            all folds again, on this split (a forced or stale stage: its settings or its folds changed); an interrupted
+            restart then resumes from nothing old. ``False`` resumes, skipping the folds whose ``fold.json`` exists.
 
     Returns:
         the manifest entries (as in ``manifest.json``, paths relative to ``out_dir``).
 
     Raises:
-        SynthCPInputError: duplicate/missing ids, or ``out_dir`` holds folds from a different split.
+        SynthCPInputError: duplicate/missing ids, or ``out_dir`` holds folds from a different split (unless
+            ``restart``).
     """
     out_dir = Path(out_dir)
     if any(case_key not in c for c in cases):
@@ -318,7 +324,7 @@ def run_crossval(
     split = {"k": k, "seed": seed, "contiguous": contiguous, "group_key": group_key, "folds": folds, "train": train}
     main = idist.get_rank() == 0  # distributed: rank 0 alone predicts and writes
     split_path = out_dir / "folds.json"
-    if split_path.is_file():
+    if split_path.is_file() and not restart:
         saved = _read_json(split_path)
         if saved.get("folds") != folds:
             raise SynthCPInputError(
@@ -359,6 +365,15 @@ def run_crossval(
                 atomic_save_json(out["record"], record_path(case))
             save_prediction(out["pred"], pred_path(case), out.get("affine"))
 
+    if restart:
+        if main:
+            for fold_dir in out_dir.glob("fold_*"):  # also those of an earlier, larger k
+                shutil.rmtree(fold_dir, ignore_errors=True)
+            shutil.rmtree(pred_dir, ignore_errors=True)
+            pred_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "manifest.json").unlink(missing_ok=True)
+            logger.info(f"cross-validation restarted: the earlier folds' outputs in {out_dir} deleted")
+        idist.barrier()
     for i, (held_out, train_ids) in enumerate(zip(folds, train)):
         fold_dir = out_dir / f"fold_{i}"
         done = fold_dir / "fold.json"

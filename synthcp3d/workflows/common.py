@@ -212,7 +212,8 @@ def study_stage(
     """Decorate ``fn(study, ...) -> info`` into a stage: skipped (returns ``{}``) when ``<name>/done.json`` records
     the inputs it would run with and ``study.force`` is off, otherwise run and timed, its ``info`` and inputs
     recorded in the marker written last. ``after``: the stages whose outputs it reads (their ``done.json`` run ids
-    are among its inputs). A stale stage (a done stage whose inputs changed) reruns with ``force`` on.
+    are among its inputs). A stale stage (a done stage whose inputs changed) reruns with ``force`` on, its old
+    ``done.json`` removed first (so that an interrupted rerun is rerun, not taken as done).
 
     In a distributed run a ``training`` stage runs on every rank (it trains with `StudyBase.prepare_network` and
     writes on rank 0 only); any other stage runs on rank 0 alone. Rank 0 writes the marker while the others wait,
@@ -230,8 +231,12 @@ def study_stage(
             current = inputs(study, *args, **kwargs)
             if study.is_done(name, current):
                 return {}
-            if (study.out / name / DONE).is_file():  # stale: its own earlier outputs must not be reused
+            marker = study.out / name / DONE
+            if marker.is_file():  # stale or forced: its own earlier outputs must not be reused
                 study = replace(study, force=True)
+                idist.barrier()  # every rank has seen the marker before rank 0 removes it
+                # removed before the rerun: a rerun interrupted half-way must not look done to the next run
+                on_main_process(marker.unlink, missing_ok=True)
             started = time.perf_counter()
             if training:
                 info = fn(study, *args, **kwargs) or {}

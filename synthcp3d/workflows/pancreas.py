@@ -250,6 +250,7 @@ def crossval(
     manifest = run_crossval(
         cases, len(meta["folds"]), study.stage_dir("crossval"), train_fold, partial(_predict_case, study),
         seed=int(study.seed), folds=meta["folds"], pred_format="nii.gz", progress=study.progress,
+        restart=bool(study.force),
     )
     return on_main_process(_crossval_summary, study, manifest, iterations)
 

@@ -14,7 +14,7 @@ Scoring one case with the loaded model (segmenting, SynthCP's judgement, every m
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -131,15 +131,8 @@ class PancreasStudy(StudyBase):
 
     #: also run-time only: the share of volumes cached and the windows per network call change no result
     runtime_fields: ClassVar[tuple[str, ...]] = (*StudyBase.runtime_fields, "cache_rate", "sw_batch_size")
-    #: inference-time settings: a change reruns the stages that predict (and those after them), not the training of
-    #: the segmenter and the synthesizer; the VAE's input shape, its own stage and the ones that score with it
-    stage_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "mc_samples": ("crossval", "evaluate", "inference"),
-        "sw_roi_size": ("crossval", "evaluate", "inference"),
-        "sw_overlap": ("crossval", "evaluate", "inference"),
-        "vae_shape": ("train_vae_alarm", "evaluate", "inference"),
-        "settings_name": ("evaluate",),
-    }
+    # no stage_fields: `prepare` writes every setting to models/settings.json, which the alarm, `synthcp export` and
+    # `BundlePredictor` read, so every setting counts for `prepare` (and, through its run id, for every stage)
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)

@@ -201,9 +201,10 @@ def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
     among its settings: it stays up to date while that path and the other settings are unchanged. A stage argument
     the ``done.json`` does not record (added to the stage since) counts as unchanged while its current value is the
     function's default, so a new argument whose default keeps the old behaviour reruns nothing. A study setting the
-    ``done.json`` records but the study no longer has (removed from synthcp since) is not compared: nothing reads it
-    now, and, as for any change of synthcp's code, a stage whose results the removal changes is rerun with force
-    (the bundle's changelog says which)."""
+    ``done.json`` records but the stage no longer records — removed from synthcp since, or listed since in the study's
+    ``stage_fields`` for other stages only — is not compared: the stage does not read it now, and, as for any change
+    of synthcp's code, a stage whose results such a change alters is rerun with force (the bundle's changelog says
+    which). A setting the stage records now but the ``done.json`` lacks (added, renamed) makes it stale."""
     recorded = read_marker(marker).get("inputs")
     if not isinstance(recorded, Mapping):
         return "stale: its done.json records no inputs (written by an older synthcp, or unreadable)"
@@ -231,7 +232,7 @@ def stale_reason(marker: Path, inputs: Mapping[str, Any]) -> str | None:
 
 
 def _without_removed_study_fields(old: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict:
-    """Recorded settings ``old`` less the study settings the current study does not have."""
+    """Recorded settings ``old`` less the study settings the stage does not record now (see :func:`stale_reason`)."""
     before = old.get("study")
     if not isinstance(before, Mapping):
         return dict(old)

@@ -109,6 +109,7 @@ class CityscapesStudy(StreetStudy):
         "cross_model": ("evaluate",),
         "save_pixel_scores": ("evaluate",),
         "figure_cases": ("evaluate",),
+        "settings_name": ("evaluate",),
     }
 
     def __post_init__(self) -> None:

@@ -143,6 +143,7 @@ def crossval(
         manifest = run_crossval(
             meta["train"], len(meta["folds"]), study.cv_dir(name), train_fold, partial(_predict_case, study),
             seed=int(study.seed), folds=meta["folds"], pred_format="png", progress=study.progress,
+            restart=bool(study.force),
         )
         on_main_process(_cv_summary, study, name, manifest, info)
     return info
