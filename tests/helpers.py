@@ -80,17 +80,20 @@ TINY_CITYSCAPES = {
 
 #: tiny pancreas bundle settings (`make_untrained_bundle(folder, TINY_PANCREAS)`): small but valid for every network
 #: (AH-Net needs multiples of 32 here, the comparator's and the VAE's deepest instance norms more than one voxel)
-TINY_PANCREAS = {
-    "spacing": [2.0, 2.0, 2.5],
+_TINY_PANCREAS_NETWORKS = {
     "patch_size": [32, 32, 32],
-    "roi_size": [64, 32, 32],
     "vae_shape": [32, 32, 32],
     "ahnet_layers": [1, 1, 1, 1],
     "psp_block_num": 0,
     "generator_channels": [16, 8],
+    "vae_latent": 8,
+}
+TINY_PANCREAS = {
+    **_TINY_PANCREAS_NETWORKS,
+    "spacing": [2.0, 2.0, 2.5],
+    "roi_size": [64, 32, 32],
     "comparator_channels": [8, 16, 32, 64],
     "vae_channels": [4, 8, 16, 32],
-    "vae_latent": 8,
     "settings_name": "tiny-untrained",
 }
 
@@ -240,20 +243,15 @@ TINY_STREETHAZARDS = {
 
 #: a tiny pancreas study run (`run_study("pancreas", ..., extra={"common": TINY_PANCREAS_RUN})`): every stage in seconds
 TINY_PANCREAS_RUN = {
+    **_TINY_PANCREAS_NETWORKS,
     "device": "cpu",
     "num_folds": 2,
     "spacing": [5.0, 5.0, 5.0],  # the phantoms are real-size patients: a coarse grid keeps the volumes ~48^3
-    "patch_size": [32, 32, 32],
     "roi_size": [16, 16, 16],
-    "vae_shape": [32, 32, 32],
-    "ahnet_layers": [1, 1, 1, 1],
-    "psp_block_num": 0,
-    "generator_channels": [16, 8],
     "discriminator_num_d": 1,
     "discriminator_layers": 1,
     "comparator_channels": [8, 8, 16, 16],
     "vae_channels": [4, 8, 8, 16],
-    "vae_latent": 8,
     "mc_samples": 2,
     "iterations": 2,
     "progress": False,
