@@ -39,16 +39,26 @@ TUMOUR = 2
 SYNTHESES = ("G(ŷ)", "class-mean painter", "blank")
 
 
-def _region_statistics(diff: torch.Tensor, pred: torch.Tensor, margin: int) -> list[float]:
-    """``diff (*roi)`` HU, ``pred (*roi)`` labels -> mean signed and mean absolute difference inside the predicted
-    pancreas, the predicted tumour and the ring of ``margin`` voxels around the predicted foreground (0 if empty)."""
-    foreground = (pred > 0).float()[None, None]
-    ring = F.max_pool3d(foreground, 2 * margin + 1, stride=1, padding=margin)[0, 0].bool() & (pred == 0)
+def ring(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """The pixels / voxels within ``margin`` of a bool ``mask (*spatial)`` (2D or 3D), the mask left out."""
+    pool = F.max_pool3d if mask.ndim == 3 else F.max_pool2d
+    grown = pool(mask.float()[None, None], 2 * margin + 1, stride=1, padding=margin)[0, 0].bool()
+    return grown & ~mask
+
+
+def difference_statistics(diff: torch.Tensor, regions: list[torch.Tensor]) -> list[float]:
+    """``diff (*spatial)`` -> the mean signed and mean absolute difference inside each bool region (0, 0 if empty)."""
     out = []
-    for region in (pred == 1, pred == TUMOUR, ring):
+    for region in regions:
         values = diff[region]
         out += [float(values.mean()), float(values.abs().mean())] if values.numel() else [0.0, 0.0]
     return out
+
+
+def _region_statistics(diff: torch.Tensor, pred: torch.Tensor, margin: int) -> list[float]:
+    """``diff (*roi)`` HU, ``pred (*roi)`` labels -> mean signed and mean absolute difference inside the predicted
+    pancreas, the predicted tumour and the ring of ``margin`` voxels around the predicted foreground (0 if empty)."""
+    return difference_statistics(diff, [pred == 1, pred == TUMOUR, ring(pred > 0, margin)])
 
 
 @torch.no_grad()
