@@ -31,28 +31,19 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from synthcp2d.data.cityscapes import CITYSCAPES_CLASSES
-from synthcp2d.studies.cityscapes.study import area_feature
-from synthcp2d.studies.common import image_tensor, load_cached, synthesize
+from synthcp2d.studies.cityscapes.study import CityscapesStudy, area_feature
+from synthcp2d.studies.common import image_tensor, load_cached, load_painter, synthesize
+from synthcp2d.studies.measures import LEVELS_PER_UNIT
 from synthcp3d.engines.crossval import load_prediction
 from synthcp3d.metrics.quality import quality_metrics
-from synthcp3d.scoring.synthesis import ClassMeanPainter, blank_like
-from synthcp3d.workflows.trained import build_network, load_network_spec
+from synthcp3d.scoring.synthesis import blank_like
+from synthcp3d.workflows.trained import load_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthesis_difference_score import difference_statistics, ring  # noqa: E402
 
 SYNTHESES = ("G(ŷ)", "class-mean painter", "blank")
-LEVELS_PER_UNIT = 127.5  # images are in [-1, 1]
 LEARNED = ("Predicted area (no image)", "Direct Prediction", "SynthCP-separate", "SynthCP-joint")
-
-
-def load_generator(folder: Path) -> torch.nn.Module:
-    """The study's trained 2D SPADE generator, built from ``models/networks.json``."""
-    spec = load_network_spec(folder / "models", "generator", "train_synthesizer")
-    net = build_network(spec, "generator")
-    state = torch.load(folder / "models" / "generator.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state["generator"])
-    return net.eval()
 
 
 @torch.no_grad()
@@ -74,14 +65,15 @@ def image_features(x: torch.Tensor, pred: torch.Tensor, generator, painter, seed
 def study_cases(folder: Path, segmenter: str, margin: int) -> dict[str, dict]:
     """``{"cv": ..., "val": ...}``: per split, the features ``(N, C, F)`` and the true IoU ``(N, C)`` (NaN:
     undefined); for val also the report's predictions ``{row: (N, C)}``."""
-    generator = load_generator(folder)
-    painter = ClassMeanPainter.load(folder / "models" / "painter.json")
+    # the study of the run folder (its data folder is only a record here), for its own loaders and moved paths
+    study = CityscapesStudy(dataset_dir=str(folder / "data"), output_dir=str(folder), device="cpu", progress=False)
+    generator = load_network(study, "generator", "generator", "train_synthesizer")
+    painter = load_painter(study)
     names = list(CITYSCAPES_CLASSES)
-    cv_records = json.loads((folder / "crossval" / segmenter / "cases.json").read_text())
+    cv_records = study.resolve_paths(json.loads((study.cv_dir(segmenter) / "cases.json").read_text()), "crossval")
     with open(folder / "evaluate" / segmenter / "per_case.csv", newline="") as f:
         val_rows = list(csv.DictReader(f))
-    meta = json.loads((folder / "prepare" / "cases.json").read_text())
-    val_cache = {c["case"]: c["cache"] for c in meta["val"]}
+    val_cache = {c["case"]: c["cache"] for c in study.cases()["val"]}
 
     def features(cache: str, pred: np.ndarray, seed: int) -> np.ndarray:
         x = image_tensor(load_cached(cache)["image"])
