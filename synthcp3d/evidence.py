@@ -2,7 +2,8 @@
 
 - :func:`segmenter_section`: the judged segmenter's true quality and its spread (a failure detector can only be
   judged on a segmenter that is mostly right and sometimes wrong);
-- :func:`synthesis_section`: ``G(ground truth)`` against the real image, beside the class-mean painter;
+- :func:`synthesis_section`: ``G(ground truth)`` against the real image, beside the class-mean painter, with the
+  gap between them and its bootstrap interval (:func:`synthesis_gap`);
 - :func:`pixel_section`: the pixel-level failure metrics of every error map, both reductions, named;
 - :func:`synthesis_use_section`: how much SynthCP's predicted quality moves when ``x̂`` is replaced;
 - :func:`feature_spread_section`: whether each comparator's encoder still tells cases apart (a collapsed encoder
@@ -18,14 +19,16 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.stats import bootstrap
 
 from synthcp3d.metrics import pixel_failure_metrics
 from synthcp3d.report import markdown_table
+from synthcp3d.scoring.synthesis import PAINTER_NAME
 from synthcp3d.utils.atomic import atomic_path
 
 __all__ = [
-    "quality_spread", "segmenter_section", "synthesis_section", "pixel_section", "synthesis_use_section",
-    "feature_spread", "feature_spread_section", "comparison_figure",
+    "quality_spread", "segmenter_section", "synthesis_gap", "synthesis_section", "pixel_section",
+    "synthesis_use_section", "feature_spread", "feature_spread_section", "comparison_figure",
 ]
 
 FAILURE_BELOW = 0.3
@@ -86,6 +89,61 @@ def _nanmean(values: Any) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def synthesis_gap(
+    cases: Sequence[Mapping[str, float]],
+    reference: Sequence[Mapping[str, float]],
+    keys: Sequence[str],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How far one synthesizer is from another on per-class figures, with a paired bootstrap interval over cases.
+
+    The figure is the one of the synthesis table: per key (e.g. ``mean_error/<class>``) the mean over the cases
+    holding it (NaN: class absent), then the mean over the keys. The gap is that figure for ``cases`` minus that for
+    ``reference``; the interval resamples the case indices, the same ones for both (scipy ``bootstrap``, percentile
+    method), so the image-to-image spread both share cancels.
+
+    Args:
+        cases, reference: one quality dict per case each, the same cases in the same order.
+        keys: the per-class figures averaged.
+
+    Returns:
+        ``{"gap", "low", "high", "n"}``: the gap, its ``confidence`` interval (NaN with fewer than 2 cases), cases.
+    """
+    if len(cases) != len(reference):
+        raise ValueError(f"the gap needs the same cases: {len(cases)} vs {len(reference)}")
+    a = np.array([[c[k] for k in keys] for c in cases], dtype=np.float64).reshape(len(cases), len(keys))
+    b = np.array([[c[k] for k in keys] for c in reference], dtype=np.float64).reshape(len(cases), len(keys))
+
+    def case_mean(values: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(values)
+        with np.errstate(invalid="ignore"):  # a key no resampled case holds is NaN: it counts for no mean
+            return np.where(finite, values, 0.0).sum(0) / finite.sum(0)
+
+    def statistic(index: np.ndarray) -> float:
+        return _nanmean(case_mean(a[index]) - case_mean(b[index]))
+
+    index = np.arange(len(cases))
+    gap = statistic(index)
+    low = high = float("nan")
+    if len(cases) >= 2 and np.isfinite(gap):
+        interval = bootstrap((index,), statistic, vectorized=False, n_resamples=n_resamples,
+                             confidence_level=confidence, method="percentile",
+                             random_state=np.random.default_rng(seed)).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    return {"gap": gap, "low": low, "high": high, "n": len(cases)}
+
+
+def _gap_sentence(name: str, reference: str, target: str, unit: str, gap: Mapping[str, float]) -> str:
+    if not np.isfinite(gap["low"]):
+        return f"- {name} − {reference}, {target}: {gap['gap']:+.2f} {unit} (no interval: fewer than 2 cases)"
+    verdict = (f"better than the {reference}" if gap["high"] < 0 else f"worse than the {reference}"
+               if gap["low"] > 0 else f"level with the {reference} (the interval holds 0)")
+    return (f"- {name} − {reference}, {target}: **{gap['gap']:+.2f}** {unit} (95 % interval {gap['low']:+.2f} to "
+            f"{gap['high']:+.2f}): {name} is {verdict}")
+
+
 def synthesis_section(
     per_case: Mapping[str, Sequence[Mapping[str, float]]],
     class_names: Sequence[str],
@@ -94,8 +152,11 @@ def synthesis_section(
     where: str = "the test cases' ground-truth crops",
     element: str = "voxel",
     average: bool = False,
+    reference: str = PAINTER_NAME,
 ) -> tuple[str, dict]:
-    """Synthesis quality per synthesizer (rows), averaged over cases: per-class mean error and MAE, SSIM.
+    """Synthesis quality per synthesizer (rows), averaged over cases: per-class mean error and MAE, SSIM; and each
+    synthesizer's gap to ``reference`` on the mean error (`synthesis_gap`: keys ``mean_error_gap/<target>``, with
+    ``_low`` / ``_high`` for its interval; the target is the mean over classes with ``average``, else each class).
 
     Args:
         per_case: synthesizer name -> one :func:`synthcp3d.scoring.synthesis.synthesis_quality` dict per case.
@@ -133,6 +194,17 @@ def synthesis_section(
         "",
         markdown_table(rows, columns, first="synthesizer"),
     ]
+    gaps = []
+    targets = {"mean over classes": class_names} if average else {c: [c] for c in class_names}
+    for name in (n for n in per_case if reference in per_case and n != reference):
+        for target, classes in targets.items():
+            gap = synthesis_gap(per_case[name], per_case[reference], [f"mean_error/{c}" for c in classes])
+            rows[name].update({f"mean_error_gap/{target}": gap["gap"], f"mean_error_gap_low/{target}": gap["low"],
+                               f"mean_error_gap_high/{target}": gap["high"]})
+            gaps.append(_gap_sentence(name, reference, target, unit, gap))
+    if gaps:
+        lines += ["", f"Gap to the {reference} on the mean error (negative: closer to the real image), with its 95 % "
+                  f"interval from a paired bootstrap over the {n} cases:", "", *gaps]
     return "\n".join(lines), rows
 
 

@@ -11,10 +11,12 @@ from synthcp3d.evidence import (
     pixel_section,
     quality_spread,
     segmenter_section,
+    synthesis_gap,
     synthesis_section,
     synthesis_use_section,
 )
 from synthcp3d.metrics import pixel_failure_metrics
+from synthcp3d.scoring.synthesis import PAINTER_NAME
 
 
 def test_quality_spread_against_numpy():
@@ -72,6 +74,65 @@ def test_synthesis_section_mean_over_classes_and_shown_columns():
     assert rows["G"]["mae/mean over classes"] == pytest.approx(6.5) and rows["G"]["ssim"] == pytest.approx(0.6)
     assert "| G | 3.50 | 6.50 | 4.00 | 7.00 | 0.60 |" in md and "a: mean" not in md
     assert "pixel-wise" in md and "n=2" in md
+
+
+def _quality_cases(values: np.ndarray, classes: list[str]) -> list[dict]:
+    return [{f"mean_error/{c}": float(v) for c, v in zip(classes, row)} for row in values]
+
+
+def test_synthesis_gap_against_the_normal_approximation():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(20, 40, size=(400, 1))
+    diff = rng.normal(1.0, 3.0, size=(400, 1))
+    gap = synthesis_gap(_quality_cases(ref + diff, ["a"]), _quality_cases(ref, ["a"]), ["mean_error/a"])
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff))  # the paired mean's normal interval
+    assert gap["n"] == 400 and gap["gap"] == pytest.approx(diff.mean())
+    assert gap["low"] == pytest.approx(diff.mean() - half, abs=0.1 * half)
+    assert gap["high"] == pytest.approx(diff.mean() + half, abs=0.1 * half)
+
+
+def test_synthesis_gap_pairs_the_cases_and_skips_absent_classes():
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(0, 60, size=(30, 3))  # a wide spread the pairing cancels
+    ref[rng.random(ref.shape) < 0.3] = np.nan  # classes absent from some cases, in both
+    ref[:, 2] = np.nan
+    ref[0, 2] = 10.0  # a class held by one case only: it drops out of the resamples without it
+    shifted = ref + np.array([2.0, 2.0, 2.0])
+    classes = ["a", "b", "c"]
+    gap = synthesis_gap(_quality_cases(shifted, classes), _quality_cases(ref, classes),
+                        [f"mean_error/{c}" for c in classes])
+    assert gap["gap"] == pytest.approx(2.0) and gap["low"] == pytest.approx(2.0) and gap["high"] == pytest.approx(2.0)
+    one = synthesis_gap(_quality_cases(shifted[:1], classes), _quality_cases(ref[:1], classes), ["mean_error/a"])
+    assert one["gap"] == pytest.approx(2.0) and np.isnan(one["low"]) and np.isnan(one["high"])
+    with pytest.raises(ValueError, match="same cases"):
+        synthesis_gap(_quality_cases(shifted, classes), _quality_cases(ref[:5], classes), ["mean_error/a"])
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_synthesis_section_gap_to_the_painter(average):
+    rng = np.random.default_rng(3)
+    classes = ["near", "far"]
+    ref = rng.uniform(20, 40, size=(40, 2))
+    g = ref + np.stack([rng.normal(0.0, 1.0, 40), rng.normal(-6.0, 1.0, 40)], 1)  # level on "near", ahead on "far"
+    per_case = {name: [{**q, "mae/near": 1.0, "mae/far": 1.0, "ssim": 0.5} for q in _quality_cases(v, classes)]
+                for name, v in (("G", g), (PAINTER_NAME, ref))}
+    md, rows = synthesis_section(per_case, classes, "levels", average=average)
+    targets = ["mean over classes"] if average else classes
+    for target in targets:
+        keys = [f"mean_error/{c}" for c in (classes if average else [target])]
+        figure = {name: np.mean([rows[name][k] for k in keys]) for name in per_case}  # the table's own figures
+        assert rows["G"][f"mean_error_gap/{target}"] == pytest.approx(figure["G"] - figure[PAINTER_NAME])
+        assert rows["G"][f"mean_error_gap_low/{target}"] < rows["G"][f"mean_error_gap/{target}"]
+        assert rows["G"][f"mean_error_gap_high/{target}"] > rows["G"][f"mean_error_gap/{target}"]
+    assert not any(k.startswith("mean_error_gap") for k in rows[PAINTER_NAME])
+    if average:
+        gap = rows["G"]["mean_error_gap/mean over classes"]
+        assert gap == pytest.approx(-3.0, abs=0.5)
+        assert f"G − class-mean painter, mean over classes: **{gap:+.2f}**" in md
+        assert "G is better than the class-mean painter" in md
+    else:
+        assert "G is level with the class-mean painter (the interval holds 0)" in md
+        assert "G is better than the class-mean painter" in md
 
 
 def test_pixel_section_matches_metrics():

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from synthcp2d.studies.common import StreetStudy, image_tensor, load_cached, synthesize
-from synthcp3d.scoring.synthesis import ClassMeanPainter, synthesis_quality
+from synthcp3d.scoring.synthesis import PAINTER_NAME, ClassMeanPainter, synthesis_quality
 
 __all__ = ["SYNTHESIZERS", "LEVELS_PER_UNIT", "DatasetIoU", "synthesis_per_case"]
 
 #: the synthesizers of the synthesis-quality table: SPADE and its non-learned replacement
-SYNTHESIZERS = ("2D SPADE G(y)", "class-mean painter")
+SYNTHESIZERS = ("2D SPADE G(y)", PAINTER_NAME)
 #: colour levels (0-255) per unit of the [-1, 1] images
 LEVELS_PER_UNIT = 127.5
 

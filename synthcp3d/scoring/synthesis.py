@@ -24,7 +24,12 @@ from monai.metrics import SSIMMetric
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.utils.atomic import atomic_save_json
 
-__all__ = ["ClassMeanPainter", "synthesis_quality", "blank_like", "X_HAT_ABLATIONS", "replaced_syntheses"]
+__all__ = [
+    "ClassMeanPainter", "PAINTER_NAME", "synthesis_quality", "blank_like", "X_HAT_ABLATIONS", "replaced_syntheses",
+]
+
+#: the painter's name in the synthesis-quality tables: the reference every synthesizer is compared with
+PAINTER_NAME = "class-mean painter"
 
 
 class ClassMeanPainter:

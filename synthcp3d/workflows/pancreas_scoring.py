@@ -29,7 +29,7 @@ from synthcp3d.networks.synthesizer import one_hot_labels
 from synthcp3d.roi import RoiBox, crop_to_box, pancreas_roi, roi_box, tight_box
 from synthcp3d.scoring.base import ScoreOutput, run_scorer
 from synthcp3d.scoring.ensemble import mean_ensemble, pairwise_agreement
-from synthcp3d.scoring.synthesis import X_HAT_ABLATIONS, replaced_syntheses, synthesis_quality
+from synthcp3d.scoring.synthesis import PAINTER_NAME, X_HAT_ABLATIONS, replaced_syntheses, synthesis_quality
 from synthcp3d.scoring.volume import predicted_volume_feature
 from synthcp3d.targets import per_class_quality
 from synthcp3d.workflows.pancreas_model import VAE_CROP_MARGIN, PancreasStudy, TrainedModels
@@ -359,7 +359,7 @@ def score_synthesis(
     hu_per_unit = (study.hu_range[1] - study.hu_range[0]) / 2.0
     candidates = {
         "3D SPADE G(y)": nets.generator(one_hot_labels(y_roi, study.num_classes)),
-        "class-mean painter": nets.painter(y_roi, seed=seed).to(x_roi.device),
+        PAINTER_NAME: nets.painter(y_roi, seed=seed).to(x_roi.device),
     }
     return {
         name: synthesis_quality(img[0], x_roi[0], y_roi[0], study.class_names, scale=hu_per_unit)
