@@ -159,7 +159,11 @@ def test_segmenter_miou_and_painter_synthesis_recomputed_with_numpy(study_run):
             assert row[f"mean_error/{name}"] == pytest.approx(np.mean(values), rel=1e-4, abs=1e-3), name
     defined = [np.mean(v) for v in per_class.values() if v]
     assert row["mean_error/mean over classes"] == pytest.approx(np.mean(defined), rel=1e-4)
-    assert -1.0 <= report["synthesis"]["2D SPADE G(y)"]["ssim"] <= 1.0
+    g = report["synthesis"]["2D SPADE G(y)"]
+    assert -1.0 <= g["ssim"] <= 1.0
+    gap = g["mean_error_gap/mean over classes"]  # G's figure minus the painter's, with its bootstrap interval
+    assert gap == pytest.approx(g["mean_error/mean over classes"] - row["mean_error/mean over classes"], rel=1e-6)
+    assert g["mean_error_gap_low/mean over classes"] <= gap <= g["mean_error_gap_high/mean over classes"]
 
 
 def test_every_kept_network_loads_from_networks_json_alone(study_run):
