@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.stats import bootstrap
 
 from synthcp3d.metrics import pixel_failure_metrics
 from synthcp3d.report import markdown_table
@@ -32,6 +31,9 @@ __all__ = [
 ]
 
 FAILURE_BELOW = 0.3
+#: the synthesis gap's interval, and its keys in a synthesizer's row (the bounds are not averaged over runs)
+GAP_CONFIDENCE = 0.95
+GAP_INTERVAL_KEYS = ("mean_error_gap_low/", "mean_error_gap_high/")
 # relative spread below which an encoder counts as collapsed: measured 0.004-0.006 on collapsed comparators of the
 # pancreas demo study, 0.38-0.48 on working ones (see `feature_spread`)
 COLLAPSED_BELOW = 0.05
@@ -93,7 +95,7 @@ def synthesis_gap(
     cases: Sequence[Mapping[str, float]],
     reference: Sequence[Mapping[str, float]],
     keys: Sequence[str],
-    confidence: float = 0.95,
+    confidence: float = GAP_CONFIDENCE,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -101,47 +103,66 @@ def synthesis_gap(
 
     The figure is the one of the synthesis table: per key (e.g. ``mean_error/<class>``) the mean over the cases
     holding it (NaN: class absent), then the mean over the keys. The gap is that figure for ``cases`` minus that for
-    ``reference``; the interval resamples the case indices, the same ones for both (scipy ``bootstrap``, percentile
-    method), so the image-to-image spread both share cancels.
+    ``reference``; the interval (percentile method) resamples the case indices, the same ones for both, so the
+    image-to-image spread both share cancels. Written with numpy rather than ``scipy.stats.bootstrap``: a resample
+    can miss a class no other case holds, and scipy then voids the whole interval; here that resample only drops
+    the class, and a resample missing every key is left out and counted.
 
     Args:
         cases, reference: one quality dict per case each, the same cases in the same order.
         keys: the per-class figures averaged.
 
     Returns:
-        ``{"gap", "low", "high", "n"}``: the gap, its ``confidence`` interval (NaN with fewer than 2 cases), cases.
+        ``{"gap", "low", "high", "n", "dropped"}``: the gap (NaN: no case holds any key), its ``confidence`` interval
+        (NaN with fewer than 2 cases or an undefined gap), the number of cases and of resamples left out.
     """
     if len(cases) != len(reference):
         raise ValueError(f"the gap needs the same cases: {len(cases)} vs {len(reference)}")
-    a = np.array([[c[k] for k in keys] for c in cases], dtype=np.float64).reshape(len(cases), len(keys))
-    b = np.array([[c[k] for k in keys] for c in reference], dtype=np.float64).reshape(len(cases), len(keys))
+    n = len(cases)
+    a = np.array([[c[k] for k in keys] for c in cases], dtype=np.float64).reshape(n, len(keys))
+    b = np.array([[c[k] for k in keys] for c in reference], dtype=np.float64).reshape(n, len(keys))
 
-    def case_mean(values: np.ndarray) -> np.ndarray:
-        finite = np.isfinite(values)
-        with np.errstate(invalid="ignore"):  # a key no resampled case holds is NaN: it counts for no mean
-            return np.where(finite, values, 0.0).sum(0) / finite.sum(0)
+    def gaps(index: np.ndarray) -> np.ndarray:
+        """``index (R, n)`` resampled case indices -> ``(R,)`` gaps (NaN where no resampled case holds a key)."""
+        per_key = []
+        for values in (a, b):
+            taken = values[index]  # (R, n, K)
+            finite = np.isfinite(taken)
+            with np.errstate(invalid="ignore"):  # a key no resampled case holds is NaN: it counts for no mean
+                per_key.append(np.where(finite, taken, 0.0).sum(1) / finite.sum(1))
+        diff = per_key[0] - per_key[1]
+        held = np.isfinite(diff)
+        with np.errstate(invalid="ignore"):
+            return np.where(held, diff, 0.0).sum(1) / held.sum(1)
 
-    def statistic(index: np.ndarray) -> float:
-        return _nanmean(case_mean(a[index]) - case_mean(b[index]))
-
-    index = np.arange(len(cases))
-    gap = statistic(index)
+    gap = float(gaps(np.arange(n)[None])[0]) if n else float("nan")
     low = high = float("nan")
-    if len(cases) >= 2 and np.isfinite(gap):
-        interval = bootstrap((index,), statistic, vectorized=False, n_resamples=n_resamples,
-                             confidence_level=confidence, method="percentile",
-                             random_state=np.random.default_rng(seed)).confidence_interval
-        low, high = float(interval.low), float(interval.high)
-    return {"gap": gap, "low": low, "high": high, "n": len(cases)}
+    dropped = 0
+    if n >= 2 and np.isfinite(gap):
+        resampled = gaps(np.random.default_rng(seed).integers(0, n, size=(n_resamples, n)))
+        kept = resampled[np.isfinite(resampled)]
+        dropped = int(resampled.size - kept.size)
+        tail = (1.0 - confidence) / 2.0
+        low, high = (float(q) for q in np.quantile(kept, [tail, 1.0 - tail]))
+    return {"gap": gap, "low": low, "high": high, "n": n, "dropped": dropped}
+
+
+def _signed(value: float) -> str:
+    text = f"{value:+.2f}"
+    return "+0.00" if text == "-0.00" else text  # no negative zero for a gap that rounds to nothing
 
 
 def _gap_sentence(name: str, reference: str, target: str, unit: str, gap: Mapping[str, float]) -> str:
+    head = f"- {name} − {reference}, {target}:"
+    if not np.isfinite(gap["gap"]):
+        return f"{head} undefined (no case holds the class)"
     if not np.isfinite(gap["low"]):
-        return f"- {name} − {reference}, {target}: {gap['gap']:+.2f} {unit} (no interval: fewer than 2 cases)"
+        return f"{head} {_signed(gap['gap'])} {unit} (no interval: fewer than 2 cases)"
     verdict = (f"better than the {reference}" if gap["high"] < 0 else f"worse than the {reference}"
                if gap["low"] > 0 else f"level with the {reference} (the interval holds 0)")
-    return (f"- {name} − {reference}, {target}: **{gap['gap']:+.2f}** {unit} (95 % interval {gap['low']:+.2f} to "
-            f"{gap['high']:+.2f}): {name} is {verdict}")
+    left_out = f"; {gap['dropped']} resamples without the class left out" if gap["dropped"] else ""
+    return (f"{head} **{_signed(gap['gap'])}** {unit} ({100 * GAP_CONFIDENCE:g} % interval {_signed(gap['low'])} "
+            f"to {_signed(gap['high'])}{left_out}): {name} is {verdict}")
 
 
 def synthesis_section(
@@ -199,12 +220,12 @@ def synthesis_section(
     for name in (n for n in per_case if reference in per_case and n != reference):
         for target, classes in targets.items():
             gap = synthesis_gap(per_case[name], per_case[reference], [f"mean_error/{c}" for c in classes])
-            rows[name].update({f"mean_error_gap/{target}": gap["gap"], f"mean_error_gap_low/{target}": gap["low"],
-                               f"mean_error_gap_high/{target}": gap["high"]})
+            low_key, high_key = (prefix + target for prefix in GAP_INTERVAL_KEYS)
+            rows[name].update({f"mean_error_gap/{target}": gap["gap"], low_key: gap["low"], high_key: gap["high"]})
             gaps.append(_gap_sentence(name, reference, target, unit, gap))
     if gaps:
-        lines += ["", f"Gap to the {reference} on the mean error (negative: closer to the real image), with its 95 % "
-                  f"interval from a paired bootstrap over the {n} cases:", "", *gaps]
+        lines += ["", f"Gap to the {reference} on the mean error (negative: closer to the real image), with its "
+                  f"{100 * GAP_CONFIDENCE:g} % interval from a paired bootstrap over the {n} cases:", "", *gaps]
     return "\n".join(lines), rows
 
 

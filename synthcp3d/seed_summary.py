@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from synthcp3d.errors import SynthCPInputError
+from synthcp3d.evidence import GAP_INTERVAL_KEYS
 from synthcp3d.report import METRIC_COLUMNS
 from synthcp3d.utils.atomic import atomic_save_text
 
@@ -91,7 +92,8 @@ def summarize_reports(paths: Sequence[str | Path]) -> str:
         lines += _table(rows, (("mean", "mean"), ("sd", "SD"), ("failures", "share < 0.3")), "split: class", 100.0)
         lines += [""]
     if all("synthesis" in e for e in extras):
-        keys = list(next(iter(extras[0]["synthesis"].values())))
+        # a run's interval bounds do not average into an interval: the summary keeps each run's gap itself
+        keys = [k for k in next(iter(extras[0]["synthesis"].values())) if not k.startswith(GAP_INTERVAL_KEYS)]
         rows = {name: [e["synthesis"][name] for e in extras] for name in extras[0]["synthesis"]}
         unit = "colour levels 0-255" if anomaly else "HU"
         lines += [f"## Synthesis quality ({unit}; SSIM)", ""]

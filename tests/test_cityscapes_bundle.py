@@ -4,6 +4,7 @@ is recomputed independently from the saved per-image scores with scikit-learn / 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,22 @@ def test_cityscapes_vae_input_fills_ignore_with_the_nearest_label():
     assert onehot.shape == (1, 3, 4, 6) and torch.equal(onehot.sum(1), torch.ones(1, 4, 6))
     assert onehot.argmax(1)[0, 0].tolist() == [0, 0, 0, 2, 2, 2]
     assert vae_input(torch.full((1, 4, 6), IGNORE), study).argmax(1).eq(0).all()
+
+
+def test_synthesis_memorisation_benchmark_matches_the_report(study_run):
+    """benchmarks/synthesis_memorisation.py measures the held-out images as the report does, and the training ones."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from synthesis_memorisation import GAP, MEAN, measure
+
+    out, _, _ = study_run
+    kind, rows, per_class = measure(out, max_train=2)
+    report = json.loads((out / "evaluate" / "report.json").read_text())["synthesis"]
+    assert kind == "cityscapes" and set(rows) == {"train", "val"}
+    for name in report:
+        assert rows["val"][name][MEAN] == pytest.approx(report[name][MEAN], rel=1e-6)
+    assert rows["val"]["2D SPADE G(y)"][GAP] == pytest.approx(report["2D SPADE G(y)"][GAP], rel=1e-6)
+    assert np.isfinite(rows["train"]["class-mean painter"][MEAN])
+    gaps = [v for v in per_class.values() if np.isfinite(v)]
+    assert gaps and np.mean(gaps) == pytest.approx(rows["val"]["2D SPADE G(y)"][GAP], rel=1e-6)

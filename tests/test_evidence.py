@@ -96,16 +96,42 @@ def test_synthesis_gap_pairs_the_cases_and_skips_absent_classes():
     ref = rng.uniform(0, 60, size=(30, 3))  # a wide spread the pairing cancels
     ref[rng.random(ref.shape) < 0.3] = np.nan  # classes absent from some cases, in both
     ref[:, 2] = np.nan
-    ref[0, 2] = 10.0  # a class held by one case only: it drops out of the resamples without it
+    ref[0, 2] = 10.0  # a class held by one case only: resamples without it drop the class, not the interval
     shifted = ref + np.array([2.0, 2.0, 2.0])
     classes = ["a", "b", "c"]
     gap = synthesis_gap(_quality_cases(shifted, classes), _quality_cases(ref, classes),
                         [f"mean_error/{c}" for c in classes])
     assert gap["gap"] == pytest.approx(2.0) and gap["low"] == pytest.approx(2.0) and gap["high"] == pytest.approx(2.0)
+    assert gap["dropped"] == 0
     one = synthesis_gap(_quality_cases(shifted[:1], classes), _quality_cases(ref[:1], classes), ["mean_error/a"])
     assert one["gap"] == pytest.approx(2.0) and np.isnan(one["low"]) and np.isnan(one["high"])
     with pytest.raises(ValueError, match="same cases"):
         synthesis_gap(_quality_cases(shifted, classes), _quality_cases(ref[:5], classes), ["mean_error/a"])
+
+
+def test_synthesis_gap_point_estimate_against_numpy_with_unequal_class_counts():
+    rng = np.random.default_rng(4)
+    ref = rng.uniform(10, 50, size=(25, 4))
+    g = ref + rng.normal(0.0, 5.0, size=ref.shape)
+    absent = rng.random(ref.shape) < np.array([0.0, 0.2, 0.6, 0.9])  # each class in a different number of cases
+    ref[absent] = g[absent] = np.nan
+    classes = ["a", "b", "c", "d"]
+    gap = synthesis_gap(_quality_cases(g, classes), _quality_cases(ref, classes), [f"mean_error/{c}" for c in classes])
+    expected = np.mean([np.nanmean(g[:, k]) - np.nanmean(ref[:, k]) for k in range(4)])  # per class, then classes
+    assert gap["gap"] == pytest.approx(expected)
+    assert gap["low"] < gap["gap"] < gap["high"]
+    # a class held by one case, with a large gap: resamples without it leave it out rather than void the interval
+    rare = np.full((25, 1), np.nan)
+    rare[3] = 40.0
+    lone = synthesis_gap(_quality_cases(np.hstack([rare + 30.0, g[:, :1]]), ["r", "a"]),
+                         _quality_cases(np.hstack([rare, ref[:, :1]]), ["r", "a"]), ["mean_error/r", "mean_error/a"])
+    assert np.isfinite(lone["low"]) and lone["low"] < lone["gap"] < lone["high"] and lone["dropped"] == 0
+    only_rare = synthesis_gap(_quality_cases(rare + 30.0, ["r"]), _quality_cases(rare, ["r"]), ["mean_error/r"])
+    assert only_rare["gap"] == pytest.approx(30.0) and only_rare["dropped"] > 0  # resamples missing every key
+    assert only_rare["low"] == pytest.approx(30.0) and only_rare["high"] == pytest.approx(30.0)
+    never = synthesis_gap(_quality_cases(np.full((5, 1), np.nan), ["r"]), _quality_cases(np.full((5, 1), np.nan), ["r"]),
+                          ["mean_error/r"])
+    assert np.isnan(never["gap"]) and np.isnan(never["low"])
 
 
 @pytest.mark.parametrize("average", [True, False])
@@ -113,7 +139,7 @@ def test_synthesis_section_gap_to_the_painter(average):
     rng = np.random.default_rng(3)
     classes = ["near", "far"]
     ref = rng.uniform(20, 40, size=(40, 2))
-    g = ref + np.stack([rng.normal(0.0, 1.0, 40), rng.normal(-6.0, 1.0, 40)], 1)  # level on "near", ahead on "far"
+    g = ref + np.stack([np.zeros(40), rng.normal(-6.0, 1.0, 40)], 1)  # level on "near", ahead on "far"
     per_case = {name: [{**q, "mae/near": 1.0, "mae/far": 1.0, "ssim": 0.5} for q in _quality_cases(v, classes)]
                 for name, v in (("G", g), (PAINTER_NAME, ref))}
     md, rows = synthesis_section(per_case, classes, "levels", average=average)
@@ -122,8 +148,8 @@ def test_synthesis_section_gap_to_the_painter(average):
         keys = [f"mean_error/{c}" for c in (classes if average else [target])]
         figure = {name: np.mean([rows[name][k] for k in keys]) for name in per_case}  # the table's own figures
         assert rows["G"][f"mean_error_gap/{target}"] == pytest.approx(figure["G"] - figure[PAINTER_NAME])
-        assert rows["G"][f"mean_error_gap_low/{target}"] < rows["G"][f"mean_error_gap/{target}"]
-        assert rows["G"][f"mean_error_gap_high/{target}"] > rows["G"][f"mean_error_gap/{target}"]
+        assert rows["G"][f"mean_error_gap_low/{target}"] <= rows["G"][f"mean_error_gap/{target}"]
+        assert rows["G"][f"mean_error_gap_high/{target}"] >= rows["G"][f"mean_error_gap/{target}"]
     assert not any(k.startswith("mean_error_gap") for k in rows[PAINTER_NAME])
     if average:
         gap = rows["G"]["mean_error_gap/mean over classes"]
@@ -131,6 +157,7 @@ def test_synthesis_section_gap_to_the_painter(average):
         assert f"G − class-mean painter, mean over classes: **{gap:+.2f}**" in md
         assert "G is better than the class-mean painter" in md
     else:
+        assert "G − class-mean painter, near: **+0.00** levels (95 % interval +0.00 to +0.00)" in md
         assert "G is level with the class-mean painter (the interval holds 0)" in md
         assert "G is better than the class-mean painter" in md
 

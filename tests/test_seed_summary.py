@@ -54,7 +54,9 @@ def test_anomaly_reports_summarised_per_reduction(tmp_path):
             "tables": {"per_image": {"MSP": {"FPR95": 50.0, "AUROC": auroc, "AUPR": 3.0, "reduction": "per_image"}},
                        "pooled": {"MSP": {"FPR95": 80.0, "AUROC": auroc - 5, "AUPR": 2.0}}},
             "segmenter": "unet", "segmenter_miou": miou,
-            "synthesis": {"class-mean painter": {"mean_error": err, "ssim": 0.1}},
+            "synthesis": {"G": {"mean_error": err - 1.0, "mean_error_gap/mean over classes": -1.0 + k,
+                                "mean_error_gap_low/mean over classes": -3.0, "mean_error_gap_high/mean over classes": 1.0},
+                          "class-mean painter": {"mean_error": err, "ssim": 0.1}},
         }
         paths.append(tmp_path / f"r{k}.json")
         paths[-1].write_text(json.dumps(payload))
@@ -64,6 +66,8 @@ def test_anomaly_reports_summarised_per_reduction(tmp_path):
     assert "| MSP | 50.00 ± 0.00 | 65.00 ± 7.07 | 3.00 ± 0.00 |" in md
     assert "| MSP | 80.00 ± 0.00 | 60.00 ± 7.07 | 2.00 ± 0.00 |" in md
     assert "## Synthesis quality (colour levels 0-255; SSIM)" in md and "| class-mean painter | 32.00 ± 2.83 |" in md
+    # each run's gap is summarised; its interval bounds are not (a mean of bounds is no interval)
+    assert "| G | 31.00 ± 2.83 | -0.50 ± 0.71 |" in md and "gap_low" not in md and "gap_high" not in md
     quality = _report(tmp_path / "q.json", 10.0, 50.0, 0.3)
     with pytest.raises(SynthCPInputError, match="one kind"):
         summarize_reports([paths[0], quality])
