@@ -142,8 +142,9 @@ def synthesis_gap(
         resampled = gaps(np.random.default_rng(seed).integers(0, n, size=(n_resamples, n)))
         kept = resampled[np.isfinite(resampled)]
         dropped = int(resampled.size - kept.size)
-        tail = (1.0 - confidence) / 2.0
-        low, high = (float(q) for q in np.quantile(kept, [tail, 1.0 - tail]))
+        if kept.size:  # none kept (every resample missed every key): no interval
+            tail = (1.0 - confidence) / 2.0
+            low, high = (float(q) for q in np.quantile(kept, [tail, 1.0 - tail]))
     return {"gap": gap, "low": low, "high": high, "n": n, "dropped": dropped}
 
 
