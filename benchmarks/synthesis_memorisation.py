@@ -1,4 +1,4 @@
-"""Does the 2D G learn the training images' colours rather than each class's? Synthesis quality on seen and unseen images.
+"""Does the 2D G learn its training images' colours rather than each class's? Synthesis on seen and unseen images.
 
     python benchmarks/synthesis_memorisation.py runs/cityscapes_demo [runs/streethazards_demo ...] [--max-train 200]
 
@@ -77,8 +77,9 @@ def main() -> None:
             print(f"| {folder.name} | {kind} | {split} | {g[MEAN]:.2f} | {p[MEAN]:.2f} | {interval} |")
         gaps[folder.name] = per_class
     for name, per_class in gaps.items():
-        print(f"\nG − painter per class on the held-out images, {name}: "
-              + ", ".join(f"{c} {v:+.1f}" for c, v in sorted(per_class.items(), key=lambda kv: -kv[1])))
+        ranked = sorted(per_class.items(), key=lambda kv: -kv[1])
+        cells = (f"{c} {v:+.1f}".replace("-0.0", "+0.0") for c, v in ranked)  # no negative zero
+        print(f"\nG − painter per class on the held-out images, {name}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":

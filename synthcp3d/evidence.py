@@ -105,8 +105,9 @@ def synthesis_gap(
     holding it (NaN: class absent), then the mean over the keys. The gap is that figure for ``cases`` minus that for
     ``reference``; the interval (percentile method) resamples the case indices, the same ones for both, so the
     image-to-image spread both share cancels. Written with numpy rather than ``scipy.stats.bootstrap``: a resample
-    can miss a class no other case holds, and scipy then voids the whole interval; here that resample only drops
-    the class, and a resample missing every key is left out and counted.
+    can miss a class no other case holds, and scipy then voids the whole interval; here that resample averages
+    over the classes it holds (so the interval also carries which classes a resample holds), and a resample
+    missing every key is left out and counted.
 
     Args:
         cases, reference: one quality dict per case each, the same cases in the same order.
@@ -161,7 +162,7 @@ def _gap_sentence(name: str, reference: str, target: str, unit: str, gap: Mappin
         return f"{head} {_signed(gap['gap'])} {unit} (no interval: fewer than 2 cases)"
     verdict = (f"better than the {reference}" if gap["high"] < 0 else f"worse than the {reference}"
                if gap["low"] > 0 else f"level with the {reference} (the interval holds 0)")
-    left_out = f"; {gap['dropped']} resamples without the class left out" if gap["dropped"] else ""
+    left_out = f"; {gap['dropped']} resamples holding none of the classes left out" if gap["dropped"] else ""
     return (f"{head} **{_signed(gap['gap'])}** {unit} ({100 * GAP_CONFIDENCE:g} % interval {_signed(gap['low'])} "
             f"to {_signed(gap['high'])}{left_out}): {name} is {verdict}")
 
