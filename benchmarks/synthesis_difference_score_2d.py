@@ -66,7 +66,7 @@ def study_cases(folder: Path, segmenter: str, margin: int) -> dict[str, dict]:
     """``{"cv": ..., "val": ...}``: per split, the features ``(N, C, F)`` and the true IoU ``(N, C)`` (NaN:
     undefined); for val also the report's predictions ``{row: (N, C)}``."""
     # the study of the run folder (its data folder is only a record here), for its own loaders and moved paths
-    study = CityscapesStudy(dataset_dir=str(folder / "data"), output_dir=str(folder), device="cpu", progress=False)
+    study = CityscapesStudy.of_run(folder)
     generator = load_network(study, "generator", "generator", "train_synthesizer")
     painter = load_painter(study)
     names = list(CITYSCAPES_CLASSES)

@@ -26,7 +26,7 @@ from synthcp2d.studies.streethazards import StreetHazardsStudy
 from synthcp3d.evidence import synthesis_section
 from synthcp3d.workflows.trained import load_network
 
-#: study name (``prepare/done.json``'s bundle) -> (study class, class names, label without a class, held-out split)
+#: study name (`study_kind`) -> (study class, class names, label without a class, held-out split)
 STUDIES = {
     "cityscapes": (CityscapesStudy, list(CITYSCAPES_CLASSES), 255, "val"),
     "streethazards": (StreetHazardsStudy, list(STREETHAZARDS_CLASSES[:STREETHAZARDS_NUM_KNOWN_CLASSES]),
@@ -37,7 +37,8 @@ GAP = "mean_error_gap/mean over classes"
 
 
 def study_kind(folder: Path) -> str:
-    """The study of a run folder, from its recorded data folder (``prepare/cases.json`` records the split names)."""
+    """The study of a run folder, from the splits its ``prepare/cases.json`` holds (StreetHazards has a test split,
+    Cityscapes a val split only)."""
     splits = set(json.loads((folder / "prepare" / "cases.json").read_text()))
     return "cityscapes" if "val" in splits and "test" not in splits else "streethazards"
 
@@ -46,7 +47,7 @@ def measure(folder: Path, max_train: int) -> tuple[str, dict[str, dict], dict[st
     """-> (study, split -> synthesis rows, held-out per-class gap of G to the painter)."""
     kind = study_kind(folder)
     study_class, names, no_class, held_out = STUDIES[kind]
-    study = study_class(dataset_dir=str(folder / "data"), output_dir=str(folder), device="cpu", progress=False)
+    study = study_class.of_run(folder)
     generator = load_network(study, "generator", "generator", "train_synthesizer")
     painter = load_painter(study)
     cases = study.cases()

@@ -219,7 +219,8 @@ def synthesis_section(
     ]
     gaps = []
     targets = {"mean over classes": class_names} if average else {c: [c] for c in class_names}
-    for name in (n for n in per_case if reference in per_case and n != reference):
+    compared = [n for n in per_case if n != reference] if reference in per_case else []
+    for name in compared:
         for target, classes in targets.items():
             gap = synthesis_gap(per_case[name], per_case[reference], [f"mean_error/{c}" for c in classes])
             low_key, high_key = (prefix + target for prefix in GAP_INTERVAL_KEYS)

@@ -93,6 +93,13 @@ class StreetStudy(StudyBase):
         """Label value without a target (``None``: every pixel is labelled)."""
         return None
 
+    @classmethod
+    def of_run(cls, folder: str | Path, device: str = "cpu") -> StreetStudy:
+        """The study of a run folder, to read what its stages wrote (cases, networks, reports) on ``device``: its
+        default settings, ``folder/data`` recorded as the data folder (the cached cases are below ``folder``)."""
+        folder = Path(folder)
+        return cls(dataset_dir=str(folder / "data"), output_dir=str(folder), device=str(device), progress=False)
+
     def cases(self) -> dict:
         """``prepare/cases.json``: the cached records of each split (and the study's folds), their paths below this
         study's folders (`StudyBase.resolve_paths`: a moved run)."""
