@@ -23,7 +23,7 @@ from synthcp3d.alarm.api import DSCAlarm
 from synthcp3d.data.geometry import affine_of, resample_to_grid
 from synthcp3d.alarm.predictor import Prediction
 from synthcp3d.alarm.report import FLAG_RULE, SUMMARY_COLUMNS
-from helpers import write_dicom_series
+from helpers import needs_cuda, write_dicom_series
 from synthcp3d.data.volume_io import load_ct_volume, save_like
 from synthcp3d.errors import SynthCPInputError
 from synthcp3d.transforms import ct_preprocessing
@@ -112,6 +112,30 @@ def test_resample_round_trip_is_exact_on_the_same_spacing(kind: str) -> None:
     working = chain({"image": as_metatensor(vol, affine)})["image"]
     back = resample_to_grid(working[0].numpy() > 0.5, affine_of(working), affine, SHAPE, "nearest")
     np.testing.assert_array_equal(back > 0.5, vol > 100)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", ["lps", "oblique"])
+def test_preprocessing_and_resampling_on_cuda_match_the_cpu(kind: str) -> None:
+    """The alarm preprocesses and resamples back on its device: on a GPU the same grids and values as on the CPU."""
+    from synthcp3d.data.geometry import as_metatensor
+
+    vol, affine = phantom(), affine_for(kind)
+    chain = ct_preprocessing((1.0, 1.0, 1.5), label_key=None, load=False)
+    on_cpu = chain({"image": as_metatensor(vol, affine)})["image"]
+    on_gpu = chain({"image": as_metatensor(vol, affine).to("cuda")})["image"]
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape
+    np.testing.assert_allclose(affine_of(on_gpu), affine_of(on_cpu), atol=1e-6)
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), on_cpu.numpy(), atol=1e-4)
+    labels = (on_cpu[0].numpy() > 0.5).astype(np.uint8)
+    args = (affine_of(on_cpu), affine, SHAPE)
+    np.testing.assert_allclose(
+        resample_to_grid(labels, *args, "bilinear", device="cuda"), resample_to_grid(labels, *args, "bilinear"),
+        atol=1e-5,
+    )
+    nearest_gpu = resample_to_grid(labels, *args, "nearest", device="cuda")
+    nearest_cpu = resample_to_grid(labels, *args, "nearest")
+    assert np.mean(nearest_gpu != nearest_cpu) < 1e-3  # only voxels exactly between two source voxels may differ
 
 
 # ---------------------------------------------------------------- one case, all orientations

@@ -45,6 +45,9 @@ def test_dry_run_reports_every_part_without_failure(dry_run: tuple[Path, int]) -
     assert set(parts["alarm"]["rows"]) >= {"segment", "synthesize", "compare", "vae", "total"}
     assert parts["alarm"]["figures"]["total_over_segment_stage"] > 1.0
     assert any(row.get("ms_per_mvoxel", 0) > 0 for row in parts["sliding_window"]["rows"].values())
+    # each dry-run volume fits in one window (its size is the window's or smaller): the counter must say so
+    timed = [row for row in parts["sliding_window"]["rows"].values() if row["status"] == "ok"]
+    assert timed and all(row["windows"] == 1 and row["ms_per_window"] > 0 for row in timed)
     assert parts["streaming_metrics"]["figures"]["pixels"] == 10**6
 
 
@@ -91,3 +94,13 @@ def test_pytest_counts_reads_the_summary_line() -> None:
     output = "....\nFAILED tests/test_x.py::test_y - boom\n1 failed, 4 passed, 310 deselected, 2 warnings in 21.37s\n"
     assert gpu_check.pytest_counts(output) == {"failed": 1, "passed": 4, "deselected": 310, "warnings": 2}
     assert gpu_check.pytest_counts("1 error in 0.5s") == {"errors": 1}
+
+
+def test_window_counter_counts_the_sliding_windows() -> None:
+    """2 x 3 x 1 windows of 16^3 without overlap tile a 32 x 48 x 16 volume; batches of 4 make 2 calls (4 + 2)."""
+    from synthcp3d.engines.inference import sliding_window_segment
+
+    net = gpu_check.WindowCounter(gpu_check.torch.nn.Conv3d(1, 2, 1))
+    image = gpu_check.torch.zeros(1, 1, 32, 48, 16)
+    logits = sliding_window_segment(image, net, (16, 16, 16), sw_batch_size=4, overlap=0.0)
+    assert logits.shape == (1, 2, 32, 48, 16) and net.windows == 6

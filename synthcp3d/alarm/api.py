@@ -280,7 +280,8 @@ class DSCAlarm:
                 prediction = self.predictor(working_in, timer=timer)
             else:
                 working = resample_to_grid(
-                    given.classes, given.affine, affine_of(working_in), tuple(working_in.shape[1:]), "nearest"
+                    given.classes, given.affine, affine_of(working_in), tuple(working_in.shape[1:]), "nearest",
+                    device=self.device,
                 )
                 prediction = self.predictor(working_in, timer=timer, segmentation=np.rint(working).astype(np.uint8))
         for stage, value in prediction.seconds.items():
@@ -288,10 +289,12 @@ class DSCAlarm:
 
         with timer("postprocess"):
             if given is None:
-                report.segmentation, report.error_probability = self.to_input_grid(prediction, affine, array.shape)
+                report.segmentation, report.error_probability = self.to_input_grid(
+                    prediction, affine, array.shape, device=self.device
+                )
             else:  # the judged mask itself, one nearest step from its own grid (not a round trip through the work grid)
                 report.segmentation = given.on_image_grid(affine, array.shape)
-                report.error_probability = self.error_to_input_grid(prediction, affine, array.shape)
+                report.error_probability = self.error_to_input_grid(prediction, affine, array.shape, device=self.device)
 
         report.working = prediction
         report.predicted_dsc = {m: dict(v) for m, v in prediction.dsc.items()}
@@ -315,25 +318,30 @@ class DSCAlarm:
 
     @staticmethod
     def to_input_grid(
-        prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...]
+        prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...], device: torch.device | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Resample the working-grid segmentation (nearest) and error probability (trilinear) onto the input grid.
+        """Resample the working-grid segmentation (nearest) and error probability (trilinear) onto the input grid,
+        on ``device`` (default the CPU).
 
         Returns:
             segmentation ``(X, Y, Z)`` uint8 and error probability ``(X, Y, Z)`` float32 in [0, 1].
         """
-        seg = to_native_grid(np.asarray(prediction.segmentation), prediction.affine, affine, shape)
-        return seg, DSCAlarm.error_to_input_grid(prediction, affine, shape)
+        seg = to_native_grid(np.asarray(prediction.segmentation), prediction.affine, affine, shape, device=device)
+        return seg, DSCAlarm.error_to_input_grid(prediction, affine, shape, device=device)
 
     @staticmethod
-    def error_to_input_grid(prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """The working-grid error probability resampled (trilinear) onto the input grid: ``(X, Y, Z)`` in [0, 1]."""
+    def error_to_input_grid(
+        prediction: Prediction, affine: np.ndarray, shape: tuple[int, ...], device: torch.device | None = None
+    ) -> np.ndarray:
+        """The working-grid error probability resampled (trilinear) onto the input grid, on ``device`` (default the
+        CPU): ``(X, Y, Z)`` in [0, 1]."""
         err = resample_to_grid(
             np.asarray(prediction.error_probability, dtype=np.float32),
             prediction.affine,
             affine,
             tuple(shape),
             "bilinear",
+            device=device,
         )
         return np.clip(err, 0.0, 1.0).astype(np.float32)
 

@@ -40,6 +40,7 @@ def resample_to_grid(
     dst_affine: np.ndarray,
     spatial_size: tuple[int, int, int],
     mode: str = "nearest",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Resample a volume from the grid of ``src_affine`` onto the grid ``(dst_affine, spatial_size)``.
 
@@ -49,11 +50,15 @@ def resample_to_grid(
         dst_affine: 4x4 voxel-to-world affine of the destination grid.
         spatial_size: destination shape ``(X', Y', Z')``.
         mode: ``"nearest"`` for label maps, ``"bilinear"`` (trilinear in 3D) for probabilities and intensities.
+        device: where the resampling runs (default the CPU). On a GPU it is the cheap way: at 512x512x100 the CPU's
+            grid construction and sampling took seconds, more than the alarm's whole segmentation on an H200
+            (``benchmarks/results/2026-11-30-h200.md``).
 
     Returns:
         numpy array ``(X', Y', Z')`` (or ``(C, X', Y', Z')``), float32; zero outside the source grid.
     """
-    tensor = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).detach().cpu()
+    tensor = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).detach()
+    tensor = tensor.to(torch.device(device) if device is not None else torch.device("cpu"))
     squeeze = tensor.ndim == 3
     if squeeze:
         tensor = tensor[None]

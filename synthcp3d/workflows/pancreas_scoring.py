@@ -120,7 +120,8 @@ def _load_nifti(path: str | Path) -> Any:
 
 
 def to_native_grid(
-    pred: np.ndarray, working_affine: np.ndarray, affine: np.ndarray, shape: Sequence[int]
+    pred: np.ndarray, working_affine: np.ndarray, affine: np.ndarray, shape: Sequence[int],
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """A label map on the working (preprocessed) grid resampled, nearest, onto the grid ``(affine, shape)``.
 
@@ -130,11 +131,12 @@ def to_native_grid(
         pred: ``(H, W, D)`` labels on the working grid.
         working_affine: its ``4x4`` affine (RAS, the study spacing).
         affine, shape: the destination grid, e.g. the input NIfTI's ``4x4`` affine and ``(X, Y, Z)``.
+        device: where the resampling runs (`synthcp3d.data.geometry.resample_to_grid`; default the CPU).
 
     Returns:
         ``(X, Y, Z)`` uint8 labels on that grid (orientation, spacing, extent).
     """
-    native = resample_to_grid(pred, working_affine, affine, tuple(int(s) for s in shape), "nearest")
+    native = resample_to_grid(pred, working_affine, affine, tuple(int(s) for s in shape), "nearest", device=device)
     return np.rint(native).astype(np.uint8)
 
 
