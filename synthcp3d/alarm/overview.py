@@ -52,7 +52,9 @@ def save_overview(report: AlarmReport, path: str | os.PathLike, count: int = 3) 
     img = np.asarray(pred.image, dtype=np.float32)
     syn = None if pred.synthesized is None else np.asarray(pred.synthesized, dtype=np.float32)
     zs = axial_slices(seg, err, count)
-    lo, hi = float(np.percentile(img, 1)), float(np.percentile(img, 99))
+    # the display window from every 8th voxel (each 2nd along each axis): on a 1 mm abdomen (40 M voxels) the
+    # whole volume's percentiles took 1.4 s of this picture's 2.2 s on the CPU, for the same window to ~0.001
+    lo, hi = (float(v) for v in np.percentile(img[::2, ::2, ::2], [1, 99]))
     labels = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.45), (0.95, 0.1, 0.1, 0.6)])
     titles = ["image", "segmentation", "synthesized", "error probability"]
 
