@@ -21,11 +21,12 @@ keeps what it measured:
    full size with two GPUs; with one, gloo on the CPU at the dry run's sizes (ignite puts rank r on cuda:r).
 6. ``train_steps``: training steps per second at the bundle's full-size shapes (``bundles/pancreas_ct_synthcp``:
    ``configs/common.yaml`` and each stage's batch size) of the 3D SPADE G + D step (`GanTrainer`), the AH-Net step
-   (`SegmenterTrainer`) and the comparator step (`ComparatorTrainer`, frozen G inside), each in fp32 vs bf16
-   autocast (the trainers' ``amp`` flag), eager vs ``torch.compile`` and contiguous vs ``channels_last_3d`` (all
-   three are 3D conv nets); ratios vs fp32 eager. Batches are synthetic and already on the device (the steps, not
-   the loading); warm-up steps are not timed; the eager variants run first, the compiled ones while the part's time
-   budget (180 s) lasts.
+   (`SegmenterTrainer`) and the comparator step (`ComparatorTrainer`, frozen G inside), each in fp32 vs bf16 autocast
+   (the trainers' ``amp`` flag), eager vs ``torch.compile``, contiguous vs ``channels_last_3d`` (all three are 3D
+   conv nets) and cuDNN's heuristics vs ``cudnn.benchmark``; ratios vs fp32 eager. Batches are synthetic and already
+   on the device (the steps, not the loading); warm-up steps are not timed; the eager variants run first, the
+   compiled ones while the part's time budget (240 s: the first H200 run spent 216 s of its 180 s budget and 293 s in
+   all) lasts.
 7. ``study`` (only with ``--study``): ``synthcp run pancreas --demo --profile study --device cuda`` in a scratch
    folder (the GPU machine returns at most 8 files), its ``evaluate/report.md`` copied to ``study_report.md``.
 
@@ -110,7 +111,7 @@ FULL = Sizes(
     extra={},
     warmup_steps=3,
     timed_steps=10,
-    train_budget_s=180.0,
+    train_budget_s=240.0,
     ct_shape=(512, 512, 100),
     ct_voxel=(0.78, 0.78, 2.5),
     alarm_repeats=2,
@@ -419,14 +420,19 @@ class Variant(NamedTuple):
     bf16: bool
     channels_last: bool
     compiled: bool
+    cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms (the project's default: heuristics)
 
 
-# eager first: compile time is the unknown, so the compiled variants use what is left of the part's budget
+# eager first: compile time is the unknown, so the compiled variants use what is left of the part's budget. The
+# cudnn.benchmark variants ask whether the AH-Net step's bf16 slowdown of the first H200 run (0.72x fp32) is cuDNN's
+# heuristic choice of 3D bf16 kernels.
 VARIANTS = (
     Variant("fp32 eager", False, False, False),
     Variant("fp32 channels_last_3d", False, True, False),
     Variant("bf16 eager", True, False, False),
     Variant("bf16 channels_last_3d", True, True, False),
+    Variant("fp32 cudnn.benchmark", False, False, False, True),
+    Variant("bf16 cudnn.benchmark", True, False, False, True),
     Variant("bf16 compile", True, False, True),
     Variant("fp32 compile", False, False, True),
 )
@@ -439,7 +445,8 @@ STEP_KINDS = {  # kind -> (stage config, label)
 
 def unsupported(variant: Variant, device: torch.device) -> str:
     """Why ``variant`` is not measured on ``device`` ("" if it is)."""
-    return "needs CUDA" if device.type != "cuda" and (variant.bf16 or variant.compiled) else ""
+    needs_cuda = variant.bf16 or variant.compiled or variant.cudnn_benchmark
+    return "needs CUDA" if device.type != "cuda" and needs_cuda else ""
 
 
 def synthetic_batch(
@@ -534,9 +541,12 @@ def measure_step(kind: str, check: Check, variant: Variant) -> dict[str, Any]:
     if check.cuda:
         torch.cuda.reset_peak_memory_stats(check.device)
     trainer, shape = build_trainer(kind, check, variant, sizes.warmup_steps + sizes.timed_steps)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark or benchmark
     try:
         seconds, warmup = time_steps(trainer, sizes.warmup_steps, check)
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         del trainer
         if variant.compiled:
             torch._dynamo.reset()

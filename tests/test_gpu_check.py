@@ -104,3 +104,22 @@ def test_window_counter_counts_the_sliding_windows() -> None:
     image = gpu_check.torch.zeros(1, 1, 32, 48, 16)
     logits = sliding_window_segment(image, net, (16, 16, 16), sw_batch_size=4, overlap=0.0)
     assert logits.shape == (1, 2, 32, 48, 16) and net.windows == 6
+
+
+def test_cudnn_benchmark_variant_sets_the_flag_while_it_runs_only(tmp_path: Path, monkeypatch) -> None:
+    check = gpu_check.Check(tmp_path, gpu_check.DRY, gpu_check.torch.device("cpu"), tmp_path)
+    seen = []
+
+    def fake_time_steps(trainer, warmup: int, check: gpu_check.Check) -> tuple[float, float]:
+        seen.append(gpu_check.torch.backends.cudnn.benchmark)
+        if len(seen) == 2:
+            raise RuntimeError("a failing measurement")
+        return 1.0, 0.1
+
+    monkeypatch.setattr(gpu_check, "time_steps", fake_time_steps)
+    variant = next(v for v in gpu_check.VARIANTS if v.cudnn_benchmark)
+    before = gpu_check.torch.backends.cudnn.benchmark
+    gpu_check.measure_step("segmenter", check, variant)
+    with pytest.raises(RuntimeError):
+        gpu_check.measure_step("segmenter", check, variant)
+    assert seen == [True, True] and gpu_check.torch.backends.cudnn.benchmark is before
