@@ -170,11 +170,16 @@ def largest_component(mask: ArrayLike) -> np.ndarray:
     MONAI's ``get_largest_connected_component_mask`` needs scikit-image (not a dependency here): scipy does it.
     """
     m = _as_numpy(mask) > 0
-    components, count = ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))
+    # Labelled inside the foreground's bounding box only (every component lies in it, and cropping keeps the C order
+    # in which components are met): on a 1 mm abdomen (40 M voxels) the whole volume took 0.5 s of the alarm.
+    box = tight_box(m, margin=0).slices
+    components, count = ndimage.label(m[box], structure=np.ones((3,) * m.ndim, dtype=bool))
     if count <= 1:
         return m
     sizes = np.bincount(components.ravel())[1:]
-    return components == int(np.argmax(sizes)) + 1
+    out = np.zeros_like(m)
+    out[box] = components == int(np.argmax(sizes)) + 1
+    return out
 
 
 def pancreas_roi(mask: ArrayLike, roi_size: Sequence[int]) -> RoiBox:

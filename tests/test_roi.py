@@ -91,3 +91,29 @@ def test_roi_centres_on_the_largest_component_not_on_a_false_positive_blob():
     diagonal[0, 0, 0] = diagonal[1, 1, 1] = True  # touching at a corner: one component (26-connectivity)
     assert largest_component(diagonal).sum() == 2
     assert not largest_component(np.zeros((4, 4, 4))).any()
+
+
+def test_largest_component_matches_labelling_the_whole_volume() -> None:
+    """Labelling only the foreground's bounding box gives what labelling the whole volume gives (scipy, directly),
+    ties between equal components included (the first met in C order wins)."""
+    from scipy import ndimage
+
+    def whole_volume(m: np.ndarray) -> np.ndarray:
+        components, count = ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))
+        if count <= 1:
+            return m
+        return components == int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        shape = tuple(int(n) for n in rng.integers(4, 14, size=int(rng.integers(2, 4))))
+        mask = rng.random(shape) < rng.uniform(0.02, 0.3)
+        if trial % 2 == 0:  # foreground away from the borders: a bounding box smaller than the volume (or none)
+            inner = np.zeros_like(mask)
+            inner[(slice(2, -2),) * mask.ndim] = True
+            mask &= inner
+        np.testing.assert_array_equal(largest_component(mask), whole_volume(mask))
+    ties = np.zeros((9, 9, 9), dtype=bool)
+    ties[6:8, 6:8, 6:8] = ties[2:4, 2:4, 2:4] = True  # two equal cubes: the one nearer the origin is met first
+    kept = largest_component(ties)
+    assert kept[2:4, 2:4, 2:4].all() and not kept[6:8, 6:8, 6:8].any()
