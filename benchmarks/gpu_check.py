@@ -689,10 +689,11 @@ def part_sliding_window(check: Check, part: Part) -> None:
                                   "ms_per_mvoxel": 1000.0 * seconds / mvox, "vs_smallest": seconds / mvox / first,
                                   "ms_per_window": 1000.0 * seconds / windows}
                 del image
-    spread = [r["vs_smallest"] for r in part.rows.values() if "vs_smallest" in r]
-    per_window = [r["ms_per_window"] for r in part.rows.values() if "ms_per_window" in r]
-    part.figures = {"max_over_min_cost_per_voxel": max(spread) / min(spread) if spread else None,
-                    "max_over_min_cost_per_window": max(per_window) / min(per_window) if per_window else None}
+    for precision in ("fp32", "bf16"):
+        rows = [r for key, r in part.rows.items() if key.startswith(precision) and r.get("status") == "ok"]
+        for unit in ("mvoxel", "window"):
+            costs = [r[f"ms_per_{unit}"] for r in rows]
+            part.figures[f"{precision}_max_over_min_cost_per_{unit}"] = max(costs) / min(costs) if costs else None
     part.notes.append(f"window {roi}, overlap {cfg['sw_overlap']}, sw_batch_size {cfg['sw_batch_size']}, gaussian "
                       f"blending; the largest volume is the alarm CT's working volume at {cfg['spacing']} mm; mean of "
                       f"{sizes.sw_repeats} run(s) after one warm-up")

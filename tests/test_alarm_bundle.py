@@ -112,12 +112,19 @@ class ErrorWhereTumour(torch.nn.Module):
     """Comparator stand-in: the predicted tumour is all wrong (error logit +10 there, -10 elsewhere)."""
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor, synth: torch.Tensor | None = None) -> dict:
-        return {"quality": torch.full((image.shape[0], 3), 0.2), "error_logits": seg[:, 2:3] * 20.0 - 10.0}
+        quality = torch.full((image.shape[0], 3), 0.2, device=image.device)
+        return {"quality": quality, "error_logits": seg[:, 2:3] * 20.0 - 10.0}
 
 
+#: the devices the alarm's whole path runs on in these tests: preprocessing, networks and the way back
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["lps", "oblique"])
-def test_planted_error_through_real_predictor(bundle: Path, kind: str) -> None:
-    alarm = DSCAlarm.from_bundle(bundle, device="cpu", progress=False)
+def test_planted_error_through_real_predictor(bundle: Path, kind: str, device: str) -> None:
+    alarm = DSCAlarm.from_bundle(bundle, device=device, progress=False)
     alarm.predictor.segmenter = BrightIsTumour()
     alarm.predictor.comparator = ErrorWhereTumour()
     report = alarm((phantom(), affine_for(kind)))
@@ -135,9 +142,10 @@ class MustNotRun(torch.nn.Module):
         raise AssertionError("the bundle's segmenter ran although a mask was given")
 
 
-def test_real_predictor_judges_a_given_mask(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_real_predictor_judges_a_given_mask(bundle: Path, tmp_path: Path, device: str) -> None:
     """The given mask (another tool's values) reaches the comparator: its planted error lands on the mask's tumour."""
-    alarm = DSCAlarm.from_bundle(bundle, device="cpu", progress=False)
+    alarm = DSCAlarm.from_bundle(bundle, device=device, progress=False)
     alarm.predictor.segmenter = MustNotRun()
     alarm.predictor.comparator = ErrorWhereTumour()
     mask = np.zeros(SHAPE, dtype=np.uint8)

@@ -48,6 +48,8 @@ def test_dry_run_reports_every_part_without_failure(dry_run: tuple[Path, int]) -
     # each dry-run volume fits in one window (its size is the window's or smaller): the counter must say so
     timed = [row for row in parts["sliding_window"]["rows"].values() if row["status"] == "ok"]
     assert timed and all(row["windows"] == 1 and row["ms_per_window"] > 0 for row in timed)
+    figures = parts["sliding_window"]["figures"]
+    assert figures["fp32_max_over_min_cost_per_window"] >= 1.0 and figures["bf16_max_over_min_cost_per_window"] is None
     assert parts["streaming_metrics"]["figures"]["pixels"] == 10**6
 
 

@@ -155,8 +155,11 @@ class GivenMask:
     def describe(self) -> dict[str, Any]:
         return {"segmentation": "given mask", "mask": self.source, "labels": dict(self.labels)}
 
-    def on_image_grid(self, image_affine: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
-        return masks.mask_on_image_grid(self.classes, self.affine, image_affine, image_shape)
+    def on_image_grid(
+        self, image_affine: np.ndarray, image_shape: tuple[int, ...], device: torch.device | None = None
+    ) -> np.ndarray:
+        """The class indices on the image's grid ``(X, Y, Z)`` uint8 (nearest; unchanged when the grids are equal)."""
+        return to_native_grid(self.classes, self.affine, image_affine, image_shape, device=device)
 
 
 class DSCAlarm:
@@ -293,7 +296,7 @@ class DSCAlarm:
                     prediction, affine, array.shape, device=self.device
                 )
             else:  # the judged mask itself, one nearest step from its own grid (not a round trip through the work grid)
-                report.segmentation = given.on_image_grid(affine, array.shape)
+                report.segmentation = given.on_image_grid(affine, array.shape, device=self.device)
                 report.error_probability = self.error_to_input_grid(prediction, affine, array.shape, device=self.device)
 
         report.working = prediction

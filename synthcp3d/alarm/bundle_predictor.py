@@ -149,8 +149,8 @@ class BundlePredictor:
     # ---------------------------------------------------------------- inference
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """The study's preprocessing: ``MetaTensor (1, X, Y, Z)`` in HU -> RAS, study spacing, [-1, 1], on the
-        predictor's device (on a GPU the resampling is cheap; on the CPU of an H200 machine it took longer than the
-        whole segmentation: ``benchmarks/results/2026-11-30-h200.md``)."""
+        predictor's device (on the CPU of an H200 machine it took three times the whole segmentation,
+        ``benchmarks/results/2026-11-30-h200.md``; its time on the GPU is not measured yet)."""
         return self._chain({"image": image.to(self.device)})["image"]
 
     @torch.no_grad()

@@ -16,10 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from synthcp3d.data.geometry import resample_to_grid
 from synthcp3d.errors import SynthCPInputError
 
-__all__ = ["parse_label_map", "load_mask", "check_same_space", "mask_to_classes", "mask_on_image_grid"]
+__all__ = ["parse_label_map", "load_mask", "check_same_space", "mask_to_classes"]
 
 #: The pancreas bundle's classes and their indices (``--labels`` default: the MSD Task07 values).
 DEFAULT_LABELS = {"pancreas": 1, "tumour": 2}
@@ -145,11 +144,3 @@ def mask_to_classes(
     present = np.unique(values)
     unclaimed = sorted(int(v) for v in present if v != 0 and int(v) not in set(labels.values()))
     return classes, unclaimed
-
-
-def mask_on_image_grid(
-    classes: np.ndarray, mask_affine: np.ndarray, image_affine: np.ndarray, image_shape: Sequence[int]
-) -> np.ndarray:
-    """Class indices on the mask's grid -> on the image's grid (nearest; unchanged when the grids are equal)."""
-    out = resample_to_grid(classes, mask_affine, image_affine, tuple(int(s) for s in image_shape), "nearest")
-    return np.rint(out).astype(np.uint8)

@@ -50,9 +50,9 @@ def resample_to_grid(
         dst_affine: 4x4 voxel-to-world affine of the destination grid.
         spatial_size: destination shape ``(X', Y', Z')``.
         mode: ``"nearest"`` for label maps, ``"bilinear"`` (trilinear in 3D) for probabilities and intensities.
-        device: where the resampling runs (default the CPU). On a GPU it is the cheap way: at 512x512x100 the CPU's
-            grid construction and sampling took seconds, more than the alarm's whole segmentation on an H200
-            (``benchmarks/results/2026-11-30-h200.md``).
+        device: where the resampling runs (default the CPU). At 512x512x100 the CPU's grid construction and
+            sampling took longer than the alarm's whole segmentation on an H200
+            (``benchmarks/results/2026-11-30-h200.md``); on the GPU it is not measured yet.
 
     Returns:
         numpy array ``(X', Y', Z')`` (or ``(C, X', Y', Z')``), float32; zero outside the source grid.
