@@ -657,7 +657,7 @@ def part_sliding_window(check: Check, part: Part) -> None:
     volumes = sorted({*sizes.sw_volumes, working}, key=math.prod)
     part.first = "precision / volume"
     # per voxel and per window: how the overlapping windows tile a volume changes the windows per voxel (the H200 run
-    # of 2026-11-30 had 1.4-2.7 per Mvoxel), and with it the cost per voxel, while the cost per window stays put
+    # of 2026-11-30 had 1.4-2.7 per Mvoxel) and with it the cost per voxel; the cost per window is the network's own
     part.columns = [("status", "status"), ("mvoxels", "Mvoxels"), ("windows", "windows"), ("seconds", "seconds"),
                     ("ms_per_mvoxel", "ms / Mvoxel"), ("vs_smallest", "× smallest volume"),
                     ("ms_per_window", "ms / window")]
