@@ -57,8 +57,8 @@ def resample_to_grid(
     Returns:
         numpy array ``(X', Y', Z')`` (or ``(C, X', Y', Z')``), float32; zero outside the source grid.
     """
-    tensor = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).detach()
-    tensor = tensor.to(torch.device(device) if device is not None else torch.device("cpu"))
+    tensor = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
+    tensor = tensor.detach().to(device or "cpu")
     squeeze = tensor.ndim == 3
     if squeeze:
         tensor = tensor[None]
