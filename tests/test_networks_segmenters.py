@@ -42,6 +42,21 @@ def test_segmenter_forward_features_backward(name, spatial_dims):
     assert_backward(net)
 
 
+@pytest.mark.parametrize("name", ["fcn8", "deeplabv2"])
+def test_stem_stride_one_halves_the_output_stride_and_the_input_multiple(name):
+    """stem_stride=1: features at S / 4 instead of S / 8; inputs need half the multiple; 3 is refused."""
+    x = torch.randn(1, 1, *SHAPES[2])
+    strided = build_segmenter(name, 2, 1, 3, **TINY[name])
+    unstrided = build_segmenter(name, 2, 1, 3, stem_stride=1, **TINY[name])
+    assert strided.forward_features(x)[1].shape[2:] == (4, 8)
+    assert unstrided.forward_features(x)[1].shape[2:] == (8, 16)
+    assert unstrided.forward(x).shape == (1, 3, *SHAPES[2])
+    assert unstrided.input_multiple == tuple(m // 2 for m in strided.input_multiple)
+    assert unstrided.body.encoder.net.conv1.stride == (1, 1)
+    with pytest.raises(SynthCPInputError, match="stem_stride"):
+        build_segmenter(name, 2, 1, 3, stem_stride=3, **TINY[name])
+
+
 def test_ahnet_cpu_variant_and_size_check():
     """AH-Net (layers=(1,1,1,1), psp_block_num=0), batch 2 at 32^3 (batch 1 needs e.g. 32x32x64: batch norm on the
     1-voxel deepest map): logits (B, C, *S), features (B, 124, *S / 2)."""

@@ -10,9 +10,9 @@ name            architecture                                             feature
 ``ahnet``       MONAI ``AHNet`` (3D; 2D works too), ``layers``,          ``S' = S / 2``
                 ``psp_block_num``; its ``Final`` block is the classifier
 ``fcn8``        ResNet trunk, FCN-8-style top-down fusion of the         ``S' = S / 8``
-                stride-8/16/32 stages (features fused, then scored)
+                stride-8/16/32 stages (features fused, then scored)      (``S / 4``: ``stem_stride=1``)
 ``deeplabv2``   dilated ResNet (output stride 8) + ASPP-v2 classifier    ``S' = S / 8``
-                (sum of 4 dilated 3x3 convolutions, rates 6/12/18/24)
+                (sum of 4 dilated 3x3 convolutions, rates 6/12/18/24)    (``S / 4``: ``stem_stride=1``)
 ``unet``        MONAI ``BasicUNet`` (small; any ``spatial_dims``)        ``S' = S``
 ==============  =======================================================  ==============================
 
@@ -163,9 +163,13 @@ def build_segmenter(
     Keyword arguments per name:
         ahnet: ``layers=(3, 4, 6, 3)``, ``psp_block_num=2``, ``upsample_mode="transpose"``.
         fcn8: ``layers=(2, 2, 2, 2)``, ``channels=(64, 128, 256, 512)``, ``block="basic"``, ``width=256``,
-            ``norm="batch"``, ``pretrained_path=None`` (local ResNet state dict).
+            ``norm="batch"``, ``pretrained_path=None`` (local ResNet state dict), ``stem_stride=2``.
         deeplabv2: ``layers=(3, 4, 23, 3)``, ``channels=(64, 128, 256, 512)``, ``block="bottleneck"`` (ResNet-101),
-            ``rates=(6, 12, 18, 24)``, ``norm="batch"``, ``pretrained_path=None``.
+            ``rates=(6, 12, 18, 24)``, ``norm="batch"``, ``pretrained_path=None``, ``stem_stride=2``.
+
+    ``stem_stride=1`` drops the stride of the ResNet's 7x7 stem: every stage, and the output, at half the stride
+    (FCN-8 fuses strides 4/8/16, DeepLab-v2 decides at stride 4) for four times the trunk's compute. For small
+    inputs, where stride 8 cannot draw thin objects (a CPU demo at 128x64: the output grid is 16x8).
         unet: ``features=(16, 16, 32, 64, 128, 16)``, ``norm``, ``act`` (MONAI ``BasicUNet``).
 
     Returns:
@@ -192,12 +196,16 @@ def build_segmenter(
     if name in ("fcn8", "deeplabv2"):
         is_fcn = name == "fcn8"
         pretrained_path: str | Path | None = kwargs.pop("pretrained_path", None)
+        stem_stride = int(kwargs.pop("stem_stride", 2))
+        if stem_stride not in (1, 2):
+            raise SynthCPInputError(f"{name}: stem_stride must be 1 or 2, got {stem_stride}")
         encoder = ResNetEncoder(
             spatial_dims,
             in_channels,
             layers=kwargs.pop("layers", (2, 2, 2, 2) if is_fcn else (3, 4, 23, 3)),
             channels=kwargs.pop("channels", (64, 128, 256, 512)),
             block=kwargs.pop("block", "basic" if is_fcn else "bottleneck"),
+            conv1_stride=stem_stride,
             dilations=(1, 1, 1, 1) if is_fcn else (1, 1, 2, 4),
             norm=kwargs.pop("norm", "batch"),
         )
@@ -208,11 +216,11 @@ def build_segmenter(
             _no_extra(name, kwargs)
             body: nn.Module = _FCN8Body(encoder, spatial_dims, width)
             classifier: nn.Module = Convolution(spatial_dims, width, num_classes, kernel_size=1, conv_only=True)
-            return Segmenter(body, classifier, spatial_dims, dropout, 32)
+            return Segmenter(body, classifier, spatial_dims, dropout, 16 * stem_stride)
         rates = kwargs.pop("rates", (6, 12, 18, 24))
         _no_extra(name, kwargs)
         classifier = ASPPv2(spatial_dims, encoder.out_channels[-1], num_classes, rates)
-        return Segmenter(_LastStage(encoder), classifier, spatial_dims, dropout, 8)
+        return Segmenter(_LastStage(encoder), classifier, spatial_dims, dropout, 4 * stem_stride)
     if name == "unet":
         features = tuple(kwargs.pop("features", (16, 16, 32, 64, 128, 16)))
         net = BasicUNet(spatial_dims, in_channels, num_classes, features=features, **kwargs)
