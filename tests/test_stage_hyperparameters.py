@@ -297,3 +297,20 @@ def test_the_bundle_configs_set_each_setting_at_its_default(tmp_path: Path, stud
     configured = parser.get_parsed_content("stage")
     defaults = {k: p.default for k, p in inspect.signature(configured.func).parameters.items()}
     assert {k: configured.keywords[k] for k in expected} == expected == {k: defaults[k] for k in expected}
+
+
+@pytest.mark.parametrize("stem_stride", [2, 1])
+def test_cityscapes_segmenter_stem_stride_reaches_both_segmenters(tmp_path: Path, stem_stride: int) -> None:
+    """``segmenter_stem_stride`` (default 2, the paper's networks) sets the ResNet stem of FCN-8 and DeepLab-v2."""
+    from monai.bundle import ConfigParser
+
+    from synthcp3d.study_cli import STUDIES, bundle_dir
+
+    parser = ConfigParser()
+    parser.read_config(bundle_dir(STUDIES["cityscapes"]) / "configs" / "common.yaml")
+    if stem_stride != 2:
+        parser.update({"segmenter_stem_stride": stem_stride})
+    parser.update({"segmenter_layers": [1, 1, 1, 1], "segmenter_channels": [4, 4, 8, 8], "fcn_width": 8})
+    for name in ("fcn8", "deeplabv2"):
+        net = parser.get_parsed_content(f"segmenters#{name}")()
+        assert net.body.encoder.net.conv1.stride == (stem_stride, stem_stride)
