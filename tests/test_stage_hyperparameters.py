@@ -300,7 +300,7 @@ def test_the_bundle_configs_set_each_setting_at_its_default(tmp_path: Path, stud
 
 
 @pytest.mark.parametrize("stem_stride", [None, 1])
-def test_cityscapes_segmenter_stem_stride_reaches_both_segmenters(tmp_path: Path, stem_stride) -> None:
+def test_cityscapes_segmenter_stem_stride_reaches_both_segmenters(stem_stride) -> None:
     """``--set segmenters#<name>#stem_stride=1`` sets the ResNet stem of FCN-8 and DeepLab-v2 (MONAI's nested key);
     the bundle itself passes no stem_stride (the paper's stride 2), so runs recorded before the option stay current."""
     from monai.bundle import ConfigParser

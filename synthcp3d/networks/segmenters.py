@@ -166,11 +166,11 @@ def build_segmenter(
             ``norm="batch"``, ``pretrained_path=None`` (local ResNet state dict), ``stem_stride=2``.
         deeplabv2: ``layers=(3, 4, 23, 3)``, ``channels=(64, 128, 256, 512)``, ``block="bottleneck"`` (ResNet-101),
             ``rates=(6, 12, 18, 24)``, ``norm="batch"``, ``pretrained_path=None``, ``stem_stride=2``.
+        unet: ``features=(16, 16, 32, 64, 128, 16)``, ``norm``, ``act`` (MONAI ``BasicUNet``).
 
     ``stem_stride=1`` drops the stride of the ResNet's 7x7 stem: every stage, and the output, at half the stride
-    (FCN-8 fuses strides 4/8/16, DeepLab-v2 decides at stride 4) for four times the trunk's compute. For small
-    inputs, where stride 8 cannot draw thin objects (a CPU demo at 128x64: the output grid is 16x8).
-        unet: ``features=(16, 16, 32, 64, 128, 16)``, ``norm``, ``act`` (MONAI ``BasicUNet``).
+    (FCN-8 fuses strides 4/8/16, DeepLab-v2 decides at stride 4) for about four times the trunk's compute; for
+    small inputs, where stride 8 cannot draw thin objects (at 128x64 the output grid is 16x8).
 
     Returns:
         a `Segmenter`: ``forward(x) -> logits (B, C, *S)``, ``forward_features(x) -> (logits, features)``.
