@@ -39,10 +39,16 @@ def relative_files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 
 
+#: the marks of a test (or a parameter, ``pytest.param("cuda", marks=CUDA_MARKS)``) that needs CUDA
+CUDA_MARKS = (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
 def needs_cuda(test: Callable) -> Callable:
     """Decorator of a test that needs CUDA: marked ``gpu`` (``pytest -m gpu`` selects it, as ``make gpu-check`` does)
     and skipped where no CUDA device is available."""
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+    for mark in reversed(CUDA_MARKS):
+        test = mark(test)
+    return test
 
 
 #: the networks both tiny 2D studies share, each at its smallest valid size

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_PANCREAS, make_untrained_bundle, needs_cuda
+from helpers import CUDA_MARKS, TINY_PANCREAS, make_untrained_bundle, needs_cuda
 
 from synthcp3d import cli
 from synthcp3d.alarm import DSCAlarm
@@ -117,8 +117,7 @@ class ErrorWhereTumour(torch.nn.Module):
 
 
 #: the devices the alarm's whole path runs on in these tests: preprocessing, networks and the way back
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA")])]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -282,11 +282,8 @@ class DSCAlarm:
             if given is None:
                 prediction = self.predictor(working_in, timer=timer)
             else:
-                working = resample_to_grid(
-                    given.classes, given.affine, affine_of(working_in), tuple(working_in.shape[1:]), "nearest",
-                    device=self.device,
-                )
-                prediction = self.predictor(working_in, timer=timer, segmentation=np.rint(working).astype(np.uint8))
+                working = given.on_image_grid(affine_of(working_in), tuple(working_in.shape[1:]), device=self.device)
+                prediction = self.predictor(working_in, timer=timer, segmentation=working)
         for stage, value in prediction.seconds.items():
             timer.seconds.setdefault(stage, value)
 
