@@ -317,3 +317,29 @@ def test_cityscapes_segmenter_stem_stride_reaches_both_segmenters(stem_stride) -
         factory = parser.get_parsed_content(f"segmenters#{name}")
         assert describe_factory(factory).get("stem_stride") == stem_stride
         assert factory().body.encoder.net.conv1.stride == (stem_stride or 2,) * 2
+
+
+def test_cityscapes_study_profile_builds_output_stride_4_segmenters() -> None:
+    """``--demo --profile study`` reaches the networks it names: both ResNet stems without stride, the doubled widths,
+    DeepLab-v2's ASPP rates scaled to its grid; its iterations win over the demo's, the folds half of them (half the images)."""
+    from monai.bundle import ConfigParser
+
+    from synthcp3d.study_cli import STUDIES, bundle_dir, stage_overrides
+
+    overrides = {
+        stage: stage_overrides("cityscapes", stage, {}, demo=True, extra={}, profile="study")
+        for stage in ("train_segmenter", "crossval")
+    }
+    demo = STUDIES["cityscapes"].demo_settings
+    assert overrides["train_segmenter"]["iterations"] > demo["train_segmenter"]["iterations"]
+    assert overrides["crossval"]["iterations"] * 2 == overrides["train_segmenter"]["iterations"]
+    parser = ConfigParser()
+    parser.read_config(bundle_dir(STUDIES["cityscapes"]) / "configs" / "common.yaml")
+    parser.update(overrides["train_segmenter"])
+    fcn8, deeplab = (parser.get_parsed_content(f"segmenters#{name}")() for name in ("fcn8", "deeplabv2"))
+    for net in (fcn8, deeplab):
+        assert net.body.encoder.net.conv1.stride == (1, 1)
+        assert net.body.encoder.net.conv1.out_channels == 32
+    assert [b.conv.dilation for b in deeplab.classifier.branches] == [(r, r) for r in (2, 4, 6, 8)]
+    x = torch.zeros(1, 3, 64, 128)
+    assert deeplab(x).shape == fcn8(x).shape == (1, 19, 64, 128)
