@@ -299,32 +299,37 @@ def test_the_bundle_configs_set_each_setting_at_its_default(tmp_path: Path, stud
     assert {k: configured.keywords[k] for k in expected} == expected == {k: defaults[k] for k in expected}
 
 
+def _cityscapes_segmenter_factories(overrides: dict) -> dict:
+    """The Cityscapes bundle's ``segmenters`` factories (FCN-8, DeepLab-v2) with ``overrides`` on common.yaml."""
+    from monai.bundle import ConfigParser
+
+    from synthcp3d.study_cli import STUDIES, bundle_dir
+
+    parser = ConfigParser()
+    parser.read_config(bundle_dir(STUDIES["cityscapes"]) / "configs" / "common.yaml")
+    parser.update(overrides)
+    return {name: parser.get_parsed_content(f"segmenters#{name}") for name in ("fcn8", "deeplabv2")}
+
+
 @pytest.mark.parametrize("stem_stride", [None, 1])
 def test_cityscapes_segmenter_stem_stride_reaches_both_segmenters(stem_stride) -> None:
     """``--set segmenters#<name>#stem_stride=1`` sets the ResNet stem of FCN-8 and DeepLab-v2 (MONAI's nested key);
     the bundle itself passes no stem_stride (the paper's stride 2), so runs recorded before the option stay current."""
-    from monai.bundle import ConfigParser
-
-    from synthcp3d.study_cli import STUDIES, bundle_dir
     from synthcp3d.workflows.records import describe_factory
 
-    parser = ConfigParser()
-    parser.read_config(bundle_dir(STUDIES["cityscapes"]) / "configs" / "common.yaml")
-    parser.update({"segmenter_layers": [1, 1, 1, 1], "segmenter_channels": [4, 4, 8, 8], "fcn_width": 8})
+    overrides = {"segmenter_layers": [1, 1, 1, 1], "segmenter_channels": [4, 4, 8, 8], "fcn_width": 8}
     if stem_stride is not None:
-        parser.update({f"segmenters#{name}#stem_stride": stem_stride for name in ("fcn8", "deeplabv2")})
-    for name in ("fcn8", "deeplabv2"):
-        factory = parser.get_parsed_content(f"segmenters#{name}")
+        overrides.update({f"segmenters#{name}#stem_stride": stem_stride for name in ("fcn8", "deeplabv2")})
+    for factory in _cityscapes_segmenter_factories(overrides).values():
         assert describe_factory(factory).get("stem_stride") == stem_stride
         assert factory().body.encoder.net.conv1.stride == (stem_stride or 2,) * 2
 
 
 def test_cityscapes_study_profile_builds_output_stride_4_segmenters() -> None:
     """``--demo --profile study`` reaches the networks it names: both ResNet stems without stride, the doubled widths,
-    DeepLab-v2's ASPP rates scaled to its grid; its iterations win over the demo's, the folds half of them (half the images)."""
-    from monai.bundle import ConfigParser
-
-    from synthcp3d.study_cli import STUDIES, bundle_dir, stage_overrides
+    DeepLab-v2's ASPP rates scaled to its grid; its iterations win over the demo's, the folds half of them (half the
+    images)."""
+    from synthcp3d.study_cli import STUDIES, stage_overrides
 
     overrides = {
         stage: stage_overrides("cityscapes", stage, {}, demo=True, extra={}, profile="study")
@@ -333,10 +338,7 @@ def test_cityscapes_study_profile_builds_output_stride_4_segmenters() -> None:
     demo = STUDIES["cityscapes"].demo_settings
     assert overrides["train_segmenter"]["iterations"] > demo["train_segmenter"]["iterations"]
     assert overrides["crossval"]["iterations"] * 2 == overrides["train_segmenter"]["iterations"]
-    parser = ConfigParser()
-    parser.read_config(bundle_dir(STUDIES["cityscapes"]) / "configs" / "common.yaml")
-    parser.update(overrides["train_segmenter"])
-    fcn8, deeplab = (parser.get_parsed_content(f"segmenters#{name}")() for name in ("fcn8", "deeplabv2"))
+    fcn8, deeplab = (factory() for factory in _cityscapes_segmenter_factories(overrides["train_segmenter"]).values())
     for net in (fcn8, deeplab):
         assert net.body.encoder.net.conv1.stride == (1, 1)
         assert net.body.encoder.net.conv1.out_channels == 32
